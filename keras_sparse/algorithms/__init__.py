@@ -1,0 +1,42 @@
+"""Sparse-training algorithms and the registry configs use to name them.
+
+``get("rigl")`` returns the ``RigL`` class. Every class here is gin-configurable under its
+class name (``RigL.sparsity = 0.95``); the names this module exports are those configurable
+classes, so gin bindings apply to objects built in Python too.
+"""
+
+from __future__ import annotations
+
+import gin
+
+from keras_sparse.algorithms import base, dynamic, magnitude, snip, static
+from keras_sparse.algorithms.base import SparseAlgorithm
+
+REGISTRY: dict[str, type[SparseAlgorithm]] = {}
+
+
+def register(cls: type[SparseAlgorithm]) -> type[SparseAlgorithm]:
+    """Registers ``cls`` under ``cls.name``; returns its gin-configurable version (use that)."""
+    configurable = gin.external_configurable(cls, name=cls.__name__, module="keras_sparse.algorithms")
+    REGISTRY[cls.name] = configurable
+    return configurable
+
+
+Dense = register(static.Dense)
+StaticSparse = register(static.StaticSparse)
+MagnitudePruning = register(magnitude.MagnitudePruning)
+SNIP = register(snip.SNIP)
+SET = register(dynamic.SET)
+RigL = register(dynamic.RigL)
+
+
+def get(name: str) -> type[SparseAlgorithm]:
+    """The algorithm class registered as ``name`` (e.g. ``"rigl"``)."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"Unknown algorithm {name!r}: use one of {sorted(REGISTRY)}.") from None
+
+
+__all__ = ["SparseAlgorithm", "Dense", "StaticSparse", "MagnitudePruning", "SNIP", "SET", "RigL",
+           "REGISTRY", "register", "get"]

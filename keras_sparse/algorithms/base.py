@@ -1,0 +1,102 @@
+"""The base class every sparse-training algorithm extends.
+
+Modelled on jaxpruner's ``BaseUpdater``: an algorithm only says
+
+* the per-layer target sparsity (``layer_sparsities``, from a distribution),
+* the masks to start from (``initial_masks``; random by default),
+* at which steps masks change (``is_update_step``) and to what (``updated_masks``),
+* at which steps it needs the dense gradient (``uses_dense_gradient``), for the FLOPs count.
+
+The ``Trainer`` calls these hooks and never asks which algorithm it runs.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, ClassVar, Mapping
+
+import numpy as np
+import tensorflow as tf
+
+from keras_sparse import distributions, mask_ops
+
+Gradients = Mapping[str, tf.Tensor]
+
+
+class SparseAlgorithm:
+    """Base class: a static random mask at the target sparsity that never changes.
+
+    Args:
+        sparsity: global fraction of masked-kernel weights to prune, in [0, 1).
+        distribution: ``"uniform"``, ``"erdos_renyi"``, ``"erdos_renyi_kernel"`` or a dict
+            ``{layer name: sparsity}`` (see ``keras_sparse.distributions``).
+        first_layer_dense: with ``"uniform"``, keep the first masked kernel dense.
+        seed: seeds the random initial masks and any random growth.
+    """
+
+    #: The name configs use for this algorithm (``keras_sparse.algorithms.get(name)``).
+    name: ClassVar[str] = "base"
+    #: Number of batches whose dense gradients ``initial_masks`` needs (SNIP); 0 for none.
+    scoring_batches: int = 0
+
+    def __init__(self, sparsity: float = 0.9, distribution: distributions.Distribution = "erdos_renyi_kernel",
+                 first_layer_dense: bool = False, seed: int = 0):
+        self.sparsity = distributions.check_sparsity(sparsity)
+        if isinstance(distribution, str) and distribution not in distributions.names():
+            raise ValueError(f"Unknown sparsity distribution {distribution!r}: use one of {distributions.names()} or a dict {{layer_name: sparsity}}.")
+        self.distribution = distribution
+        self.first_layer_dense = first_layer_dense
+        self.seed = int(seed)
+        self.total_steps = 0
+        self.steps_per_epoch = 0
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.targets: dict[str, float] = {}
+
+    # ----------------------------------------------------------------- set-up
+    def setup(self, shapes: Mapping[str, tuple[int, ...]], total_steps: int, steps_per_epoch: int) -> None:
+        """Called once by the trainer before training, with the masked kernels' shapes."""
+        self.shapes = {key: tuple(int(d) for d in shape) for key, shape in shapes.items()}
+        self.total_steps = int(total_steps)
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.targets = self.layer_sparsities()
+
+    def layer_sparsities(self) -> dict[str, float]:
+        """Hook: final target sparsity of each masked kernel."""
+        options = {"first_layer_dense": self.first_layer_dense} if self.distribution == "uniform" else {}
+        return distributions.layer_sparsities(self.shapes, self.sparsity, self.distribution, **options)
+
+    def target_active(self, key: str) -> int:
+        """Number of active weights of kernel ``key`` at its target sparsity."""
+        return mask_ops.num_active(int(np.prod(self.shapes[key])), self.targets[key])
+
+    # ------------------------------------------------------------------ hooks
+    def initial_masks(self, weights: Mapping[str, np.ndarray],
+                      dense_gradients: Callable[[], dict[str, np.ndarray]] | None = None) -> dict[str, np.ndarray]:
+        """Hook: masks to start training from. Default: uniformly random at the target sparsity.
+
+        ``dense_gradients()`` returns gradients summed over ``scoring_batches`` batches, for
+        algorithms that score weights at initialization.
+        """
+        rng = np.random.default_rng(self.seed)
+        return {key: mask_ops.random_mask(self.shapes[key], self.target_active(key), rng) for key in self.shapes}
+
+    def is_update_step(self, step: int) -> bool:
+        """Hook: whether masks change at (the end of) training step ``step``. Default: never."""
+        return False
+
+    def updated_masks(self, step: tf.Tensor, weights: Gradients, masks: Gradients,
+                      gradients: Gradients) -> dict[str, tf.Tensor]:
+        """Hook, traced into the compiled update step: new boolean masks at ``step``.
+
+        ``weights`` are the kernels after the optimizer step of ``step``, ``gradients`` the
+        dense gradients of that step (inactive positions included).
+        """
+        return dict(masks)
+
+    def uses_dense_gradient(self, step: int) -> bool:
+        """Hook: whether step ``step`` needs the dense weight gradient (for the FLOPs count)."""
+        return False
+
+    def config(self) -> dict:
+        """The algorithm's settings, for ``metrics.json``."""
+        public = {k: v for k, v in vars(self).items() if not k.startswith("_") and k not in ("shapes", "targets")}
+        return {"name": self.name, **public}

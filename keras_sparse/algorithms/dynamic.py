@@ -1,0 +1,101 @@
+"""Dynamic sparse training: SET (Mocanu et al. 2018) and RigL (Evci et al. 2020).
+
+Every ``update_frequency`` steps until ``end_step`` (default 75% of training), each layer
+drops the fraction f(t) = α/2 (1 + cos(π t / T_end)) of its active weights with the smallest
+magnitude and grows as many inactive ones. SET grows at random; RigL grows where the dense
+gradient is largest. Grown weights start at zero (the trainer also resets their optimizer
+slots), so every layer keeps its number of active weights.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from keras_sparse import mask_ops, schedules
+from keras_sparse.algorithms.base import SparseAlgorithm
+
+
+class SET(SparseAlgorithm):
+    """Sparse Evolutionary Training: magnitude drop, random grow.
+
+    Args:
+        drop_fraction: α, the fraction dropped at step 0 of the cosine schedule.
+        update_frequency: ΔT, steps between mask updates.
+        end_step: T_end, last step that may update; default 75% of training.
+        freeze_step / freeze_epoch: no mask update at or after this step (or epoch, converted
+            with the steps per epoch); None = update until ``end_step``. After the freeze no
+            dense gradient is ever needed again (the paper's early-frozen RigL).
+    """
+
+    name = "set"
+
+    def __init__(self, sparsity: float = 0.9, distribution="erdos_renyi_kernel", first_layer_dense: bool = False,
+                 drop_fraction: float = 0.3, update_frequency: int = 100, end_step: int | None = None,
+                 freeze_step: int | None = None, freeze_epoch: float | None = None, seed: int = 0):
+        super().__init__(sparsity, distribution, first_layer_dense, seed)
+        if not 0.0 <= drop_fraction <= 1.0:
+            raise ValueError(f"{type(self).__name__}.drop_fraction={drop_fraction} must be in [0, 1].")
+        if update_frequency < 1:
+            raise ValueError(f"{type(self).__name__}.update_frequency={update_frequency} must be a positive number of steps.")
+        if freeze_step is not None and freeze_epoch is not None:
+            raise ValueError(f"{type(self).__name__}: set freeze_step or freeze_epoch, not both.")
+        self.drop_fraction = float(drop_fraction)
+        self.update_frequency = int(update_frequency)
+        self.end_step = end_step
+        self.freeze_step = freeze_step
+        self.freeze_epoch = freeze_epoch
+
+    def setup(self, shapes, total_steps: int, steps_per_epoch: int) -> None:
+        super().setup(shapes, total_steps, steps_per_epoch)
+        self._end = self.end_step if self.end_step is not None else int(0.75 * total_steps)
+        freeze = self.freeze_step
+        if self.freeze_epoch is not None:
+            freeze = int(round(self.freeze_epoch * steps_per_epoch))
+        if freeze is not None and not 0 <= freeze <= total_steps:
+            raise ValueError(
+                f"{type(self).__name__}: freeze step {freeze} is outside training (0..{total_steps} steps): "
+                "lower freeze_step/freeze_epoch or train longer.")
+        self._freeze = freeze
+
+    def is_update_step(self, step: int) -> bool:
+        if self._freeze is not None and step >= self._freeze:
+            return False
+        return 0 < step < self._end and step % self.update_frequency == 0
+
+    def grow_scores(self, step: tf.Tensor, key: str, weight: tf.Tensor, gradient: tf.Tensor) -> tf.Tensor:
+        """Hook: score of each position for growing; SET's is uniform noise."""
+        seed = tf.stack([tf.cast(self.seed, tf.int64), tf.cast(step, tf.int64)])
+        salt = sum(ord(c) for c in key)  # a different stream per layer
+        return tf.random.stateless_uniform(tf.shape(weight), seed=seed + salt)
+
+    def updated_masks(self, step, weights, masks, gradients) -> dict[str, tf.Tensor]:
+        fraction = schedules.cosine_drop_fraction(step, self.drop_fraction, self._end)
+        new = {}
+        for key, weight in weights.items():
+            mask = masks[key]
+            n_active = tf.reduce_sum(tf.cast(mask, tf.float32))
+            n_drop = tf.round(fraction * n_active)
+            # Keep the largest active weights; inactive ones rank below every active one.
+            kept = mask_ops.topk_mask(tf.where(mask, tf.abs(weight), -1.0), n_active - n_drop)
+            # Grow among everything not kept (just-dropped weights included, as in RigL).
+            scores = self.grow_scores(step, key, weight, gradients[key])
+            grown = mask_ops.topk_mask(tf.where(kept, -np.inf, scores), n_drop)
+            new[key] = kept | grown
+        return new
+
+
+class RigL(SET):
+    """Rigged Lottery (Evci et al. 2020): SET that grows where |dense gradient| is largest.
+
+    ``freeze_step``/``freeze_epoch`` set gives the early-frozen RigL of Van Gelder et al.
+    2020: dense gradients only until the freeze, sparse gradients afterwards.
+    """
+
+    name = "rigl"
+
+    def grow_scores(self, step, key, weight, gradient) -> tf.Tensor:
+        return tf.abs(gradient)
+
+    def uses_dense_gradient(self, step: int) -> bool:
+        return self.is_update_step(step)

@@ -1,0 +1,66 @@
+"""Gradual magnitude pruning (Zhu & Gupta 2017, "To prune, or not to prune")."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import tensorflow as tf
+
+from keras_sparse import mask_ops, schedules
+from keras_sparse.algorithms.base import SparseAlgorithm
+
+
+class MagnitudePruning(SparseAlgorithm):
+    """Start dense; every ``frequency`` steps from ``begin_step`` to ``end_step`` keep the
+    largest-magnitude weights of each layer, the sparsity following tfmot's ``PolynomialDecay``
+    (power 3) from ``initial_sparsity`` to the layer's target.
+
+    With a non-uniform ``distribution`` each layer's schedule is scaled to its own target.
+    ``begin_step``/``end_step`` default to 10% and 75% of training.
+    """
+
+    name = "magnitude"
+
+    def __init__(self, sparsity: float = 0.9, distribution="uniform", first_layer_dense: bool = False,
+                 initial_sparsity: float = 0.0, begin_step: int | None = None, end_step: int | None = None,
+                 frequency: int = 100, seed: int = 0):
+        super().__init__(sparsity, distribution, first_layer_dense, seed)
+        self.initial_sparsity = float(initial_sparsity)
+        self.begin_step = begin_step
+        self.end_step = end_step
+        self.frequency = int(frequency)
+        if self.frequency < 1:
+            raise ValueError(f"MagnitudePruning.frequency={frequency} must be a positive number of steps.")
+
+    def setup(self, shapes, total_steps: int, steps_per_epoch: int) -> None:
+        super().setup(shapes, total_steps, steps_per_epoch)
+        self._begin = self.begin_step if self.begin_step is not None else int(0.1 * total_steps)
+        self._end = self.end_step if self.end_step is not None else int(0.75 * total_steps)
+        if not 0 <= self._begin <= self._end:
+            raise ValueError(f"MagnitudePruning: begin_step={self._begin} must be in [0, end_step={self._end}].")
+        self._schedule = schedules.polynomial_decay(self.initial_sparsity, self.sparsity, self._begin,
+                                                    self._end, self.frequency)
+
+    def initial_masks(self, weights, dense_gradients=None) -> dict[str, np.ndarray]:
+        return {key: np.ones(shape, dtype=bool) for key, shape in self.shapes.items()}
+
+    def is_update_step(self, step: int) -> bool:
+        return schedules.periodic_update_step(step, self.frequency, self._begin, self._end)
+
+    def uses_dense_gradient(self, step: int) -> bool:
+        return step < self._begin
+
+    def updated_masks(self, step, weights, masks, gradients) -> dict[str, tf.Tensor]:
+        _, global_sparsity = self._schedule(step)
+        scale = global_sparsity / self.sparsity if self.sparsity > 0 else 0.0
+        new = {}
+        for key, weight in weights.items():
+            layer_sparsity = scale * self.targets[key]
+            size = float(np.prod(self.shapes[key]))
+            # tfmot's rounding: round(size * (1 - s)), at least one weight.
+            k = tf.maximum(tf.round(size * (1.0 - layer_sparsity)), 1.0)
+            # Pruned weights rank last, so a weight once pruned stays pruned.
+            scores = tf.where(masks[key], tf.abs(weight), -1.0)
+            new[key] = mask_ops.topk_mask(scores, k)
+        return new

@@ -1,0 +1,292 @@
+"""``Trainer``: the custom training loop for masked models.
+
+One train step is one ``tf.function`` compiled with XLA: forward, gradients, gradients masked,
+optimizer step, kernels re-masked, so pruned weights are exactly zero after every step. Steps
+at which the algorithm changes masks run a second compiled program (the same step plus the
+algorithm's ``updated_masks``), so neither program is ever retraced. The loop asks the
+algorithm only through its hooks; it never branches on which algorithm it runs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_sparse import flops as flops_lib
+from keras_sparse.algorithms.base import SparseAlgorithm
+from keras_sparse.masking import masked_kernels, sparsity_report
+
+
+class Trainer:
+    """Trains a model made by ``keras_sparse.wrap`` with a ``SparseAlgorithm``.
+
+    Args:
+        model: a wrapped model (``keras_sparse.wrap``).
+        algorithm: the sparse-training algorithm, e.g. ``algorithms.RigL(sparsity=0.9)``.
+        optimizer: a Keras 3 optimizer.
+        loss: a Keras loss (or callable ``loss(y_true, y_pred)``).
+        jit_compile: compile the train step with XLA (default on).
+        logdir: if set, checkpoints (``logdir/checkpoints``) and TensorBoard events go there,
+            and ``fit`` resumes from the latest checkpoint it finds.
+        progress: show a Keras progress bar per epoch.
+        log_every_steps: how often the training loss goes to TensorBoard / the progress bar.
+    """
+
+    def __init__(self, model: keras.Model, algorithm: SparseAlgorithm, optimizer: keras.optimizers.Optimizer,
+                 loss: Callable, jit_compile: bool = True, logdir: str | None = None, progress: bool = True,
+                 log_every_steps: int = 20, checkpoints_to_keep: int = 3):
+        self.model = model
+        self.algorithm = algorithm
+        self.optimizer = optimizer
+        self.loss = keras.losses.get(loss) if isinstance(loss, str) else loss
+        self.jit_compile = jit_compile
+        self.logdir = logdir
+        self.progress = progress
+        self.log_every_steps = max(1, int(log_every_steps))
+        self.kernels = masked_kernels(model)
+        if not self.kernels:
+            raise ValueError("The model has no masked kernels: pass it through keras_sparse.wrap(model) first.")
+
+        self.step = 0  # Python mirror of the step counter, so the loop never waits on the device
+        self.dense_gradient_steps = 0
+        self.training_flops = 0.0  # in units of one dense training step (per example)
+        self.history: list[dict[str, Any]] = []
+        self._state = {
+            "step": tf.Variable(0, dtype=tf.int64, trainable=False, name="step"),
+            "dense_gradient_steps": tf.Variable(0, dtype=tf.int64, trainable=False),
+            "training_flops": tf.Variable(0.0, dtype=tf.float64, trainable=False),
+        }
+        self._variables = list(model.trainable_variables)
+        mask_of = {id(k.kernel): k.mask for k in self.kernels}
+        self._masks_by_variable = [mask_of.get(id(v)) for v in self._variables]
+        self._kernel_index = {k.key: next(i for i, v in enumerate(self._variables) if v is k.kernel)
+                              for k in self.kernels}
+        self.optimizer.build(self._variables)
+        self._slots = {k.key: self._optimizer_slots(k.kernel) for k in self.kernels}
+        self._forward_flops: dict[str, float] | None = None
+        self._densities: dict[str, float] = {}
+        self._set_up = False
+        self._checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **self._state)
+        self._manager = None
+        if logdir:
+            self._manager = tf.train.CheckpointManager(self._checkpoint, os.path.join(logdir, "checkpoints"),
+                                                       max_to_keep=checkpoints_to_keep)
+        self._writer = tf.summary.create_file_writer(logdir) if logdir else None
+        self._train_step = tf.function(self._train_step_fn, jit_compile=jit_compile)
+        self._update_step = tf.function(self._update_step_fn, jit_compile=jit_compile)
+        self._eval_step = tf.function(self._eval_step_fn, jit_compile=jit_compile)
+
+    # ------------------------------------------------------------ compiled parts
+    def _optimizer_slots(self, kernel) -> list:
+        """The optimizer variables (momentum, Adam moments, …) that belong to ``kernel``."""
+        prefix = kernel.path.replace("/", "_") + "_"
+        return [v for v in self.optimizer.variables
+                if v.name.startswith(prefix) and tuple(v.shape) == tuple(kernel.shape)]
+
+    def _gradients(self, x, y):
+        with tf.GradientTape() as tape:
+            predictions = self.model(x, training=True)
+            loss = self.loss(y, predictions)
+            if self.model.losses:
+                loss = loss + tf.add_n(self.model.losses)
+        return loss, tape.gradient(loss, self._variables)
+
+    def _apply(self, gradients) -> None:
+        masked = [g if m is None else tf.where(m, g, tf.zeros_like(g))
+                  for g, m in zip(gradients, self._masks_by_variable)]
+        self.optimizer.apply(masked, self._variables)
+        # Momentum of a just-dropped weight would move it off zero: re-mask after the step.
+        for k in self.kernels:
+            k.kernel.assign(tf.where(k.mask, k.kernel, tf.zeros_like(k.kernel)))
+        self._state["step"].assign_add(1)
+
+    def _train_step_fn(self, x, y):
+        loss, gradients = self._gradients(x, y)
+        self._apply(gradients)
+        return loss
+
+    def _update_step_fn(self, x, y):
+        loss, gradients = self._gradients(x, y)
+        self._apply(gradients)
+        step = self._state["step"] - 1
+        weights = {k.key: tf.convert_to_tensor(k.kernel) for k in self.kernels}
+        masks = {k.key: tf.convert_to_tensor(k.mask) for k in self.kernels}
+        dense_gradients = {k.key: gradients[self._kernel_index[k.key]] for k in self.kernels}
+        new_masks = self.algorithm.updated_masks(step, weights, masks, dense_gradients)
+        for k in self.kernels:
+            self._assign_mask(k, masks[k.key], new_masks[k.key])
+        return loss
+
+    def _assign_mask(self, kernel, old_mask, new_mask) -> None:
+        """Sets a mask, zeroes pruned weights, and resets the optimizer slots of grown ones."""
+        grown = tf.logical_and(new_mask, tf.logical_not(old_mask))
+        kernel.mask.assign(new_mask)
+        # Weights that stay active keep their value; dropped and grown ones are zero.
+        kernel.kernel.assign(tf.where(new_mask & old_mask, kernel.kernel, tf.zeros_like(kernel.kernel)))
+        for slot in self._slots[kernel.key]:
+            slot.assign(tf.where(grown, tf.zeros_like(slot), slot))
+
+    def _eval_step_fn(self, x, y):
+        predictions = self.model(x, training=False)
+        loss = self.loss(y, predictions)
+        batch = tf.cast(tf.shape(predictions)[0], tf.float32)
+        return loss * batch, _correct(y, predictions), batch
+
+    # ---------------------------------------------------------------- set-up
+    def _setup(self, train_data, steps_per_epoch: int, total_steps: int) -> None:
+        if self._set_up:
+            return
+        shapes = {k.key: tuple(k.mask.shape) for k in self.kernels}
+        self.algorithm.setup(shapes, total_steps, steps_per_epoch)
+        self._forward_flops = {k.key: 2.0 * flops_lib.forward_macs(k.wrapper, k.key.rsplit("/", 1)[1])
+                               for k in self.kernels}
+        restored = self.restore()
+        if not restored and self.step == 0:
+            self._initialize_masks(train_data)
+        self._refresh_densities()
+        self._set_up = True
+
+    def _initialize_masks(self, train_data) -> None:
+        weights = {k.key: k.kernel.numpy() for k in self.kernels}
+        n = self.algorithm.scoring_batches
+
+        def dense_gradients() -> dict[str, np.ndarray]:
+            total = {k.key: np.zeros(k.kernel.shape, np.float32) for k in self.kernels}
+            for x, y in train_data.take(n):
+                _, gradients = self._gradients(x, y)
+                for k in self.kernels:
+                    total[k.key] += gradients[self._kernel_index[k.key]].numpy()
+            return total
+
+        masks = self.algorithm.initial_masks(weights, dense_gradients if n else None)
+        for k in self.kernels:
+            self._assign_mask(k, tf.ones_like(k.mask), masks[k.key])
+        self.dense_gradient_steps += n
+        self.training_flops += n  # a dense forward + backward per scoring batch: one dense step each
+
+    def _refresh_densities(self) -> None:
+        self._densities = {k.key: float(np.count_nonzero(k.mask.numpy())) / float(np.prod(k.mask.shape))
+                           for k in self.kernels}
+
+    # ------------------------------------------------------------ checkpoints
+    def save(self) -> str | None:
+        """Writes a checkpoint (model, optimizer, masks, counters) to ``logdir/checkpoints``."""
+        if self._manager is None:
+            return None
+        self._state["dense_gradient_steps"].assign(self.dense_gradient_steps)
+        self._state["training_flops"].assign(self.training_flops)
+        return self._manager.save(checkpoint_number=self.step)
+
+    def restore(self) -> bool:
+        """Restores the latest checkpoint in ``logdir``, if there is one. Returns whether it did."""
+        if self._manager is None or self._manager.latest_checkpoint is None:
+            return False
+        self._checkpoint.restore(self._manager.latest_checkpoint).assert_existing_objects_matched()
+        self.step = int(self._state["step"].numpy())
+        self.dense_gradient_steps = int(self._state["dense_gradient_steps"].numpy())
+        self.training_flops = float(self._state["training_flops"].numpy())
+        return True
+
+    # ------------------------------------------------------------- main API
+    def fit(self, train_data: tf.data.Dataset, epochs: int, validation_data: tf.data.Dataset | None = None,
+            steps_per_epoch: int | None = None) -> list[dict[str, Any]]:
+        """Trains for ``epochs`` epochs of ``train_data`` (batches of ``(x, y)``).
+
+        Returns the per-epoch history (train loss, validation loss/accuracy, sparsity). With a
+        ``logdir``, a checkpoint is written after every epoch and a rerun resumes from it.
+        """
+        steps_per_epoch = steps_per_epoch or _cardinality(train_data)
+        total_steps = epochs * steps_per_epoch
+        self._setup(train_data, steps_per_epoch, total_steps)
+        dense_cost = flops_lib.dense_step_cost(self._forward_flops)
+        for epoch in range(self.step // steps_per_epoch, epochs):
+            bar = keras.utils.Progbar(steps_per_epoch, verbose=1 if self.progress else 0,
+                                      stateful_metrics=["loss"], unit_name="step")
+            if self.progress:
+                print(f"Epoch {epoch + 1}/{epochs}", flush=True)
+            started, losses = time.perf_counter(), []
+            for i, (x, y) in enumerate(train_data.take(steps_per_epoch)):
+                uses_dense = self.algorithm.uses_dense_gradient(self.step)
+                self.training_flops += flops_lib.step_cost(self._forward_flops, self._densities, uses_dense) / dense_cost
+                self.dense_gradient_steps += int(uses_dense)
+                if self.algorithm.is_update_step(self.step):
+                    loss = self._update_step(x, y)
+                    self._refresh_densities()
+                else:
+                    loss = self._train_step(x, y)
+                self.step += 1
+                losses.append(loss)
+                if self.step % self.log_every_steps == 0 or i + 1 == steps_per_epoch:
+                    value = float(loss)
+                    bar.update(i + 1, values=[("loss", value)])
+                    self._scalars("train", {"loss": value})
+            record = {"epoch": epoch + 1, "step": self.step,
+                      "train_loss": float(tf.reduce_mean(tf.stack(losses))),
+                      "seconds": time.perf_counter() - started, "sparsity": self.sparsity()}
+            if validation_data is not None:
+                record.update({f"val_{k}": v for k, v in self.evaluate(validation_data).items()})
+            self.history.append(record)
+            self._epoch_summaries(record)
+            self.save()
+            if self.progress:
+                print("  " + ", ".join(f"{k}={v:.4f}" for k, v in record.items()
+                                       if isinstance(v, float) and k != "seconds"), flush=True)
+        return self.history
+
+    def evaluate(self, data: tf.data.Dataset) -> dict[str, float]:
+        """Mean loss and accuracy of the model over ``data``."""
+        loss_sum = correct = count = 0.0
+        for x, y in data:
+            loss, right, batch = self._eval_step(x, y)
+            loss_sum, correct, count = loss_sum + float(loss), correct + float(right), count + float(batch)
+        return {"loss": loss_sum / count, "accuracy": correct / count}
+
+    def sparsity(self) -> float:
+        """Current overall sparsity of the masked kernels."""
+        sizes = {k.key: float(np.prod(k.mask.shape)) for k in self.kernels}
+        return 1.0 - sum(self._densities[key] * sizes[key] for key in sizes) / sum(sizes.values())
+
+    def summary(self) -> dict[str, Any]:
+        """Counters for ``metrics.json``: steps, dense-gradient steps, FLOPs, per-layer sparsity."""
+        return {
+            "steps": self.step,
+            "dense_gradient_steps": self.dense_gradient_steps,
+            "training_flops_relative_to_dense": self.training_flops / max(self.step, 1),
+            "sparsity": self.sparsity(),
+            "layer_sparsity": {key: value["sparsity"] for key, value in sparsity_report(self.model).items()},
+            "algorithm": self.algorithm.config(),
+        }
+
+    # --------------------------------------------------------------- logging
+    def _scalars(self, prefix: str, values: dict[str, float]) -> None:
+        if self._writer is None:
+            return
+        with self._writer.as_default(step=self.step):
+            for name, value in values.items():
+                tf.summary.scalar(f"{prefix}/{name}", value)
+
+    def _epoch_summaries(self, record: dict[str, Any]) -> None:
+        self._scalars("epoch", {k: v for k, v in record.items() if isinstance(v, float)})
+        self._scalars("sparsity", {key: 1.0 - d for key, d in self._densities.items()})
+        self._scalars("epoch", {"dense_gradient_steps": float(self.dense_gradient_steps)})
+        if self._writer is not None:
+            self._writer.flush()
+
+
+def _correct(y, predictions):
+    predicted = tf.argmax(predictions, axis=-1, output_type=tf.int64)
+    if y.shape.rank == predictions.shape.rank:  # one-hot labels
+        y = tf.argmax(y, axis=-1, output_type=tf.int64)
+    return tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(tf.reshape(y, tf.shape(predicted)), tf.int64)), tf.float32))
+
+
+def _cardinality(data: tf.data.Dataset) -> int:
+    n = int(data.cardinality())
+    if n <= 0:
+        raise ValueError("The training data has unknown or infinite length: pass steps_per_epoch to fit().")
+    return n
