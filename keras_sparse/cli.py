@@ -1,0 +1,43 @@
+"""absl flags shared by the binaries: gin files, gin bindings, logdir and seed."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+from absl import flags, logging
+import tensorflow as tf
+
+from keras_sparse.experiment import CONFIG_DIR, parse_gin
+
+
+def shipped_configs() -> list[str]:
+    """The gin configs shipped in ``gin_configs/``, relative to it."""
+    paths = glob.glob(os.path.join(CONFIG_DIR, "**", "*.gin"), recursive=True)
+    return sorted(os.path.relpath(p, CONFIG_DIR) for p in paths)
+
+
+def define_flags() -> None:
+    """Defines ``--gin_config``, ``--gin_bindings``, ``--logdir`` and ``--seed``."""
+    flags.DEFINE_multi_string("gin_config", [], "Gin config file (repeatable). Shipped: " + ", ".join(shipped_configs()))
+    flags.DEFINE_multi_string("gin_bindings", [], "Gin binding such as 'RigL.sparsity = 0.95' (repeatable).")
+    flags.DEFINE_string("logdir", None, "Directory for checkpoints, events, metrics.json and the export.")
+    flags.DEFINE_integer("seed", 0, "Seeds initialization, data order and the algorithm's random choices.")
+    flags.mark_flag_as_required("logdir")
+
+
+def parse_flags_into_gin() -> None:
+    """Parses the gin files and bindings the flags name."""
+    if not flags.FLAGS["verbosity"].present:
+        # TensorFlow's INFO lines (checkpoint sharding, SavedModel assets) drown the progress
+        # bar; --verbosity=0 brings them back.
+        logging.set_verbosity(logging.WARNING)
+        tf.get_logger().setLevel("WARNING")
+    # gin logs "Path not found" at ERROR for every search path it tries before the one that
+    # holds an include; real parse errors still raise.
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.FATAL)
+    try:
+        parse_gin(flags.FLAGS.gin_config, flags.FLAGS.gin_bindings)
+    finally:
+        logging.set_verbosity(verbosity)

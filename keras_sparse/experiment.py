@@ -1,0 +1,124 @@
+"""One gin-configured training run: data + model + algorithm + optimizer → a logdir.
+
+``binaries/train.py`` is a thin shell around ``train``; the studies call it too. A logdir
+receives checkpoints, TensorBoard events, ``operative_config.gin``, ``metrics.json`` and an
+exported ``saved_model/``. Rerunning into a logdir that holds a checkpoint resumes from it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Sequence
+
+import gin
+import keras
+import tensorflow as tf
+
+from keras_sparse import data as data_lib
+from keras_sparse import models
+from keras_sparse.algorithms import SparseAlgorithm, get
+from keras_sparse.masking import export_saved_model, wrap
+from keras_sparse.trainer import Trainer
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin_configs")
+
+
+def parse_gin(config_files: Sequence[str], bindings: Sequence[str]) -> None:
+    """Parses gin files and bindings; includes resolve next to each file and in ``gin_configs/``."""
+    for path in [CONFIG_DIR, *{os.path.dirname(os.path.abspath(f)) for f in config_files}]:
+        gin.add_config_file_search_path(path)
+    gin.parse_config_files_and_bindings(list(config_files), list(bindings))
+
+
+def learning_rate_schedule(kind: str, base: float, total_steps: int, steps_per_epoch: int,
+                           warmup_epochs: float = 0.0):
+    """``constant``, ``cosine`` (to 0 at the end) or ``step`` (×0.1 at 50% and 75%), with linear warmup."""
+    warmup = int(warmup_epochs * steps_per_epoch)
+    if kind == "constant":
+        return base
+    if kind == "cosine":
+        return keras.optimizers.schedules.CosineDecay(0.0 if warmup else base, max(total_steps - warmup, 1),
+                                                      warmup_target=base if warmup else None,
+                                                      warmup_steps=warmup)
+    if kind == "step":
+        bounds = [int(0.5 * total_steps), int(0.75 * total_steps)]
+        return keras.optimizers.schedules.PiecewiseConstantDecay(bounds, [base, base * 0.1, base * 0.01])
+    raise ValueError(f"Unknown training.lr_schedule {kind!r}: use 'constant', 'cosine' or 'step'.")
+
+
+def make_optimizer(name: str, learning_rate, momentum: float, weight_decay: float) -> keras.optimizers.Optimizer:
+    """``sgd`` (with momentum), ``adam`` or ``adamw``."""
+    decay = weight_decay or None
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate, momentum=momentum, weight_decay=decay)
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate, weight_decay=decay)
+    if name == "adamw":
+        return keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
+    raise ValueError(f"Unknown training.optimizer {name!r}: use 'sgd', 'adam' or 'adamw'.")
+
+
+@gin.configurable("training", denylist=["logdir", "seed"])
+def train(logdir: str, seed: int = 0, algorithm: SparseAlgorithm | str = gin.REQUIRED, epochs: int = 60,
+          batch_size: int = 64, optimizer: str = "sgd", learning_rate: float = 0.05, lr_schedule: str = "cosine",
+          warmup_epochs: float = 0.0, momentum: float = 0.9, weight_decay: float = 0.0,
+          jit_compile: bool = True, progress: bool = True, export: bool = True,
+          exclude: Sequence[str] = ()) -> dict[str, Any]:
+    """Trains one sparse network and writes its logdir; returns the contents of ``metrics.json``.
+
+    ``seed`` seeds the initialization, the data order and the algorithm's random choices.
+    ``algorithm`` is an instance (gin: ``@RigL()``) or a registered name (``"rigl"``).
+    """
+    if isinstance(algorithm, str):
+        algorithm = get(algorithm)()
+    if epochs < 1:
+        raise ValueError(f"training.epochs={epochs} must be at least 1.")
+    algorithm.seed = seed
+    keras.utils.set_random_seed(seed)
+    data = data_lib.load(batch_size=batch_size, seed=seed)
+    model = wrap(models.build(data.input_shape, data.num_classes), exclude=list(exclude) or None)
+    total_steps = epochs * data.steps_per_epoch
+    schedule = learning_rate_schedule(lr_schedule, learning_rate, total_steps, data.steps_per_epoch, warmup_epochs)
+    trainer = Trainer(model, algorithm, make_optimizer(optimizer, schedule, momentum, weight_decay),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit_compile,
+                      logdir=logdir, progress=progress)
+    tf.io.gfile.makedirs(logdir)
+    history = trainer.fit(data.train, epochs, validation_data=data.test, steps_per_epoch=data.steps_per_epoch)
+    evaluation = trainer.evaluate(data.test)
+    metrics = {
+        "test_accuracy": evaluation["accuracy"],
+        "test_loss": evaluation["loss"],
+        **trainer.summary(),
+        "seed": seed,
+        "data": data.name,
+        "model": model.name,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "history": history,
+    }
+    _write_text(os.path.join(logdir, "operative_config.gin"), gin.operative_config_str())
+    _write_text(os.path.join(logdir, "metrics.json"), json.dumps(_finite(metrics), indent=2))
+    if export:
+        export_saved_model(model, os.path.join(logdir, "saved_model"))
+    return metrics
+
+
+def _finite(value):
+    """JSON has no NaN/inf: write them as strings rather than produce an unreadable file."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _write_text(path: str, text: str) -> None:
+    """Writes ``text`` to ``path`` atomically (a temporary file, then a rename)."""
+    tmp = f"{path}.tmp"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(text)
+    tf.io.gfile.rename(tmp, path, overwrite=True)

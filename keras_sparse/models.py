@@ -1,0 +1,106 @@
+"""The models of the papers, by name: ``model.name = "lenet5"`` in gin.
+
+- ``mnist1d_cnn``: 4 Conv1D + BatchNorm layers and a linear classifier, for MNIST-1D.
+- ``mlp`` / ``lenet_300_100``: fully connected nets (LeCun et al. 1998; Frankle & Carbin 2019).
+- ``lenet5``: two conv + pool layers and three dense layers (LeCun et al. 1998).
+- ``resnet``: the CIFAR ResNet of He et al. 2016 (depth 6n+2, ``resnet20`` by default) with a
+  width multiplier, giving WideResNets (Zagoruyko & Komodakis 2016) for ``width`` > 1.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import gin
+import keras
+
+layers = keras.layers
+MODELS: dict[str, Callable[..., keras.Model]] = {}
+
+
+def _register(name: str):
+    def decorator(fn):
+        MODELS[name] = fn
+        return fn
+
+    return decorator
+
+
+@_register("mnist1d_cnn")
+def mnist1d_cnn(input_shape: Sequence[int], num_classes: int, width: int = 128) -> keras.Model:
+    """Conv1D(5) + 3 × Conv1D(3, stride 2), each with BatchNorm and ReLU, then a Dense classifier."""
+    inputs = keras.Input(input_shape)
+    x = inputs
+    for i, (size, stride) in enumerate([(5, 1), (3, 2), (3, 2), (3, 2)]):
+        x = layers.Conv1D(width, size, strides=stride, padding="same", use_bias=False, name=f"conv{i + 1}")(x)
+        x = layers.BatchNormalization(name=f"bn{i + 1}")(x)
+        x = layers.ReLU()(x)
+    x = layers.Flatten()(x)
+    return keras.Model(inputs, layers.Dense(num_classes, name="logits")(x), name="mnist1d_cnn")
+
+
+@_register("mlp")
+def mlp(input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (300, 100)) -> keras.Model:
+    """Flatten, ReLU Dense layers of sizes ``hidden``, then a Dense classifier."""
+    inputs = keras.Input(input_shape)
+    x = layers.Flatten()(inputs)
+    for i, units in enumerate(hidden):
+        x = layers.Dense(units, activation="relu", name=f"fc{i + 1}")(x)
+    return keras.Model(inputs, layers.Dense(num_classes, name="logits")(x), name="mlp")
+
+
+@_register("lenet_300_100")
+def lenet_300_100(input_shape: Sequence[int], num_classes: int) -> keras.Model:
+    """LeNet-300-100: the MLP with hidden layers of 300 and 100 units."""
+    return mlp(input_shape, num_classes, hidden=(300, 100))
+
+
+@_register("lenet5")
+def lenet5(input_shape: Sequence[int], num_classes: int) -> keras.Model:
+    """LeNet-5: conv 6@5×5, pool, conv 16@5×5, pool, dense 120, 84, classifier."""
+    inputs = keras.Input(input_shape)
+    x = layers.Conv2D(6, 5, padding="same", activation="relu", name="conv1")(inputs)
+    x = layers.MaxPooling2D()(x)
+    x = layers.Conv2D(16, 5, activation="relu", name="conv2")(x)
+    x = layers.MaxPooling2D()(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(120, activation="relu", name="fc1")(x)
+    x = layers.Dense(84, activation="relu", name="fc2")(x)
+    return keras.Model(inputs, layers.Dense(num_classes, name="logits")(x), name="lenet5")
+
+
+@_register("resnet")
+def resnet(input_shape: Sequence[int], num_classes: int, depth: int = 20, width: int = 1) -> keras.Model:
+    """CIFAR ResNet-(6n+2) with basic blocks of 16·width, 32·width, 64·width filters."""
+    if (depth - 2) % 6:
+        raise ValueError(f"model.depth={depth} must be 6n+2 (20, 32, 44, 56, …).")
+    blocks = (depth - 2) // 6
+
+    def conv(filters, stride, name):
+        return layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=name)
+
+    inputs = keras.Input(input_shape)
+    x = conv(16 * width, 1, "conv0")(inputs)
+    x = layers.ReLU()(layers.BatchNormalization()(x))
+    for stage, filters in enumerate([16 * width, 32 * width, 64 * width]):
+        for block in range(blocks):
+            stride = 2 if stage > 0 and block == 0 else 1
+            name = f"stage{stage + 1}_block{block + 1}"
+            y = conv(filters, stride, f"{name}_conv1")(x)
+            y = layers.ReLU()(layers.BatchNormalization()(y))
+            y = layers.BatchNormalization()(conv(filters, 1, f"{name}_conv2")(y))
+            if stride != 1 or x.shape[-1] != filters:
+                x = layers.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"{name}_shortcut")(x)
+                x = layers.BatchNormalization()(x)
+            x = layers.ReLU()(layers.Add()([x, y]))
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, layers.Dense(num_classes, name="logits")(x), name=f"resnet{depth}_{width}")
+
+
+@gin.configurable("model", denylist=["input_shape", "num_classes"])
+def build(input_shape: Sequence[int], num_classes: int, name: str = "mnist1d_cnn", **options) -> keras.Model:
+    """Builds model ``name`` for inputs of ``input_shape``; ``options`` go to its builder
+    (e.g. ``model.width = 64``)."""
+    if name not in MODELS:
+        raise ValueError(f"Unknown model {name!r}: use one of {sorted(MODELS)}.")
+    return MODELS[name](tuple(input_shape), num_classes, **options)

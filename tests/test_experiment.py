@@ -1,0 +1,94 @@
+"""End-to-end tests of keras_sparse.experiment and binaries/train.py on short MNIST-1D runs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import gin
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_sparse import data, experiment
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = ["dense", "static", "magnitude", "snip", "set", "rigl", "rigl_frozen"]
+# A narrow net and two epochs (62 steps each at batch 64) keep each run to a few seconds.
+SHORT = ["training.epochs = 2", "model.width = 8", "training.progress = False"]
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_every_algorithm_config_trains(config, tmp_path):
+    experiment.parse_gin([os.path.join(ROOT, "gin_configs", f"{config}.gin")], SHORT + ["training.export = False"])
+    metrics = experiment.train(str(tmp_path), seed=1)
+    expected_sparsity = 0.0 if config == "dense" else 0.9
+    assert metrics["sparsity"] == pytest.approx(expected_sparsity, abs=2e-3)
+    assert metrics["steps"] == 124
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0 and np.isfinite(metrics["test_loss"])
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("test_accuracy", "test_loss", "sparsity", "layer_sparsity", "steps", "dense_gradient_steps",
+                "training_flops_relative_to_dense"):
+        assert key in on_disk
+    assert (tmp_path / "operative_config.gin").read_text().count("training.epochs = 2") == 1
+
+
+def test_dense_gradient_counts_per_config(tmp_path):
+    counts = {}
+    for config in ("dense", "rigl", "rigl_frozen", "static"):
+        gin.clear_config()
+        experiment.parse_gin([os.path.join(ROOT, "gin_configs", f"{config}.gin")], SHORT + ["training.export = False"])
+        counts[config] = experiment.train(str(tmp_path / config), seed=0)["dense_gradient_steps"]
+    # RigL updates every 15 steps until 75% of 124 steps (steps 15..90); frozen RigL stops at
+    # the end of epoch 1 (step 62): updates at 15, 30, 45, 60.
+    assert counts == {"dense": 124, "rigl": 6, "rigl_frozen": 4, "static": 0}
+
+
+def _run_binary(*args, cwd=ROOT):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, os.path.join(ROOT, "binaries", "train.py"), *args],
+                          capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+def _bindings(*bindings):
+    return [f"--gin_bindings={b}" for b in bindings]
+
+
+def test_train_binary_end_to_end_and_resume(tmp_path):
+    logdir = tmp_path / "run"
+    first = _run_binary("--gin_config=gin_configs/rigl.gin", f"--logdir={logdir}", "--seed=3",
+                        *_bindings("training.epochs = 1", "model.width = 8"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    for name in ("checkpoints", "operative_config.gin", "metrics.json", "saved_model"):
+        assert (logdir / name).exists(), name
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(logdir))
+    metrics = json.loads((logdir / "metrics.json").read_text())
+    assert metrics["steps"] == 62 and metrics["seed"] == 3
+
+    loaded = tf.saved_model.load(str(logdir / "saved_model"))
+    x = next(iter(data.load(batch_size=4, name="mnist1d").test))[0][:4]
+    assert loaded.signatures["serving_default"](x)["output_0"].shape == (4, 10)
+
+    second = _run_binary("--gin_config=gin_configs/rigl.gin", f"--logdir={logdir}", "--seed=3",
+                         *_bindings("training.epochs = 2", "model.width = 8"))
+    assert second.returncode == 0, second.stderr[-3000:]
+    resumed = json.loads((logdir / "metrics.json").read_text())
+    assert resumed["steps"] == 124
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+
+
+def test_train_binary_missing_tfds_set_is_one_clear_line(tmp_path):
+    result = _run_binary("--gin_config=gin_configs/static.gin", f"--logdir={tmp_path / 'run'}",
+                         *_bindings("data.name = 'mnist'", f"data.data_dir = '{tmp_path / 'tfds'}'",
+                                    "data.download = False"))
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "'mnist'" in lines[0] and str(tmp_path / "tfds") in lines[0]
+    assert "Traceback" not in result.stderr
