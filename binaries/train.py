@@ -16,8 +16,7 @@ cli.define_flags()
 
 def main(argv):
     del argv
-    cli.parse_flags_into_gin()
-    experiment.train(flags.FLAGS.logdir, flags.FLAGS.seed)
+    cli.run_main(lambda: experiment.train(flags.FLAGS.logdir, flags.FLAGS.seed))
 
 
 if __name__ == "__main__":

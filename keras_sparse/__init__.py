@@ -13,8 +13,16 @@ Quick use::
 
 from keras_sparse import algorithms, distributions, schedules
 from keras_sparse.layers import MaskedWrapper
-from keras_sparse.masking import (export_saved_model, get_masks, masked_kernels, set_masks, sparsity,
-                                  sparsity_report, strip, wrap)
+from keras_sparse.masking import (
+                                  export_saved_model,
+                                  get_masks,
+                                  masked_kernels,
+                                  set_masks,
+                                  sparsity,
+                                  sparsity_report,
+                                  strip,
+                                  wrap,
+)
 from keras_sparse.trainer import Trainer
 
 __version__ = "0.1.0"

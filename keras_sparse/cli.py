@@ -1,13 +1,16 @@
-"""absl flags shared by the binaries: gin files, gin bindings, logdir and seed."""
+"""absl flags and the main wrapper shared by the binaries."""
 
 from __future__ import annotations
 
 import glob
 import os
+import sys
+from typing import Any, Callable
 
-from absl import flags, logging
 import tensorflow as tf
+from absl import flags, logging
 
+from keras_sparse.errors import ConfigError
 from keras_sparse.experiment import CONFIG_DIR, parse_gin
 
 
@@ -17,13 +20,27 @@ def shipped_configs() -> list[str]:
     return sorted(os.path.relpath(p, CONFIG_DIR) for p in paths)
 
 
-def define_flags() -> None:
-    """Defines ``--gin_config``, ``--gin_bindings``, ``--logdir`` and ``--seed``."""
+def define_flags(study: bool = False) -> None:
+    """Defines ``--gin_config``, ``--gin_bindings``, ``--logdir``, and ``--seed`` for training
+    or ``--jobs`` for a study (whose seeds are part of its grid)."""
     flags.DEFINE_multi_string("gin_config", [], "Gin config file (repeatable). Shipped: " + ", ".join(shipped_configs()))
     flags.DEFINE_multi_string("gin_bindings", [], "Gin binding such as 'RigL.sparsity = 0.95' (repeatable).")
-    flags.DEFINE_string("logdir", None, "Directory for checkpoints, events, metrics.json and the export.")
-    flags.DEFINE_integer("seed", 0, "Seeds initialization, data order and the algorithm's random choices.")
+    flags.DEFINE_string("logdir", None, "Directory for the run's (or study's) outputs.")
+    if study:
+        flags.DEFINE_integer("jobs", 1, "Run this many grid cells at a time, each in its own process.")
+    else:
+        flags.DEFINE_integer("seed", 0, "Seeds initialization, data order and the algorithm's random choices.")
     flags.mark_flag_as_required("logdir")
+
+
+def run_main(job: Callable[[], Any]) -> Any:
+    """Parses the gin flags and runs ``job``; bad input exits with one ``error:`` line."""
+    try:
+        parse_flags_into_gin()
+        return job()
+    except ConfigError as error:
+        # gin appends "In call to configurable ..." on a second line: keep the first.
+        sys.exit(f"error: {str(error).strip().splitlines()[0]}")
 
 
 def parse_flags_into_gin() -> None:

@@ -15,8 +15,10 @@ import gin
 import numpy as np
 import tensorflow as tf
 
+from keras_sparse.errors import ConfigError
 
-class DataUnavailableError(RuntimeError):
+
+class DataUnavailableError(ConfigError):
     """A data set is unknown, or not on disk and cannot be downloaded."""
 
 
@@ -115,7 +117,7 @@ def load(batch_size: int, seed: int = 0, name: str = "mnist1d", data_dir: str | 
             nor downloadable; the message names the data set and where it was looked for.
     """
     if batch_size < 1:
-        raise ValueError(f"training.batch_size={batch_size} must be a positive number.")
+        raise ConfigError(f"training.batch_size={batch_size} must be a positive number.")
     if name in OFFLINE:
         x, y, x_test, y_test = OFFLINE[name](seed)
         train = tf.data.Dataset.from_tensor_slices((x, y))
@@ -128,7 +130,7 @@ def load(batch_size: int, seed: int = 0, name: str = "mnist1d", data_dir: str | 
             train = train.cache()
         test = test.cache()
     if batch_size > train_size:
-        raise ValueError(f"training.batch_size={batch_size} is larger than the {train_size} training examples of {name!r}.")
+        raise ConfigError(f"training.batch_size={batch_size} is larger than the {train_size} training examples of {name!r}.")
     train = train.shuffle(min(train_size, 60000), seed=seed, reshuffle_each_iteration=True)
     if augment:
         train = train.map(_augment_crop_flip, num_parallel_calls=tf.data.AUTOTUNE)

@@ -14,6 +14,8 @@ from typing import Callable, Mapping, Sequence, Union
 
 import numpy as np
 
+from keras_sparse.errors import ConfigError
+
 Shapes = Mapping[str, Sequence[int]]
 Distribution = Union[str, Mapping[str, float]]
 
@@ -32,7 +34,7 @@ def check_sparsity(sparsity: float, what: str = "sparsity") -> float:
     """Returns ``sparsity`` as a float, or raises a one-line error if it is outside [0, 1)."""
     value = float(sparsity)
     if not 0.0 <= value < 1.0:
-        raise ValueError(f"{what}={sparsity!r} is outside [0, 1): pass a fraction such as 0.9 for 90% sparsity.")
+        raise ConfigError(f"{what}={sparsity!r} is outside [0, 1): pass a fraction such as 0.9 for 90% sparsity.")
     return value
 
 
@@ -95,7 +97,7 @@ def layer_sparsities(shapes: Shapes, sparsity: float, distribution: Distribution
     if isinstance(distribution, Mapping):
         return _explicit(shapes, sparsity, distribution)
     if distribution not in _DISTRIBUTIONS:
-        raise ValueError(f"Unknown sparsity distribution {distribution!r}: use one of {names()} or a dict {{layer_name: sparsity}}.")
+        raise ConfigError(f"Unknown sparsity distribution {distribution!r}: use one of {names()} or a dict {{layer_name: sparsity}}.")
     return _DISTRIBUTIONS[distribution](shapes, sparsity, **options)
 
 
@@ -104,7 +106,7 @@ def _explicit(shapes: Shapes, sparsity: float, per_layer: Mapping[str, float]) -
     known = set(shapes) | set(layer_of.values())
     unknown = sorted(set(per_layer) - known)
     if unknown:
-        raise ValueError(f"Sparsity map names {unknown}, which are not masked layers: use names from {sorted(set(layer_of.values()))}.")
+        raise ConfigError(f"Sparsity map names {unknown}, which are not masked layers: use names from {sorted(set(layer_of.values()))}.")
     result = {}
     for key in shapes:
         value = per_layer.get(key, per_layer.get(layer_of[key], sparsity))

@@ -7,6 +7,7 @@ exported ``saved_model/``. Rerunning into a logdir that holds a checkpoint resum
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -14,11 +15,13 @@ from typing import Any, Sequence
 
 import gin
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_sparse import data as data_lib
 from keras_sparse import models
 from keras_sparse.algorithms import SparseAlgorithm, get
+from keras_sparse.errors import ConfigError
 from keras_sparse.masking import export_saved_model, wrap
 from keras_sparse.trainer import Trainer
 
@@ -45,7 +48,7 @@ def learning_rate_schedule(kind: str, base: float, total_steps: int, steps_per_e
     if kind == "step":
         bounds = [int(0.5 * total_steps), int(0.75 * total_steps)]
         return keras.optimizers.schedules.PiecewiseConstantDecay(bounds, [base, base * 0.1, base * 0.01])
-    raise ValueError(f"Unknown training.lr_schedule {kind!r}: use 'constant', 'cosine' or 'step'.")
+    raise ConfigError(f"Unknown training.lr_schedule {kind!r}: use 'constant', 'cosine' or 'step'.")
 
 
 def make_optimizer(name: str, learning_rate, momentum: float, weight_decay: float) -> keras.optimizers.Optimizer:
@@ -57,51 +60,102 @@ def make_optimizer(name: str, learning_rate, momentum: float, weight_decay: floa
         return keras.optimizers.Adam(learning_rate, weight_decay=decay)
     if name == "adamw":
         return keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
-    raise ValueError(f"Unknown training.optimizer {name!r}: use 'sgd', 'adam' or 'adamw'.")
+    raise ConfigError(f"Unknown training.optimizer {name!r}: use 'sgd', 'adam' or 'adamw'.")
 
 
-@gin.configurable("training", denylist=["logdir", "seed"])
-def train(logdir: str, seed: int = 0, algorithm: SparseAlgorithm | str = gin.REQUIRED, epochs: int = 60,
-          batch_size: int = 64, optimizer: str = "sgd", learning_rate: float = 0.05, lr_schedule: str = "cosine",
-          warmup_epochs: float = 0.0, momentum: float = 0.9, weight_decay: float = 0.0,
-          jit_compile: bool = True, progress: bool = True, export: bool = True,
-          exclude: Sequence[str] = ()) -> dict[str, Any]:
-    """Trains one sparse network and writes its logdir; returns the contents of ``metrics.json``.
+@gin.configurable("training")
+@dataclasses.dataclass
+class TrainingSettings:
+    """Everything about a run but the seed and the logdir; gin binds it as ``training.*``.
 
-    ``seed`` seeds the initialization, the data order and the algorithm's random choices.
     ``algorithm`` is an instance (gin: ``@RigL()``) or a registered name (``"rigl"``).
     """
+
+    algorithm: SparseAlgorithm | str | None = None
+    epochs: int = 60
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    learning_rate: float = 0.05
+    lr_schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    jit_compile: bool = True
+    progress: bool = True
+    export: bool = True
+    exclude: Sequence[str] = ()
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise ConfigError(f"training.epochs={self.epochs} must be at least 1.")
+
+
+@dataclasses.dataclass
+class Run:
+    """A model, its data and its trainer, ready to ``fit``; ``initial_kernels`` are the masked
+    kernels as initialized, before any mask was applied (the studies re-use them)."""
+
+    settings: TrainingSettings
+    data: data_lib.Data
+    model: keras.Model
+    trainer: Trainer
+    initial_kernels: dict[str, np.ndarray]
+
+    def fit(self):
+        """Trains for ``settings.epochs`` and returns the per-epoch history."""
+        return self.trainer.fit(self.data.train, self.settings.epochs, validation_data=self.data.test,
+                                steps_per_epoch=self.data.steps_per_epoch)
+
+    def metrics(self) -> dict[str, Any]:
+        """Test accuracy and loss, the trainer's counters and the run's settings."""
+        evaluation = self.trainer.evaluate(self.data.test)
+        return {"test_accuracy": evaluation["accuracy"], "test_loss": evaluation["loss"],
+                **self.trainer.summary(), "data": self.data.name, "model": self.model.name,
+                "epochs": self.settings.epochs, "batch_size": self.settings.batch_size,
+                "history": self.trainer.history}
+
+
+def build_run(seed: int, algorithm: SparseAlgorithm | str | None = None, settings: TrainingSettings | None = None,
+              logdir: str | None = None, model_seed: int | None = None) -> Run:
+    """Builds data, model (wrapped), optimizer and trainer for one run.
+
+    ``seed`` seeds the data order and the algorithm; ``model_seed`` (default ``seed``) the
+    initialization, so a study can retrain the same data order from a new initialization.
+    """
+    settings = settings or TrainingSettings()
+    algorithm = algorithm if algorithm is not None else settings.algorithm
+    if algorithm is None:
+        raise ConfigError("No algorithm: bind training.algorithm (e.g. '@RigL()') or include an algorithm config.")
     if isinstance(algorithm, str):
         algorithm = get(algorithm)()
-    if epochs < 1:
-        raise ValueError(f"training.epochs={epochs} must be at least 1.")
     algorithm.seed = seed
+    data = data_lib.load(batch_size=settings.batch_size, seed=seed)
+    keras.utils.set_random_seed(seed if model_seed is None else model_seed)
+    model = wrap(models.build(data.input_shape, data.num_classes), exclude=list(settings.exclude) or None)
     keras.utils.set_random_seed(seed)
-    data = data_lib.load(batch_size=batch_size, seed=seed)
-    model = wrap(models.build(data.input_shape, data.num_classes), exclude=list(exclude) or None)
-    total_steps = epochs * data.steps_per_epoch
-    schedule = learning_rate_schedule(lr_schedule, learning_rate, total_steps, data.steps_per_epoch, warmup_epochs)
-    trainer = Trainer(model, algorithm, make_optimizer(optimizer, schedule, momentum, weight_decay),
-                      keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit_compile,
-                      logdir=logdir, progress=progress)
+    total_steps = settings.epochs * data.steps_per_epoch
+    schedule = learning_rate_schedule(settings.lr_schedule, settings.learning_rate, total_steps,
+                                      data.steps_per_epoch, settings.warmup_epochs)
+    optimizer = make_optimizer(settings.optimizer, schedule, settings.momentum, settings.weight_decay)
+    trainer = Trainer(model, algorithm, optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      jit_compile=settings.jit_compile, logdir=logdir, progress=settings.progress)
+    initial = {k.key: k.kernel.numpy() for k in trainer.kernels}
+    return Run(settings, data, model, trainer, initial)
+
+
+def train(logdir: str, seed: int = 0) -> dict[str, Any]:
+    """Trains the gin-configured run and writes its logdir; returns the contents of ``metrics.json``.
+
+    ``seed`` seeds the initialization, the data order and the algorithm's random choices.
+    """
+    run = build_run(seed, logdir=logdir)
     tf.io.gfile.makedirs(logdir)
-    history = trainer.fit(data.train, epochs, validation_data=data.test, steps_per_epoch=data.steps_per_epoch)
-    evaluation = trainer.evaluate(data.test)
-    metrics = {
-        "test_accuracy": evaluation["accuracy"],
-        "test_loss": evaluation["loss"],
-        **trainer.summary(),
-        "seed": seed,
-        "data": data.name,
-        "model": model.name,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "history": history,
-    }
+    run.fit()
+    metrics = {**run.metrics(), "seed": seed}
     _write_text(os.path.join(logdir, "operative_config.gin"), gin.operative_config_str())
     _write_text(os.path.join(logdir, "metrics.json"), json.dumps(_finite(metrics), indent=2))
-    if export:
-        export_saved_model(model, os.path.join(logdir, "saved_model"))
+    if run.settings.export:
+        export_saved_model(run.model, os.path.join(logdir, "saved_model"))
     return metrics
 
 

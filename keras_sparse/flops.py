@@ -13,6 +13,7 @@ from typing import Mapping, Sequence
 import keras
 import numpy as np
 
+from keras_sparse.errors import ConfigError
 from keras_sparse.layers import MaskedWrapper
 
 
@@ -27,7 +28,7 @@ def forward_macs(wrapper: MaskedWrapper, kernel_name: str) -> int:
     layer = wrapper.layer
     input_shape = wrapper.input_shape_for_flops
     if input_shape is None:
-        raise ValueError(f"{wrapper.name} has not been built on an input shape; call the model once first.")
+        raise ConfigError(f"{wrapper.name} has not been built on an input shape; call the model once first.")
     kernel_size = int(np.prod(wrapper.kernel(kernel_name).shape))
     data_format = getattr(layer, "data_format", None)
     if isinstance(layer, keras.layers.EinsumDense):

@@ -14,6 +14,8 @@ from typing import Any
 
 import keras
 
+from keras_sparse.errors import ConfigError
+
 # Layer class -> names of the kernels to mask. Order matters for subclasses: the first
 # isinstance match wins, so more specific classes come first.
 PRUNABLE_KERNELS: dict[type, tuple[str, ...]] = {
@@ -49,7 +51,8 @@ def holds_unsupported_kernel(layer: keras.layers.Layer) -> bool:
     Such a layer (Embedding, LSTM, MultiHeadAttention, …) must be reported to the user rather
     than silently left dense.
     """
-    if prunable_kernel_names(layer) is not None or isinstance(layer, keras.Model):
+    if (prunable_kernel_names(layer) is not None or isinstance(layer, keras.Model)
+            or isinstance(layer, MaskedWrapper)):  # already wrapped: wrap() keeps it as it is
         return False
     own = [w for w in layer.weights if w.trainable]
     return any(w.name.split("/")[-1] not in _NON_KERNEL_WEIGHT_NAMES for w in own)
@@ -71,7 +74,7 @@ class MaskedWrapper(keras.layers.Wrapper):
     def __init__(self, layer: keras.layers.Layer, **kwargs: Any):
         kernel_names = prunable_kernel_names(layer)
         if kernel_names is None:
-            raise ValueError(
+            raise ConfigError(
                 f"Layer {layer.name!r} of type {type(layer).__name__} has no maskable kernel: "
                 f"keras-sparse masks {sorted(c.__name__ for c in PRUNABLE_KERNELS)}."
             )
@@ -88,10 +91,14 @@ class MaskedWrapper(keras.layers.Wrapper):
         self.input_shape_for_flops = tuple(input_shape) if input_shape is not None else None
         for kernel_name in self.kernel_names:
             kernel = self.kernel(kernel_name)
-            self.masks[kernel_name] = self.add_weight(
+            mask = self.add_weight(
                 name=f"{kernel_name}_mask", shape=kernel.shape, dtype="bool",
                 initializer="ones", trainable=False,
             )
+            self.masks[kernel_name] = mask
+            # Also an attribute: TensorFlow's checkpoint tracking does not see into the Keras
+            # ``TrackedDict`` above, and tf.train.Checkpoint (Trainer's resume) must save masks.
+            setattr(self, f"{kernel_name}_mask", mask)
         self.built = True
 
     def kernel(self, kernel_name: str) -> keras.Variable:

@@ -29,6 +29,14 @@ def topk_mask(scores: tf.Tensor, k: tf.Tensor | int) -> tf.Tensor:
     return tf.reshape(mask, tf.shape(scores))
 
 
+def topk_mask_numpy(scores: np.ndarray, k: int) -> np.ndarray:
+    """NumPy twin of ``topk_mask``: exactly ``k`` True at the largest scores, ties to the lower index."""
+    flat = np.asarray(scores).ravel()
+    keep = np.zeros(flat.size, dtype=bool)
+    keep[np.argsort(-flat, kind="stable")[:k]] = True
+    return keep.reshape(np.shape(scores))
+
+
 def random_mask(shape: tuple[int, ...], k: int, rng: np.random.Generator) -> np.ndarray:
     """Boolean array of ``shape`` with exactly ``k`` True entries at uniformly random places."""
     size = int(np.prod(shape))

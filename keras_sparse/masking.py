@@ -14,7 +14,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_sparse.layers import MaskedWrapper, holds_unsupported_kernel, prunable_kernel_names
+from keras_sparse.errors import ConfigError
+from keras_sparse.layers import (
+    MaskedWrapper,
+    holds_unsupported_kernel,
+    prunable_kernel_names,
+)
 
 Exclude = Union[None, Iterable[str], Callable[[keras.layers.Layer], bool]]
 
@@ -62,17 +67,27 @@ def wrap(model: keras.Model, exclude: Exclude = None) -> keras.Model:
         ValueError: if a layer type that holds a kernel keras-sparse cannot mask (Embedding,
             LSTM, MultiHeadAttention, …) is not excluded: it would otherwise stay dense silently.
     """
+    wrapped = _wrap(model, _exclusion_predicate(exclude))
+    if not masked_kernels(wrapped):
+        raise ConfigError(
+            f"Model {model.name!r} has no prunable layer left to mask: it needs a Dense, Conv or "
+            "EinsumDense layer that is not excluded."
+        )
+    return wrapped
+
+
+def _wrap(model: keras.Model, is_excluded: Callable[[keras.layers.Layer], bool]) -> keras.Model:
+    """``wrap`` without the final check, so a nested model with nothing to mask is allowed."""
     _check_cloneable(model)
-    is_excluded = _exclusion_predicate(exclude)
     if not model.built:
-        raise ValueError(f"Model {model.name!r} is not built: give it an Input (or call model.build(shape)) before wrap().")
+        raise ConfigError(f"Model {model.name!r} is not built: give it an Input (or call model.build(shape)) before wrap().")
     unsupported = [
         f"{layer.name} ({type(layer).__name__})"
         for layer in _walk(model)
         if holds_unsupported_kernel(layer) and not is_excluded(layer)
     ]
     if unsupported:
-        raise ValueError(
+        raise ConfigError(
             f"Cannot mask the kernels of {', '.join(unsupported)}: keep them dense with "
             f"wrap(model, exclude=[{', '.join(repr(u.split(' ')[0]) for u in unsupported)}])."
         )
@@ -81,18 +96,12 @@ def wrap(model: keras.Model, exclude: Exclude = None) -> keras.Model:
         if isinstance(layer, MaskedWrapper):
             return layer
         if isinstance(layer, keras.Model):
-            return wrap(layer, exclude)
+            return _wrap(layer, is_excluded)
         if prunable_kernel_names(layer) is not None and not is_excluded(layer):
             return MaskedWrapper(layer)
         return layer
 
-    wrapped = keras.models.clone_model(model, clone_function=clone)
-    if not masked_kernels(wrapped):
-        raise ValueError(
-            f"Model {model.name!r} has no prunable layer left to mask: it needs a Dense, Conv or "
-            "EinsumDense layer that is not excluded."
-        )
-    return wrapped
+    return keras.models.clone_model(model, clone_function=clone)
 
 
 def _walk(model: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
@@ -114,7 +123,7 @@ def masked_kernels(model: keras.Model) -> list[MaskedKernel]:
     keys = [k.key for k in result]
     duplicates = sorted({k for k in keys if keys.count(k) > 1})
     if duplicates:
-        raise ValueError(f"Masked layers share the names {duplicates}: give each layer a unique name.")
+        raise ConfigError(f"Masked layers share the names {duplicates}: give each layer a unique name.")
     return result
 
 
@@ -132,12 +141,12 @@ def set_masks(model: keras.Model, masks: Mapping[str, np.ndarray]) -> None:
     by_key = {k.key: k for k in masked_kernels(model)}
     unknown = sorted(set(masks) - set(by_key))
     if unknown:
-        raise ValueError(f"set_masks: {unknown} are not masked kernels of this model; known keys: {sorted(by_key)}.")
+        raise ConfigError(f"set_masks: {unknown} are not masked kernels of this model; known keys: {sorted(by_key)}.")
     for key, value in masks.items():
         value = np.asarray(value)
         target = by_key[key]
         if tuple(value.shape) != tuple(target.mask.shape):
-            raise ValueError(
+            raise ConfigError(
                 f"set_masks: mask for {key!r} has shape {tuple(value.shape)} but the kernel has "
                 f"shape {tuple(target.mask.shape)}."
             )

@@ -14,6 +14,8 @@ from typing import Callable, Sequence
 import gin
 import keras
 
+from keras_sparse.errors import ConfigError
+
 layers = keras.layers
 MODELS: dict[str, Callable[..., keras.Model]] = {}
 
@@ -73,7 +75,7 @@ def lenet5(input_shape: Sequence[int], num_classes: int) -> keras.Model:
 def resnet(input_shape: Sequence[int], num_classes: int, depth: int = 20, width: int = 1) -> keras.Model:
     """CIFAR ResNet-(6n+2) with basic blocks of 16·width, 32·width, 64·width filters."""
     if (depth - 2) % 6:
-        raise ValueError(f"model.depth={depth} must be 6n+2 (20, 32, 44, 56, …).")
+        raise ConfigError(f"model.depth={depth} must be 6n+2 (20, 32, 44, 56, …).")
     blocks = (depth - 2) // 6
 
     def conv(filters, stride, name):
@@ -102,5 +104,5 @@ def build(input_shape: Sequence[int], num_classes: int, name: str = "mnist1d_cnn
     """Builds model ``name`` for inputs of ``input_shape``; ``options`` go to its builder
     (e.g. ``model.width = 64``)."""
     if name not in MODELS:
-        raise ValueError(f"Unknown model {name!r}: use one of {sorted(MODELS)}.")
+        raise ConfigError(f"Unknown model {name!r}: use one of {sorted(MODELS)}.")
     return MODELS[name](tuple(input_shape), num_classes, **options)

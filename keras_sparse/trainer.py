@@ -9,9 +9,10 @@ algorithm only through its hooks; it never branches on which algorithm it runs.
 
 from __future__ import annotations
 
+import json
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
@@ -19,7 +20,21 @@ import tensorflow as tf
 
 from keras_sparse import flops as flops_lib
 from keras_sparse.algorithms.base import SparseAlgorithm
+from keras_sparse.errors import ConfigError
 from keras_sparse.masking import masked_kernels, sparsity_report
+
+
+class Callback:
+    """Hooks into ``Trainer.fit``; override the ones you need. Called outside the compiled step."""
+
+    def on_train_begin(self, trainer: "Trainer") -> None:
+        """After the masks are initialized (or restored), before the first step."""
+
+    def on_step_end(self, trainer: "Trainer") -> None:
+        """After each training step; ``trainer.step`` counts the steps done."""
+
+    def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
+        """After each epoch, with its history record."""
 
 
 class Trainer:
@@ -50,7 +65,7 @@ class Trainer:
         self.log_every_steps = max(1, int(log_every_steps))
         self.kernels = masked_kernels(model)
         if not self.kernels:
-            raise ValueError("The model has no masked kernels: pass it through keras_sparse.wrap(model) first.")
+            raise ConfigError("The model has no masked kernels: pass it through keras_sparse.wrap(model) first.")
 
         self.step = 0  # Python mirror of the step counter, so the loop never waits on the device
         self.dense_gradient_steps = 0
@@ -60,6 +75,7 @@ class Trainer:
             "step": tf.Variable(0, dtype=tf.int64, trainable=False, name="step"),
             "dense_gradient_steps": tf.Variable(0, dtype=tf.int64, trainable=False),
             "training_flops": tf.Variable(0.0, dtype=tf.float64, trainable=False),
+            "history": tf.Variable("[]", dtype=tf.string, trainable=False),
         }
         self._variables = list(model.trainable_variables)
         mask_of = {id(k.kernel): k.mask for k in self.kernels}
@@ -157,10 +173,15 @@ class Trainer:
 
         def dense_gradients() -> dict[str, np.ndarray]:
             total = {k.key: np.zeros(k.kernel.shape, np.float32) for k in self.kernels}
+            # Scoring runs in training mode (batch statistics), but must not move BatchNorm's
+            # moving averages: that would be training on the scoring batches.
+            saved = [v.numpy() for v in self.model.non_trainable_variables]
             for x, y in train_data.take(n):
                 _, gradients = self._gradients(x, y)
                 for k in self.kernels:
                     total[k.key] += gradients[self._kernel_index[k.key]].numpy()
+            for variable, value in zip(self.model.non_trainable_variables, saved):
+                variable.assign(value)
             return total
 
         masks = self.algorithm.initial_masks(weights, dense_gradients if n else None)
@@ -180,6 +201,7 @@ class Trainer:
             return None
         self._state["dense_gradient_steps"].assign(self.dense_gradient_steps)
         self._state["training_flops"].assign(self.training_flops)
+        self._state["history"].assign(json.dumps(self.history))
         return self._manager.save(checkpoint_number=self.step)
 
     def restore(self) -> bool:
@@ -190,20 +212,24 @@ class Trainer:
         self.step = int(self._state["step"].numpy())
         self.dense_gradient_steps = int(self._state["dense_gradient_steps"].numpy())
         self.training_flops = float(self._state["training_flops"].numpy())
+        self.history = json.loads(self._state["history"].numpy().decode())
         return True
 
     # ------------------------------------------------------------- main API
     def fit(self, train_data: tf.data.Dataset, epochs: int, validation_data: tf.data.Dataset | None = None,
-            steps_per_epoch: int | None = None) -> list[dict[str, Any]]:
+            steps_per_epoch: int | None = None, callbacks: Sequence[Callback] = ()) -> list[dict[str, Any]]:
         """Trains for ``epochs`` epochs of ``train_data`` (batches of ``(x, y)``).
 
         Returns the per-epoch history (train loss, validation loss/accuracy, sparsity). With a
         ``logdir``, a checkpoint is written after every epoch and a rerun resumes from it.
+        ``callbacks`` (``Callback`` objects) are called at train begin, step end and epoch end.
         """
         steps_per_epoch = steps_per_epoch or _cardinality(train_data)
         total_steps = epochs * steps_per_epoch
         self._setup(train_data, steps_per_epoch, total_steps)
         dense_cost = flops_lib.dense_step_cost(self._forward_flops)
+        for callback in callbacks:
+            callback.on_train_begin(self)
         for epoch in range(self.step // steps_per_epoch, epochs):
             bar = keras.utils.Progbar(steps_per_epoch, verbose=1 if self.progress else 0,
                                       stateful_metrics=["loss"], unit_name="step")
@@ -221,6 +247,8 @@ class Trainer:
                     loss = self._train_step(x, y)
                 self.step += 1
                 losses.append(loss)
+                for callback in callbacks:
+                    callback.on_step_end(self)
                 if self.step % self.log_every_steps == 0 or i + 1 == steps_per_epoch:
                     value = float(loss)
                     bar.update(i + 1, values=[("loss", value)])
@@ -231,6 +259,8 @@ class Trainer:
             if validation_data is not None:
                 record.update({f"val_{k}": v for k, v in self.evaluate(validation_data).items()})
             self.history.append(record)
+            for callback in callbacks:
+                callback.on_epoch_end(self, record)
             self._epoch_summaries(record)
             self.save()
             if self.progress:
@@ -288,5 +318,5 @@ def _correct(y, predictions):
 def _cardinality(data: tf.data.Dataset) -> int:
     n = int(data.cardinality())
     if n <= 0:
-        raise ValueError("The training data has unknown or infinite length: pass steps_per_epoch to fit().")
+        raise ConfigError("The training data has unknown or infinite length: pass steps_per_epoch to fit().")
     return n

@@ -28,7 +28,7 @@ def test_lenet_300_100_layer_sizes():
 
 def test_resnet20_has_19_convs_and_depth_is_checked():
     model = models.build((32, 32, 3), 10, name="resnet", depth=20)
-    convs = [l for l in model.layers if type(l).__name__ == "Conv2D" and "shortcut" not in l.name]
+    convs = [layer for layer in model.layers if type(layer).__name__ == "Conv2D" and "shortcut" not in layer.name]
     assert len(convs) == 19
     with pytest.raises(ValueError, match="6n\\+2"):
         models.build((32, 32, 3), 10, name="resnet", depth=21)

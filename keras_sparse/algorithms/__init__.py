@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import gin
 
-from keras_sparse.algorithms import base, dynamic, magnitude, snip, static
+from keras_sparse.algorithms import dynamic, magnitude, snip, static
 from keras_sparse.algorithms.base import SparseAlgorithm
+from keras_sparse.algorithms.static import FixedMask
+from keras_sparse.errors import ConfigError
 
 REGISTRY: dict[str, type[SparseAlgorithm]] = {}
 
@@ -35,8 +37,8 @@ def get(name: str) -> type[SparseAlgorithm]:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise ValueError(f"Unknown algorithm {name!r}: use one of {sorted(REGISTRY)}.") from None
+        raise ConfigError(f"Unknown algorithm {name!r}: use one of {sorted(REGISTRY)}.") from None
 
 
-__all__ = ["SparseAlgorithm", "Dense", "StaticSparse", "MagnitudePruning", "SNIP", "SET", "RigL",
+__all__ = ["SparseAlgorithm", "FixedMask", "Dense", "StaticSparse", "MagnitudePruning", "SNIP", "SET", "RigL",
            "REGISTRY", "register", "get"]

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_sparse import distributions, mask_ops
+from keras_sparse.errors import ConfigError
 
 Gradients = Mapping[str, tf.Tensor]
 
@@ -42,7 +43,7 @@ class SparseAlgorithm:
                  first_layer_dense: bool = False, seed: int = 0):
         self.sparsity = distributions.check_sparsity(sparsity)
         if isinstance(distribution, str) and distribution not in distributions.names():
-            raise ValueError(f"Unknown sparsity distribution {distribution!r}: use one of {distributions.names()} or a dict {{layer_name: sparsity}}.")
+            raise ConfigError(f"Unknown sparsity distribution {distribution!r}: use one of {distributions.names()} or a dict {{layer_name: sparsity}}.")
         self.distribution = distribution
         self.first_layer_dense = first_layer_dense
         self.seed = int(seed)

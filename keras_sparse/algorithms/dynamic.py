@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from keras_sparse import mask_ops, schedules
 from keras_sparse.algorithms.base import SparseAlgorithm
+from keras_sparse.errors import ConfigError
 
 
 class SET(SparseAlgorithm):
@@ -35,11 +36,11 @@ class SET(SparseAlgorithm):
                  freeze_step: int | None = None, freeze_epoch: float | None = None, seed: int = 0):
         super().__init__(sparsity, distribution, first_layer_dense, seed)
         if not 0.0 <= drop_fraction <= 1.0:
-            raise ValueError(f"{type(self).__name__}.drop_fraction={drop_fraction} must be in [0, 1].")
+            raise ConfigError(f"{type(self).__name__}.drop_fraction={drop_fraction} must be in [0, 1].")
         if update_frequency < 1:
-            raise ValueError(f"{type(self).__name__}.update_frequency={update_frequency} must be a positive number of steps.")
+            raise ConfigError(f"{type(self).__name__}.update_frequency={update_frequency} must be a positive number of steps.")
         if freeze_step is not None and freeze_epoch is not None:
-            raise ValueError(f"{type(self).__name__}: set freeze_step or freeze_epoch, not both.")
+            raise ConfigError(f"{type(self).__name__}: set freeze_step or freeze_epoch, not both.")
         self.drop_fraction = float(drop_fraction)
         self.update_frequency = int(update_frequency)
         self.end_step = end_step
@@ -53,7 +54,7 @@ class SET(SparseAlgorithm):
         if self.freeze_epoch is not None:
             freeze = int(round(self.freeze_epoch * steps_per_epoch))
         if freeze is not None and not 0 <= freeze <= total_steps:
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self).__name__}: freeze step {freeze} is outside training (0..{total_steps} steps): "
                 "lower freeze_step/freeze_epoch or train longer.")
         self._freeze = freeze

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Mapping
-
 import numpy as np
 import tensorflow as tf
 
 from keras_sparse import mask_ops, schedules
 from keras_sparse.algorithms.base import SparseAlgorithm
+from keras_sparse.errors import ConfigError
 
 
 class MagnitudePruning(SparseAlgorithm):
@@ -31,14 +30,14 @@ class MagnitudePruning(SparseAlgorithm):
         self.end_step = end_step
         self.frequency = int(frequency)
         if self.frequency < 1:
-            raise ValueError(f"MagnitudePruning.frequency={frequency} must be a positive number of steps.")
+            raise ConfigError(f"MagnitudePruning.frequency={frequency} must be a positive number of steps.")
 
     def setup(self, shapes, total_steps: int, steps_per_epoch: int) -> None:
         super().setup(shapes, total_steps, steps_per_epoch)
         self._begin = self.begin_step if self.begin_step is not None else int(0.1 * total_steps)
         self._end = self.end_step if self.end_step is not None else int(0.75 * total_steps)
         if not 0 <= self._begin <= self._end:
-            raise ValueError(f"MagnitudePruning: begin_step={self._begin} must be in [0, end_step={self._end}].")
+            raise ConfigError(f"MagnitudePruning: begin_step={self._begin} must be in [0, end_step={self._end}].")
         self._schedule = schedules.polynomial_decay(self.initial_sparsity, self.sparsity, self._begin,
                                                     self._end, self.frequency)
 

@@ -6,6 +6,7 @@ import numpy as np
 
 from keras_sparse import mask_ops
 from keras_sparse.algorithms.base import SparseAlgorithm
+from keras_sparse.errors import ConfigError
 
 
 class SNIP(SparseAlgorithm):
@@ -19,7 +20,7 @@ class SNIP(SparseAlgorithm):
     def __init__(self, sparsity: float = 0.9, scoring_batches: int = 1, seed: int = 0):
         super().__init__(sparsity, distribution="uniform", seed=seed)
         if scoring_batches < 1:
-            raise ValueError(f"SNIP.scoring_batches={scoring_batches} must be at least 1.")
+            raise ConfigError(f"SNIP.scoring_batches={scoring_batches} must be at least 1.")
         self.scoring_batches = int(scoring_batches)
 
     def initial_masks(self, weights, dense_gradients=None) -> dict[str, np.ndarray]:
@@ -27,10 +28,7 @@ class SNIP(SparseAlgorithm):
         keys = list(self.shapes)
         scores = np.concatenate([np.abs(gradients[k] * weights[k]).ravel() for k in keys])
         total_active = mask_ops.num_active(scores.size, self.sparsity)
-        # Stable sort: ties go to the lower index, like mask_ops.topk_mask.
-        order = np.argsort(-scores, kind="stable")
-        flat = np.zeros(scores.size, dtype=bool)
-        flat[order[:total_active]] = True
+        flat = mask_ops.topk_mask_numpy(scores, total_active)
         masks, start = {}, 0
         for key in keys:
             size = int(np.prod(self.shapes[key]))

@@ -1,0 +1,88 @@
+"""Claim 1: accuracy can be derived from structure alone (Van Gelder et al. 2020, §4).
+
+For each algorithm × sparsity × seed: train, keep the final mask, and retrain that mask (fixed)
+from the original initialization, a new random initialization, a per-layer reshuffle of the
+original initial values, and the signed constant initialization (Zhou et al. 2019).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import gin
+import matplotlib.pyplot as plt
+
+from keras_sparse.algorithms import FixedMask
+from keras_sparse.errors import ConfigError
+from keras_sparse.masking import get_masks
+from keras_sparse.studies import common
+from keras_sparse.studies.grid import run_grid
+from keras_sparse.studies.measures import INIT_VARIANTS, init_variant
+
+NEW_INIT_SEED_OFFSET = 10_000  # "new_init" draws its kernels from seed + this
+
+
+def reinit_cell(cell: dict, variants: Sequence[str]) -> dict[str, Any]:
+    """Trains one network and retrains its final mask from each init variant."""
+    seed = cell["seed"]
+    original = common.train_network(common.make_algorithm(cell["algorithm"], cell["sparsity"]), seed)
+    masks = get_masks(original.model)
+    result = {"original": common.evaluate(original),
+              "sparsity_reached": original.trainer.sparsity(), "variants": {}}
+    for variant in variants:
+        model_seed = seed + NEW_INIT_SEED_OFFSET if variant == "new_init" else seed
+
+        def set_initial_kernels(run, variant=variant):
+            values = init_variant(variant, original.initial_kernels, masks, new_init=run.initial_kernels, seed=seed)
+            for kernel in run.trainer.kernels:
+                kernel.kernel.assign(values[kernel.key])
+
+        retrained = common.train_network(FixedMask(masks), seed, model_seed=model_seed,
+                                         before_fit=set_initial_kernels)
+        result["variants"][variant] = common.evaluate(retrained)
+    return result
+
+
+@gin.configurable("reinit_study", denylist=["logdir", "jobs"])
+def run(logdir: str, jobs: int = 1, algorithms: Sequence[str] = ("magnitude", "snip", "rigl", "static"),
+        sparsities: Sequence[float] = (0.8, 0.9), seeds: Sequence[int] = (0,),
+        variants: Sequence[str] = INIT_VARIANTS) -> list[dict]:
+    """Runs the grid into ``logdir`` and writes results.json, results.md and reinit.png."""
+    unknown = sorted(set(variants) - set(INIT_VARIANTS))
+    if unknown:
+        raise ConfigError(f"reinit_study.variants names {unknown}: use some of {list(INIT_VARIANTS)}.")
+    cells = [{"algorithm": a, "sparsity": s, "seed": seed} for a in algorithms for s in sparsities for seed in seeds]
+    results = run_grid(logdir, cells, functools.partial(reinit_cell, variants=tuple(variants)), jobs)
+    rows = []
+    for cell, result in zip(cells, results):
+        rows.append({**cell, "variant": "trained", "accuracy": result["original"]})
+        rows += [{**cell, "variant": v, "accuracy": result["variants"][v]} for v in variants]
+    order = ["trained", *variants]
+    accuracy = common.group(rows, ["algorithm", "sparsity", "variant"], "accuracy")
+    table = common.markdown_table(
+        ["algorithm", "sparsity", *order],
+        [[a, s, *(common.percent(accuracy[(a, s, v)]) for v in order)] for a in algorithms for s in sparsities])
+    markdown = ("# Reinit study: retraining the final mask from other initializations\n\n"
+                f"Test accuracy (%), mean ± std over seeds {list(seeds)}.\n\n" + table)
+    settings = {"algorithms": list(algorithms), "sparsities": list(sparsities), "seeds": list(seeds),
+                "variants": list(variants), "new_init_seed_offset": NEW_INIT_SEED_OFFSET}
+    common.write_results(logdir, "reinit", settings, rows, markdown,
+                         {"reinit": _plot(accuracy, algorithms, sparsities, order)})
+    return rows
+
+
+def _plot(accuracy, algorithm_names, sparsities, order) -> plt.Figure:
+    figure, axes = plt.subplots(1, len(algorithm_names), figsize=(3.2 * len(algorithm_names), 3), sharey=True,
+                                squeeze=False)
+    for ax, name in zip(axes[0], algorithm_names):
+        for variant in order:
+            stats = [common.mean_std(accuracy[(name, s, variant)]) for s in sparsities]
+            ax.errorbar(sparsities, [100 * m for m, _ in stats], yerr=[100 * d for _, d in stats],
+                        marker="o", capsize=3, label=variant)
+        ax.set_title(name)
+        ax.set_xlabel("sparsity")
+    axes[0][0].set_ylabel("test accuracy (%)")
+    axes[0][-1].legend(fontsize=7)
+    figure.tight_layout()
+    return figure

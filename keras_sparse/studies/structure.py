@@ -1,0 +1,163 @@
+"""Claims 3 and 4: RigL's structure emerges early, so RigL frozen early works
+(Van Gelder et al. 2020, §6).
+
+One RigL run keeps snapshots of its masks (every epoch, and on a finer grid in the first
+epoch) and compares each with the final mask. Then early-frozen RigL at several freeze points
+is trained against full RigL and a static mask: accuracy, dense-gradient steps, training FLOPs.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import gin
+import matplotlib.pyplot as plt
+
+from keras_sparse.masking import get_masks
+from keras_sparse.studies import common
+from keras_sparse.studies.grid import run_grid
+from keras_sparse.studies.measures import mask_overlap
+from keras_sparse.trainer import Callback
+
+
+class MaskSnapshots(Callback):
+    """Keeps ``get_masks`` at training start and after each step in ``steps``."""
+
+    def __init__(self, steps: Sequence[int]):
+        self.steps = set(steps)
+        self.masks: dict[int, dict] = {}
+
+    def on_train_begin(self, trainer) -> None:
+        self.masks[trainer.step] = get_masks(trainer.model)
+
+    def on_step_end(self, trainer) -> None:
+        if trainer.step in self.steps:
+            self.masks[trainer.step] = get_masks(trainer.model)
+
+
+def snapshot_steps(steps_per_epoch: int, epochs: int, first_epoch_points: int) -> list[int]:
+    """Every epoch end, plus ``first_epoch_points`` evenly spaced steps inside the first epoch."""
+    fine = {round(steps_per_epoch * i / first_epoch_points) for i in range(1, first_epoch_points + 1)}
+    return sorted(fine | {steps_per_epoch * e for e in range(1, epochs + 1)})
+
+
+def _summary(run) -> dict[str, Any]:
+    summary = run.trainer.summary()
+    return {"accuracy": common.evaluate(run), "dense_gradient_steps": summary["dense_gradient_steps"],
+            "training_flops": summary["training_flops_relative_to_dense"], "steps": summary["steps"]}
+
+
+def structure_cell(cell: dict, sparsity: float, first_epoch_points: int) -> dict[str, Any]:
+    """``snapshots``: full RigL with mask snapshots; ``frozen``: RigL frozen at ``freeze_epoch``;
+    ``static``: a static random mask."""
+    seed = cell["seed"]
+    if cell["kind"] == "static":
+        return _summary(common.train_network(common.make_algorithm("static", sparsity), seed))
+    if cell["kind"] == "frozen":
+        algorithm = common.make_algorithm("rigl", sparsity, freeze_epoch=cell["freeze_epoch"])
+        return _summary(common.train_network(algorithm, seed))
+    # Snapshot steps need the epoch length, known once the run is built: build first, then train.
+    snapshots = MaskSnapshots([])
+
+    def plan_snapshots(run):
+        snapshots.steps = set(snapshot_steps(run.data.steps_per_epoch, run.settings.epochs, first_epoch_points))
+
+    run = common.train_network(common.make_algorithm("rigl", sparsity), seed, callbacks=[snapshots],
+                               before_fit=plan_snapshots)
+    final = get_masks(run.model)
+    overlaps = [{"step": step, "epoch": step / run.data.steps_per_epoch, "overlap": mask_overlap(masks, final)}
+                for step, masks in sorted(snapshots.masks.items())]
+    return {**_summary(run), "snapshots": overlaps}
+
+
+@gin.configurable("structure_study", denylist=["logdir", "jobs"])
+def run(logdir: str, jobs: int = 1, sparsity: float = 0.9, seeds: Sequence[int] = (0,),
+        first_epoch_points: int = 8, freeze_epochs: Sequence[float] = (0.25, 0.5, 1.0, 2.0)) -> list[dict]:
+    """Runs the study into ``logdir``; writes results.json, results.md, structure_overlap.png
+    and early_freeze.png."""
+    cells = ([{"kind": "snapshots", "seed": s} for s in seeds]
+             + [{"kind": "frozen", "freeze_epoch": f, "seed": s} for f in freeze_epochs for s in seeds]
+             + [{"kind": "static", "seed": s} for s in seeds])
+    cell_fn = functools.partial(structure_cell, sparsity=sparsity, first_epoch_points=first_epoch_points)
+    results = run_grid(logdir, cells, cell_fn, jobs)
+    overlap_rows, freeze_rows = [], []
+    for cell, result in zip(cells, results):
+        variant = {"snapshots": "rigl (full)", "static": "static"}.get(cell["kind"])
+        variant = variant or f"rigl frozen @ {cell['freeze_epoch']:g} epoch"
+        freeze_rows.append({"variant": variant, "freeze_epoch": cell.get("freeze_epoch"), "seed": cell["seed"],
+                            "sparsity": sparsity, **{k: v for k, v in result.items() if k != "snapshots"}})
+        for snap in result.get("snapshots", []):
+            for layer, values in snap["overlap"].items():
+                overlap_rows.append({"seed": cell["seed"], "sparsity": sparsity, "step": snap["step"],
+                                     "epoch": snap["epoch"], "layer": layer, **values})
+    markdown = "\n\n".join(["# Structure study: how early RigL's mask emerges",
+                            _overlap_table(overlap_rows, seeds), _freeze_table(freeze_rows, seeds, freeze_epochs)])
+    settings = {"sparsity": sparsity, "seeds": list(seeds), "first_epoch_points": first_epoch_points,
+                "freeze_epochs": list(freeze_epochs)}
+    figures = {"structure_overlap": _plot_overlap(overlap_rows),
+               "early_freeze": _plot_freeze(freeze_rows, freeze_epochs)}
+    common.write_results(logdir, "structure", settings, overlap_rows + freeze_rows, markdown, figures)
+    return overlap_rows + freeze_rows
+
+
+def _overlap_table(rows, seeds) -> str:
+    overall = [r for r in rows if r["layer"] == "overall"]
+    present = common.group(overall, ["step", "epoch"], "final_present")
+    iou = common.group(overall, ["step", "epoch"], "iou")
+    hamming = common.group(overall, ["step", "epoch"], "hamming_fraction")
+    table = common.markdown_table(
+        ["step", "epoch", "final mask present (%)", "IoU with final (%)", "Hamming distance (% of weights)"],
+        [[step, f"{epoch:.2f}", common.percent(present[(step, epoch)]), common.percent(iou[(step, epoch)]),
+          common.percent(hamming[(step, epoch)])] for step, epoch in present])
+    return ("## Structure emergence (all masked layers together)\n\n"
+            f"Each RigL mask snapshot against RigL's final mask; mean ± std over seeds {list(seeds)}. "
+            "Step 0 is the random initial mask. Per-layer values are in results.json.\n\n" + table)
+
+
+def _freeze_table(rows, seeds, freeze_epochs) -> str:
+    order = ["static", *(f"rigl frozen @ {f:g} epoch" for f in freeze_epochs), "rigl (full)"]
+    by = {key: common.group(rows, ["variant"], key) for key in ("accuracy", "dense_gradient_steps", "training_flops")}
+    table = common.markdown_table(
+        ["variant", "test accuracy (%)", "dense-gradient steps", "training FLOPs vs dense"],
+        [[v, common.percent(by["accuracy"][(v,)]), f"{common.mean_std(by['dense_gradient_steps'][(v,)])[0]:.0f}",
+          f"{common.mean_std(by['training_flops'][(v,)])[0]:.4f}"] for v in order])
+    return f"## Early-frozen RigL\n\nMean ± std over seeds {list(seeds)}.\n\n" + table
+
+
+def _plot_overlap(rows) -> plt.Figure:
+    figure, ax = plt.subplots(figsize=(5.5, 3.5))
+    layers = sorted({r["layer"] for r in rows} - {"overall"})
+    for layer in ["overall", *layers]:
+        present = common.group([r for r in rows if r["layer"] == layer], ["epoch"], "final_present")
+        style = {"linewidth": 2.5, "color": "black"} if layer == "overall" else {"linewidth": 1, "alpha": 0.7}
+        ax.plot([e for (e,) in present], [100 * common.mean_std(v)[0] for v in present.values()],
+                label=layer, **style)
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlabel("epoch (linear below 1, log above)")
+    ax.set_ylabel("final mask already present (%)")
+    ax.set_title("RigL: fraction of the final mask present")
+    ax.legend(fontsize=6)
+    figure.tight_layout()
+    return figure
+
+
+def _plot_freeze(rows, freeze_epochs) -> plt.Figure:
+    figure, ax = plt.subplots(figsize=(5.5, 3.5))
+    frozen = [r for r in rows if r["freeze_epoch"] is not None]
+    accuracy = common.group(frozen, ["freeze_epoch"], "accuracy")
+    flops = common.group(frozen, ["freeze_epoch"], "training_flops")
+    xs = [f for (f,) in accuracy]
+    ax.plot(xs, [100 * common.mean_std(v)[0] for v in accuracy.values()], marker="o", label="frozen RigL accuracy")
+    for variant, style in (("rigl (full)", "--"), ("static", ":")):
+        values = [r["accuracy"] for r in rows if r["variant"] == variant]
+        ax.axhline(100 * common.mean_std(values)[0], linestyle=style, color="gray", label=variant)
+    ax.set_xlabel("freeze point (epochs)")
+    ax.set_ylabel("test accuracy (%)")
+    twin = ax.twinx()
+    twin.plot(xs, [common.mean_std(v)[0] for v in flops.values()], marker="s", color="tab:red", label="training FLOPs")
+    twin.set_ylabel("training FLOPs vs dense", color="tab:red")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("Early-frozen RigL")
+    figure.tight_layout()
+    return figure

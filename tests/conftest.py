@@ -1,0 +1,206 @@
+"""Shared tiny fixtures: models, tf.data datasets made from numpy, and a per-step recorder.
+
+Everything here is small enough that the whole suite runs in a few minutes on two CPU cores.
+Models are built after ``keras.utils.set_random_seed`` so every test is deterministic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import keras_sparse as ks  # noqa: E402
+from keras_sparse import algorithms  # noqa: E402
+
+
+def build_mlp(seed: int = 0, n_in: int = 8, hidden: tuple[int, ...] = (16, 12), n_out: int = 4,
+              activation: str = "tanh", name: str = "mlp") -> keras.Model:
+    """A plain (unwrapped) Sequential MLP with layers named ``hidden_<i>`` and ``logits``."""
+    keras.utils.set_random_seed(seed)
+    layers = [keras.Input((n_in,))]
+    layers += [keras.layers.Dense(h, activation=activation, name=f"hidden_{i}") for i, h in enumerate(hidden)]
+    layers.append(keras.layers.Dense(n_out, name="logits"))
+    return keras.Sequential(layers, name=name)
+
+
+def build_convnet(seed: int = 0, n_out: int = 3) -> keras.Model:
+    """A plain functional convnet on 6x6x1 inputs: Conv2D, BatchNorm, DepthwiseConv2D, Dense, Dense.
+
+    Masked kernels: conv (3,3,1,4), depthwise (2,2,4,1), fc (36,8), logits (8,3).
+    """
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((6, 6, 1))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.Activation("tanh")(x)
+    x = keras.layers.DepthwiseConv2D(2, activation="tanh", name="depthwise")(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(8, activation="tanh", name="fc")(x)
+    outputs = keras.layers.Dense(n_out, name="logits")(x)
+    return keras.Model(inputs, outputs, name="convnet")
+
+
+def make_arrays(n: int, input_shape: tuple[int, ...], n_classes: int, seed: int = 0):
+    """Random float32 inputs and integer labels."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, *input_shape)).astype("float32")
+    y = rng.integers(0, n_classes, size=n).astype("int64")
+    return x, y
+
+
+def make_dataset(n: int, input_shape: tuple[int, ...], n_classes: int, batch: int, seed: int = 0) -> tf.data.Dataset:
+    """An unshuffled ``tf.data.Dataset`` of ``(x, y)`` batches (same order every epoch)."""
+    x, y = make_arrays(n, input_shape, n_classes, seed)
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
+
+
+def loss_fn():
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+@dataclasses.dataclass
+class Snapshot:
+    masks: dict[str, np.ndarray]
+    kernels: dict[str, np.ndarray]
+
+
+def snapshot(model: keras.Model) -> Snapshot:
+    kernels = ks.masked_kernels(model)
+    return Snapshot(masks={k.key: np.asarray(k.mask.numpy(), dtype=bool) for k in kernels},
+                    kernels={k.key: k.kernel.numpy().copy() for k in kernels})
+
+
+class StepRecorder:
+    """Records masks and kernels before every training step of a ``Trainer``.
+
+    The trainer asks ``algorithm.is_update_step(step)`` in Python at the start of every step,
+    after the previous step's program has run; the recorder hooks in there. ``finish()`` adds
+    the state after the last step, so ``snapshots[s]`` is the state after ``s`` steps.
+    """
+
+    def __init__(self, trainer: ks.Trainer):
+        self.trainer = trainer
+        self.snapshots: dict[int, Snapshot] = {}
+        algorithm = trainer.algorithm
+        original = algorithm.is_update_step
+
+        def spy(step: int) -> bool:
+            if step == trainer.step and step not in self.snapshots:
+                self.snapshots[step] = snapshot(trainer.model)
+            return original(step)
+
+        algorithm.is_update_step = spy
+        self._original = original
+
+    def finish(self) -> dict[int, Snapshot]:
+        """Records the final state and unhooks the algorithm."""
+        self.snapshots[self.trainer.step] = snapshot(self.trainer.model)
+        del self.trainer.algorithm.is_update_step  # back to the class's method
+        return self.snapshots
+
+    def update_steps(self) -> list[int]:
+        return [s for s in range(self.trainer.step) if self._original(s)]
+
+
+# ----------------------------------------------------------------- fixtures
+@pytest.fixture
+def mlp():
+    """Factory: ``mlp(seed=0, ...)`` builds a plain Sequential MLP (see ``build_mlp``)."""
+    return build_mlp
+
+
+@pytest.fixture
+def convnet():
+    """Factory: ``convnet(seed=0)`` builds a plain functional convnet (see ``build_convnet``)."""
+    return build_convnet
+
+
+@pytest.fixture
+def dataset():
+    """Factory: ``dataset(n, input_shape, n_classes, batch, seed=0)``."""
+    return make_dataset
+
+
+@pytest.fixture
+def step_recorder():
+    """The ``StepRecorder`` class: ``StepRecorder(trainer)`` before ``fit``, ``.finish()`` after."""
+    return StepRecorder
+
+
+# Training runs shared by test_algorithms and test_trainer: the tiny convnet, 48 examples in
+# batches of 8 (6 steps an epoch), 2 epochs = 12 steps, SGD with momentum (so a dropped weight
+# would drift off zero without the trainer's re-masking).
+RUN_STEPS_PER_EPOCH = 6
+RUN_EPOCHS = 2
+RUN_TOTAL_STEPS = RUN_STEPS_PER_EPOCH * RUN_EPOCHS
+RUN_SPARSITY = 0.5
+RUN_UPDATE_FREQUENCY = 2
+
+
+def run_algorithms() -> dict[str, callable]:
+    dynamic = dict(sparsity=RUN_SPARSITY, distribution="uniform", drop_fraction=0.5,
+                   update_frequency=RUN_UPDATE_FREQUENCY, seed=3)
+    return {
+        "dense": lambda: algorithms.Dense(),
+        "static": lambda: algorithms.StaticSparse(RUN_SPARSITY, "uniform", seed=3),
+        "magnitude": lambda: algorithms.MagnitudePruning(RUN_SPARSITY, "uniform", begin_step=2, end_step=8,
+                                                         frequency=2),
+        "snip": lambda: algorithms.SNIP(RUN_SPARSITY),
+        "set": lambda: algorithms.SET(**dynamic),
+        "rigl": lambda: algorithms.RigL(**dynamic),
+        "rigl_frozen": lambda: algorithms.RigL(**dynamic, freeze_epoch=1),
+    }
+
+
+@dataclasses.dataclass
+class Run:
+    trainer: ks.Trainer
+    recorder: StepRecorder
+    snapshots: dict[int, Snapshot]
+    first_batch: tuple[np.ndarray, np.ndarray]
+    initial_kernels: dict[str, np.ndarray]
+    initial_gradients: dict[str, np.ndarray]
+
+
+class _Runs:
+    """Lazily trains each algorithm once per session (XLA-compiled, progress off)."""
+
+    def __init__(self):
+        self._runs: dict[str, Run] = {}
+        self.factories = run_algorithms()
+
+    def __getitem__(self, name: str) -> Run:
+        if name not in self._runs:
+            self._runs[name] = self._train(name)
+        return self._runs[name]
+
+    def _train(self, name: str) -> Run:
+        model = ks.wrap(build_convnet(seed=11))
+        data = make_dataset(RUN_STEPS_PER_EPOCH * 8, (6, 6, 1), 3, batch=8, seed=5)
+        x0, y0 = next(iter(data))
+        # Dense gradient on the first batch at initialization, computed here independently.
+        kernels = ks.masked_kernels(model)
+        with tf.GradientTape() as tape:
+            loss = loss_fn()(y0, model(x0, training=True))
+        grads = tape.gradient(loss, [k.kernel for k in kernels])
+        initial_kernels = {k.key: k.kernel.numpy().copy() for k in kernels}
+        initial_gradients = {k.key: g.numpy() for k, g in zip(kernels, grads)}
+        trainer = ks.Trainer(model, self.factories[name](), keras.optimizers.SGD(0.05, momentum=0.9), loss_fn(),
+                             jit_compile=True, progress=False)
+        recorder = StepRecorder(trainer)
+        trainer.fit(data, epochs=RUN_EPOCHS)
+        return Run(trainer, recorder, recorder.finish(), (x0.numpy(), y0.numpy()), initial_kernels,
+                   initial_gradients)
+
+
+@pytest.fixture(scope="session")
+def algorithm_runs() -> _Runs:
+    """``algorithm_runs[name]``: a ``Run`` of algorithm ``name`` (keys of ``run_algorithms()``)."""
+    return _Runs()

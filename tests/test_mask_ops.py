@@ -1,0 +1,72 @@
+"""mask_ops: exact top-k masks (eager and under XLA), random masks, active counts."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_sparse import mask_ops
+
+
+@pytest.mark.parametrize("size, sparsity, expected", [
+    (100, 0.9, 10),
+    (10, 0.25, 8),     # 7.5 -> 8 (half to even)
+    (10, 0.35, 6),     # 6.5 -> 6 (half to even)
+    (80, 0.65625, 28),  # 27.5 -> 28
+    (24, 0.65625, 8),  # 8.25 -> 8
+    (7, 0.0, 7),
+    (5, 0.99, 1),      # never fewer than one weight
+    (1, 0.5, 1),
+])
+def test_num_active(size, sparsity, expected):
+    assert mask_ops.num_active(size, sparsity) == expected
+
+
+SCORES = np.array([[0.5, 3.0, -1.0],
+                   [3.0, 2.0, 3.0]], dtype=np.float32)
+
+
+@pytest.mark.parametrize("k, expected", [
+    (0, [[0, 0, 0], [0, 0, 0]]),
+    (1, [[0, 1, 0], [0, 0, 0]]),
+    (2, [[0, 1, 0], [1, 0, 0]]),   # ties at 3.0 go to the lower flat index
+    (3, [[0, 1, 0], [1, 0, 1]]),
+    (4, [[0, 1, 0], [1, 1, 1]]),
+    (6, [[1, 1, 1], [1, 1, 1]]),
+])
+def test_topk_mask_exact_eager_and_xla(k, expected):
+    expected = np.array(expected, dtype=bool)
+    eager = mask_ops.topk_mask(tf.constant(SCORES), k).numpy()
+    np.testing.assert_array_equal(eager, expected)
+    compiled = tf.function(lambda s, n: mask_ops.topk_mask(s, n), jit_compile=True)
+    np.testing.assert_array_equal(compiled(tf.constant(SCORES), tf.constant(k)).numpy(), expected)
+
+
+def test_topk_mask_with_changing_k_compiles_once():
+    compiled = tf.function(lambda s, n: mask_ops.topk_mask(s, n), jit_compile=True)
+    scores = tf.constant(np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32))
+    for k in [3, 7, 11, 20]:
+        mask = compiled(scores, tf.constant(float(k))).numpy()
+        assert mask.sum() == k
+        threshold = np.sort(scores.numpy().ravel())[::-1][k - 1]
+        np.testing.assert_array_equal(mask, scores.numpy() >= threshold)
+    assert compiled.experimental_get_tracing_count() == 1
+
+
+def test_topk_mask_with_minus_inf_excluded_first():
+    scores = tf.constant([[-np.inf, 0.1], [0.0, -np.inf]], dtype=tf.float32)
+    np.testing.assert_array_equal(mask_ops.topk_mask(scores, 2).numpy(), [[False, True], [True, False]])
+
+
+@pytest.mark.parametrize("shape, k", [((5,), 2), ((4, 6), 7), ((2, 3, 4), 24), ((3, 3), 0)])
+def test_random_mask_exact_count(shape, k):
+    mask = mask_ops.random_mask(shape, k, np.random.default_rng(0))
+    assert mask.shape == shape and mask.dtype == bool
+    assert mask.sum() == k
+
+
+def test_random_mask_is_seeded_and_varies():
+    a = mask_ops.random_mask((10, 10), 30, np.random.default_rng(1))
+    b = mask_ops.random_mask((10, 10), 30, np.random.default_rng(1))
+    c = mask_ops.random_mask((10, 10), 30, np.random.default_rng(2))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)

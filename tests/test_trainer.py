@@ -1,0 +1,183 @@
+"""Trainer: XLA on/off, checkpoint resume, compile counts, FLOPs and dense-gradient accounting."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_sparse as ks
+from keras_sparse import algorithms, mask_ops
+
+
+def _loss():
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _rigl(**kwargs):
+    options = dict(sparsity=0.5, distribution="uniform", drop_fraction=0.5, update_frequency=2, end_step=7, seed=1)
+    options.update(kwargs)
+    return algorithms.RigL(**options)
+
+
+def test_rejects_unwrapped_model(mlp):
+    with pytest.raises(ValueError, match="wrap"):
+        ks.Trainer(mlp(seed=0), algorithms.StaticSparse(), keras.optimizers.SGD(0.1), _loss(), progress=False)
+
+
+def test_unknown_length_data_needs_steps_per_epoch(mlp, dataset):
+    trainer = ks.Trainer(ks.wrap(mlp(seed=0)), algorithms.StaticSparse(0.5), keras.optimizers.SGD(0.1), _loss(),
+                         jit_compile=False, progress=False)
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        trainer.fit(dataset(16, (8,), 4, batch=8).repeat(), epochs=1)
+
+
+def test_xla_on_and_off_agree(mlp, dataset):
+    data = dataset(32, (8,), 4, batch=8, seed=2)
+    results = {}
+    for jit in (True, False):
+        model = ks.wrap(mlp(seed=4))
+        trainer = ks.Trainer(model, _rigl(update_frequency=1, end_step=4), keras.optimizers.SGD(0.1, momentum=0.9),
+                             _loss(), jit_compile=jit, progress=False)
+        initial = {k: v.copy() for k, v in ks.get_masks(model).items()}
+        trainer.fit(data, epochs=1)
+        assert trainer.step == 4
+        results[jit] = (initial, ks.get_masks(model), [w.numpy() for w in model.weights], trainer)
+    (init_x, masks_x, weights_x, trainer_x), (init_g, masks_g, weights_g, _) = results[True], results[False]
+    assert trainer_x.dense_gradient_steps == 3  # updates at steps 1, 2, 3
+    for key in masks_x:
+        np.testing.assert_array_equal(init_x[key], init_g[key])
+        np.testing.assert_array_equal(masks_x[key], masks_g[key], err_msg=key)
+    assert any(not np.array_equal(init_x[k], masks_x[k]) for k in masks_x), "no mask update happened"
+    for a, b in zip(weights_x, weights_g):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_checkpoint_resume(tmp_path, mlp, dataset):
+    """Fit one epoch with a logdir; a new Trainer on a fresh wrapped copy resumes at the right
+    step and ends bit-for-bit where an uninterrupted two-epoch run ends."""
+    data = dataset(32, (8,), 4, batch=8, seed=3)  # 4 steps an epoch; RigL updates at 2, 4, 6
+    logdir = str(tmp_path / "run")
+
+    def trainer_for(model, logdir):
+        return ks.Trainer(model, _rigl(), keras.optimizers.SGD(0.1, momentum=0.9), _loss(), jit_compile=False,
+                          logdir=logdir, progress=False)
+
+    first = trainer_for(ks.wrap(mlp(seed=5)), logdir)
+    first.fit(data, epochs=1)
+    assert first.step == 4
+    assert os.path.isdir(os.path.join(logdir, "checkpoints"))
+    after_epoch_one = {k: v.copy() for k, v in ks.get_masks(first.model).items()}
+
+    fresh_model = ks.wrap(mlp(seed=99))  # different initial weights: all must come from the checkpoint
+    resumed = trainer_for(fresh_model, logdir)
+    history = resumed.fit(data, epochs=1)  # already done: restores, trains nothing
+    assert resumed.step == 4 and [record["epoch"] for record in history] == [1]  # history comes back too
+    for key, mask in ks.get_masks(fresh_model).items():
+        np.testing.assert_array_equal(mask, after_epoch_one[key])
+    for a, b in zip(first.model.weights, fresh_model.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    history = resumed.fit(data, epochs=2)
+    assert resumed.step == 8
+    assert [record["epoch"] for record in history] == [1, 2]
+
+    straight = trainer_for(ks.wrap(mlp(seed=5)), None)
+    straight.fit(data, epochs=2)
+    assert straight.step == 8
+    for a, b in zip(straight.model.weights, fresh_model.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    for a, b in zip(straight.optimizer.variables, resumed.optimizer.variables):
+        np.testing.assert_array_equal(np.asarray(a.numpy()), np.asarray(b.numpy()), err_msg=a.path)
+    assert resumed.dense_gradient_steps == straight.dense_gradient_steps == 3
+    assert resumed.training_flops == pytest.approx(straight.training_flops, rel=1e-12)
+
+
+def test_each_program_compiles_once(algorithm_runs):
+    trainer = algorithm_runs["rigl"].trainer
+    assert trainer.jit_compile
+    assert trainer._train_step.experimental_get_tracing_count() == 1
+    assert trainer._update_step.experimental_get_tracing_count() == 1
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("dense", 12.0),                      # every step is one dense step
+    ("static", 12 * 0.5),                 # 3 x half the forward cost: half a dense step
+    ("rigl", 8 * 0.5 + 4 * (2 * 0.5 + 1) / 3),          # 4 update steps need the dense gradient
+    ("rigl_frozen", 10 * 0.5 + 2 * (2 * 0.5 + 1) / 3),  # only 2 before the freeze
+])
+def test_training_flops(algorithm_runs, name, expected):
+    trainer = algorithm_runs[name].trainer
+    assert trainer.training_flops == pytest.approx(expected, rel=1e-9)
+    assert trainer.summary()["training_flops_relative_to_dense"] == pytest.approx(expected / 12, rel=1e-9)
+
+
+def test_training_flops_snip_weighs_layers_by_their_cost(algorithm_runs):
+    """SNIP's layers end at different densities: each counts with its forward MACs."""
+    run = algorithm_runs["snip"]
+    # Convnet on 6x6x1: conv 3x3x1x4 on 4x4 outputs, depthwise 2x2x4x1 on 3x3, fc 36x8, logits 8x3.
+    macs = {"conv/kernel": 36 * 16, "depthwise/kernel": 16 * 9, "fc/kernel": 288, "logits/kernel": 24}
+    masks = run.snapshots[0].masks
+    density = sum(macs[k] * masks[k].mean() for k in macs) / sum(macs.values())
+    assert not 0.49 < density < 0.51  # differs from the global density 0.5
+    expected = 1 + 12 * density  # one dense scoring batch, then 12 sparse steps
+    assert run.trainer.training_flops == pytest.approx(expected, rel=1e-9)
+
+
+def test_history_summary_and_evaluate(algorithm_runs, dataset):
+    trainer = algorithm_runs["static"].trainer
+    assert [r["epoch"] for r in trainer.history] == [1, 2]
+    assert [r["step"] for r in trainer.history] == [6, 12]
+    assert all(r["sparsity"] == pytest.approx(0.5) for r in trainer.history)
+    summary = trainer.summary()
+    assert summary["steps"] == 12 and summary["sparsity"] == pytest.approx(0.5)
+    assert summary["layer_sparsity"] == {key: pytest.approx(0.5) for key in ks.get_masks(trainer.model)}
+    assert summary["algorithm"]["name"] == "static" and summary["algorithm"]["sparsity"] == 0.5
+
+    data = dataset(20, (6, 6, 1), 3, batch=8, seed=9)  # a ragged last batch
+    x = np.concatenate([b[0].numpy() for b in data])
+    y = np.concatenate([b[1].numpy() for b in data])
+    logits = trainer.model(x, training=False).numpy()
+    result = trainer.evaluate(data)
+    assert result["accuracy"] == pytest.approx(np.mean(np.argmax(logits, -1) == y))
+    assert result["loss"] == pytest.approx(float(_loss()(y, logits)), rel=1e-5)
+
+
+def test_snip_scores_on_gradients_summed_over_batches(mlp, dataset):
+    data = dataset(24, (8,), 4, batch=8, seed=6)
+    model = ks.wrap(mlp(seed=7))
+    kernels = ks.masked_kernels(model)
+    weights = {k.key: k.kernel.numpy().copy() for k in kernels}
+    summed = {k.key: 0.0 for k in kernels}
+    for x, y in data.take(2):
+        with tf.GradientTape() as tape:
+            loss = _loss()(y, model(x, training=True))
+        for k, g in zip(kernels, tape.gradient(loss, [k.kernel for k in kernels])):
+            summed[k.key] = summed[k.key] + g.numpy()
+    scores = {key: np.abs(summed[key] * weights[key]) for key in weights}
+    flat = np.sort(np.concatenate([s.ravel() for s in scores.values()]))[::-1]
+    k = mask_ops.num_active(flat.size, 0.8)
+    assert flat[k - 1] > flat[k]
+
+    trainer = ks.Trainer(model, algorithms.SNIP(0.8, scoring_batches=2), keras.optimizers.SGD(0.1), _loss(),
+                         jit_compile=False, progress=False)
+    trainer.fit(data, epochs=1, steps_per_epoch=1)
+    assert trainer.dense_gradient_steps == 2
+    for key, mask in ks.get_masks(model).items():
+        np.testing.assert_array_equal(mask, scores[key] >= flat[k - 1], err_msg=key)
+
+
+@pytest.mark.parametrize("optimizer, names", [
+    (lambda: keras.optimizers.SGD(0.1, momentum=0.9), ["momentum"]),
+    (lambda: keras.optimizers.Adam(), ["momentum", "velocity"]),
+    (lambda: keras.optimizers.SGD(0.1), []),
+])
+def test_optimizer_slots_of_each_kernel(mlp, optimizer, names):
+    """The slots the trainer resets for grown weights: exactly the kernel's own, not the bias's."""
+    model = ks.wrap(mlp(seed=0))
+    trainer = ks.Trainer(model, algorithms.StaticSparse(0.5), optimizer(), _loss(), progress=False)
+    for k in ks.masked_kernels(model):
+        slots = trainer._slots[k.key]
+        assert sorted(s.name.rsplit("_", 1)[-1] for s in slots) == names
+        assert all(tuple(s.shape) == tuple(k.kernel.shape) for s in slots)
+        assert all("bias" not in s.name for s in slots)
