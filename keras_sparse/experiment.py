@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 from typing import Any, Sequence
@@ -32,7 +33,18 @@ def parse_gin(config_files: Sequence[str], bindings: Sequence[str]) -> None:
     """Parses gin files and bindings; includes resolve next to each file and in ``gin_configs/``."""
     for path in [CONFIG_DIR, *{os.path.dirname(os.path.abspath(f)) for f in config_files}]:
         gin.add_config_file_search_path(path)
-    gin.parse_config_files_and_bindings(list(config_files), list(bindings))
+    # gin logs "Path not found" at ERROR for each search path it tries before the one that
+    # holds an include; real parse errors still raise.
+    root = logging.getLogger()
+    root.addFilter(_not_found_filter)
+    try:
+        gin.parse_config_files_and_bindings(list(config_files), list(bindings))
+    finally:
+        root.removeFilter(_not_found_filter)
+
+
+def _not_found_filter(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Path not found")
 
 
 def learning_rate_schedule(kind: str, base: float, total_steps: int, steps_per_epoch: int,
@@ -129,6 +141,9 @@ def build_run(seed: int, algorithm: SparseAlgorithm | str | None = None, setting
     if isinstance(algorithm, str):
         algorithm = get(algorithm)()
     algorithm.seed = seed
+    # tf.data's shuffle seed combines its own seed with TensorFlow's global one: set both
+    # first, or the data order would depend on what ran earlier in the process.
+    keras.utils.set_random_seed(seed)
     data = data_lib.load(batch_size=settings.batch_size, seed=seed)
     keras.utils.set_random_seed(seed if model_seed is None else model_seed)
     model = wrap(models.build(data.input_shape, data.num_classes), exclude=list(settings.exclude) or None)
