@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from typing import Any, Callable, Sequence
 
@@ -48,7 +49,8 @@ class Trainer:
         jit_compile: compile the train step with XLA (default on).
         logdir: if set, checkpoints (``logdir/checkpoints``) and TensorBoard events go there,
             and ``fit`` resumes from the latest checkpoint it finds.
-        progress: show a Keras progress bar per epoch.
+        progress: print a line per epoch, and a Keras progress bar while it runs when the
+            output is a terminal (a log file gets the epoch lines only).
         log_every_steps: how often the training loss goes to TensorBoard / the progress bar.
     """
 
@@ -231,7 +233,7 @@ class Trainer:
         for callback in callbacks:
             callback.on_train_begin(self)
         for epoch in range(self.step // steps_per_epoch, epochs):
-            bar = keras.utils.Progbar(steps_per_epoch, verbose=1 if self.progress else 0,
+            bar = keras.utils.Progbar(steps_per_epoch, verbose=1 if self.progress and sys.stdout.isatty() else 0,
                                       stateful_metrics=["loss"], unit_name="step")
             if self.progress:
                 print(f"Epoch {epoch + 1}/{epochs}", flush=True)

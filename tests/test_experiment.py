@@ -92,3 +92,19 @@ def test_train_binary_missing_tfds_set_is_one_clear_line(tmp_path):
     lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "'mnist'" in lines[0] and str(tmp_path / "tfds") in lines[0]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("config,shape", [("mnist_lenet300.gin", (28, 28, 1)), ("mnist_lenet5.gin", (28, 28, 1)),
+                                          ("cifar10_resnet20.gin", (32, 32, 3)),
+                                          ("cifar10_wide_resnet.gin", (32, 32, 3))])
+def test_tfds_data_and_model_configs_compose_with_an_algorithm_config(config, shape, tmp_path):
+    import tensorflow_datasets as tfds
+
+    experiment.parse_gin([os.path.join(ROOT, "gin_configs", "rigl.gin"), os.path.join(ROOT, "gin_configs", config)],
+                         ["training.epochs = 1", "training.batch_size = 32", "training.progress = False"])
+    with tfds.testing.mock_data(num_examples=64):
+        run = experiment.build_run(seed=0)
+        assert run.data.input_shape == shape
+        assert run.trainer.algorithm.update_frequency == 100  # the data config's own setting
+        run.fit()
+    assert run.trainer.step == 2 and abs(run.trainer.sparsity() - 0.9) < 2e-3

@@ -1,0 +1,73 @@
+"""The three study binaries end to end on a tiny grid: every expected row, table and plot."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# 8 steps an epoch (batch 500 of 4000), a narrow net: each training run takes about a second.
+TINY = ["training.epochs = 2", "training.batch_size = 500", "model.width = 8", "RigL.update_frequency = 2",
+        "MagnitudePruning.frequency = 2", "SET.update_frequency = 2"]
+
+
+def run_study(name, logdir, *bindings, jobs=1):
+    args = [sys.executable, os.path.join(ROOT, "binaries", f"{name}_study.py"),
+            f"--gin_config={os.path.join(ROOT, 'gin_configs', 'studies', name + '.gin')}", f"--logdir={logdir}",
+            f"--jobs={jobs}", *(f"--gin_bindings={b}" for b in [*TINY, *bindings])]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((logdir / "results.json").read_text()), (logdir / "results.md").read_text(), result
+
+
+def test_reinit_study(tmp_path):
+    results, markdown, _ = run_study("reinit", tmp_path, 'reinit_study.algorithms = ["rigl", "snip"]',
+                                     "reinit_study.sparsities = [0.5, 0.8]")
+    rows = results["rows"]
+    expected = {(a, s, v) for a in ("rigl", "snip") for s in (0.5, 0.8)
+                for v in ("trained", "original", "new_init", "reshuffle", "signed_constant")}
+    assert {(r["algorithm"], r["sparsity"], r["variant"]) for r in rows} == expected
+    assert len(rows) == len(expected) and all(r["seed"] == 0 and 0 <= r["accuracy"] <= 1 for r in rows)
+    assert "| rigl | 0.8 |" in markdown and (tmp_path / "reinit.png").stat().st_size > 1000
+
+
+def test_further_pruning_study_and_rerun_skips_finished_cells(tmp_path):
+    bindings = ['further_pruning_study.algorithms = ["magnitude", "static"]',
+                "further_pruning_study.sparsities = [0.5, 0.8]", "further_pruning_study.extra_sparsities = [0.0, 0.5]"]
+    results, markdown, _ = run_study("further_pruning", tmp_path, *bindings, jobs=2)
+    rows = results["rows"]
+    keys = {(r["algorithm"], r["sparsity"], r["scope"], r["extra_sparsity"]) for r in rows}
+    assert keys == {(a, s, scope, e) for a in ("magnitude", "static") for s in (0.5, 0.8)
+                    for scope in ("layer", "global") for e in (0.0, 0.5)}
+    for r in rows:
+        expected_total = r["sparsity"] + (1 - r["sparsity"]) * r["extra_sparsity"]
+        assert r["total_sparsity"] == pytest.approx(expected_total, abs=0.01)
+    assert "## layer pruning" in markdown and "## global pruning" in markdown
+    for scope in ("layer", "global"):
+        assert (tmp_path / f"further_pruning_{scope}.png").exists()
+    again = run_study("further_pruning", tmp_path, *bindings)[2]
+    assert "4 of 4 cells already done" in again.stdout + again.stderr
+
+
+def test_structure_study(tmp_path):
+    results, markdown, _ = run_study("structure", tmp_path, "structure_study.seeds = [0]",
+                                     "structure_study.freeze_epochs = [0.5, 1.0]", "structure_study.first_epoch_points = 4")
+    rows = results["rows"]
+    overall = sorted((r["step"], r["final_present"]) for r in rows if r.get("layer") == "overall")
+    # Snapshots: the initial mask, 4 points in epoch 1 (2, 4, 6, 8), the end of epoch 2.
+    assert [step for step, _ in overall] == [0, 2, 4, 6, 8, 16]
+    assert overall[-1][1] == 1.0  # the last snapshot is the final mask
+    variants = {r["variant"]: r for r in rows if "variant" in r}
+    assert set(variants) == {"rigl (full)", "rigl frozen @ 0.5 epoch", "rigl frozen @ 1 epoch", "static"}
+    # RigL updates at steps 2, 4, 6, …, 10 (< 75% of 16 = 12): frozen at step 4 keeps only step 2.
+    assert variants["rigl frozen @ 0.5 epoch"]["dense_gradient_steps"] == 1
+    assert variants["rigl frozen @ 1 epoch"]["dense_gradient_steps"] == 3
+    assert variants["rigl (full)"]["dense_gradient_steps"] == 5
+    assert variants["static"]["dense_gradient_steps"] == 0
+    assert variants["static"]["training_flops"] < variants["rigl (full)"]["training_flops"]
+    assert "Early-frozen RigL" in markdown
+    for name in ("structure_overlap", "early_freeze"):
+        assert (tmp_path / f"{name}.png").exists()
