@@ -16,7 +16,7 @@ cli.define_flags()
 
 def main(argv):
     del argv
-    cli.run_main(lambda: experiment.train(flags.FLAGS.logdir, flags.FLAGS.seed))
+    cli.run_main(lambda: experiment.train(flags.FLAGS.logdir, flags.FLAGS.seed, flags.FLAGS.overwrite))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from typing import Any, Callable
 import tensorflow as tf
 from absl import flags, logging
 
-from keras_sparse.errors import ConfigError
+from keras_sparse.errors import KerasSparseError
 from keras_sparse.experiment import CONFIG_DIR, parse_gin
 
 
@@ -30,6 +30,8 @@ def define_flags(study: bool = False) -> None:
         flags.DEFINE_integer("jobs", 1, "Run this many grid cells at a time, each in its own process.")
     else:
         flags.DEFINE_integer("seed", 0, "Seeds initialization, data order and the algorithm's random choices.")
+        flags.DEFINE_bool("overwrite", False, "If --logdir holds a run with another config, move it to "
+                          "<logdir>.old-<time> and start again (without it, such a logdir is refused).")
     flags.mark_flag_as_required("logdir")
 
 
@@ -38,7 +40,7 @@ def run_main(job: Callable[[], Any]) -> Any:
     try:
         parse_flags_into_gin()
         return job()
-    except ConfigError as error:
+    except KerasSparseError as error:
         # gin appends "In call to configurable ..." on a second line: keep the first.
         sys.exit(f"error: {str(error).strip().splitlines()[0]}")
 

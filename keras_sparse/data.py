@@ -9,7 +9,9 @@ bundled 8×8 digits). Any other name is loaded with tensorflow-datasets (``mnist
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+from typing import Callable
 
 import gin
 import numpy as np
@@ -27,12 +29,17 @@ class Data:
     """A data set ready for training: batched pipelines and what a model needs to know."""
 
     name: str
-    train: tf.data.Dataset
+    train_epoch: Callable[[int], tf.data.Dataset]
     test: tf.data.Dataset
     input_shape: tuple[int, ...]
     num_classes: int
     train_size: int
     steps_per_epoch: int
+
+    @property
+    def train(self) -> tf.data.Dataset:
+        """The first epoch's training batches."""
+        return self.train_epoch(0)
 
 
 def _mnist1d(seed: int) -> tuple[np.ndarray, ...]:
@@ -97,11 +104,14 @@ def _standardize_images(image, label):
     return tf.cast(image, tf.float32) / 255.0, tf.cast(label, tf.int64)
 
 
-def _augment_crop_flip(image, label):
+def _augment_crop_flip(position, example, seed: int):
+    image, label = example
     height, width = image.shape[0], image.shape[1]
+    # Stateless ops keyed by (epoch seed, position in the epoch): reproducible, and resumable.
+    key = tf.stack([tf.cast(seed, tf.int64), tf.cast(position, tf.int64)])
     image = tf.image.resize_with_crop_or_pad(image, height + 8, width + 8)
-    image = tf.image.random_crop(image, [height, width, image.shape[-1]])
-    return tf.image.random_flip_left_right(image), label
+    image = tf.image.stateless_random_crop(image, [height, width, image.shape[-1]], seed=key)
+    return tf.image.stateless_random_flip_left_right(image, seed=key + 1), label
 
 
 @gin.configurable("data", denylist=["batch_size", "seed"])
@@ -109,8 +119,9 @@ def load(batch_size: int, seed: int = 0, name: str = "mnist1d", data_dir: str | 
          download: bool = True, augment: bool = False, eval_batch_size: int = 1000) -> Data:
     """Loads data set ``name`` as shuffled training batches and test batches.
 
-    Training batches drop the last partial batch (a fixed shape compiles once under XLA) and
-    are reshuffled every epoch from ``seed``. ``augment`` adds random crops and flips (CIFAR).
+    Training batches drop the last partial batch (a fixed shape compiles once under XLA);
+    ``train_epoch(e)`` gives epoch ``e``'s batches, shuffled from ``(seed, e)`` alone.
+    ``augment`` adds random crops and flips (CIFAR), also drawn from ``(seed, e)``.
 
     Raises:
         DataUnavailableError: for an unknown name or a tfds data set that is neither on disk
@@ -131,10 +142,16 @@ def load(batch_size: int, seed: int = 0, name: str = "mnist1d", data_dir: str | 
         test = test.cache()
     if batch_size > train_size:
         raise ConfigError(f"training.batch_size={batch_size} is larger than the {train_size} training examples of {name!r}.")
-    train = train.shuffle(min(train_size, 60000), seed=seed, reshuffle_each_iteration=True)
-    if augment:
-        train = train.map(_augment_crop_flip, num_parallel_calls=tf.data.AUTOTUNE)
-    train = train.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    def train_epoch(epoch: int) -> tf.data.Dataset:
+        # The order of epoch e depends on (seed, e) only, so a run resumed at epoch e sees
+        # exactly the batches an uninterrupted run would.
+        epoch_seed = (seed * 1_000_003 + epoch) % (2**31 - 1)
+        batches = train.shuffle(min(train_size, 60000), seed=epoch_seed, reshuffle_each_iteration=False)
+        if augment:
+            batches = batches.enumerate().map(functools.partial(_augment_crop_flip, seed=epoch_seed),
+                                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return batches.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
     test = test.batch(eval_batch_size).prefetch(tf.data.AUTOTUNE)
-    return Data(name, train, test, tuple(int(d) for d in input_shape), num_classes, train_size,
+    return Data(name, train_epoch, test, tuple(int(d) for d in input_shape), num_classes, train_size,
                 train_size // batch_size)

@@ -1,9 +1,13 @@
-"""The error type for bad user input."""
+"""Errors a user sees: each message is one line that names the problem and the fix."""
 
 
-class ConfigError(ValueError):
-    """Bad input from a user (a flag, a gin binding, an argument).
+class KerasSparseError(Exception):
+    """Base class: the binaries print these as one ``error:`` line and exit with status 1."""
 
-    The message is one line that names the problem and the fix; the binaries print it alone,
-    without a traceback, and exit with status 1.
-    """
+
+class ConfigError(KerasSparseError, ValueError):
+    """Bad input from a user (a flag, a gin binding, an argument, a logdir), found before training."""
+
+
+class TrainingDivergedError(KerasSparseError, RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_sparse import data as data_lib
+from keras_sparse import logdir as logdir_lib
 from keras_sparse import models
 from keras_sparse.algorithms import SparseAlgorithm, get
 from keras_sparse.errors import ConfigError
@@ -30,17 +31,35 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 
 
 def parse_gin(config_files: Sequence[str], bindings: Sequence[str]) -> None:
-    """Parses gin files and bindings; includes resolve next to each file and in ``gin_configs/``."""
-    for path in [CONFIG_DIR, *{os.path.dirname(os.path.abspath(f)) for f in config_files}]:
+    """Parses gin files and bindings; includes resolve next to each file and in ``gin_configs/``.
+
+    A file that is not found as given is looked up in ``gin_configs/`` (``rigl.gin`` works from
+    any directory). Unknown files, configurables or parameters raise a one-line ``ConfigError``.
+    """
+    files = [_find_config(f) for f in config_files]
+    for path in [CONFIG_DIR, *{os.path.dirname(f) for f in files}]:
         gin.add_config_file_search_path(path)
     # gin logs "Path not found" at ERROR for each search path it tries before the one that
     # holds an include; real parse errors still raise.
     root = logging.getLogger()
     root.addFilter(_not_found_filter)
     try:
-        gin.parse_config_files_and_bindings(list(config_files), list(bindings))
+        gin.parse_config_files_and_bindings(files, list(bindings))
+    except (ValueError, SyntaxError, KeyError, IOError) as error:
+        lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+        where = f" ({lines[-1]})" if len(lines) > 1 else ""
+        raise ConfigError(f"Bad gin config: {lines[0] if lines else error}{where}: check the name against "
+                          "gin_configs/ and the arguments of training, data, model and the algorithm classes.") from None
     finally:
         root.removeFilter(_not_found_filter)
+
+
+def _find_config(path: str) -> str:
+    for candidate in (path, os.path.join(CONFIG_DIR, path)):
+        if os.path.isfile(candidate):
+            return os.path.abspath(candidate)
+    raise ConfigError(f"Gin config {path!r} not found, here or in {CONFIG_DIR}: pass an existing file, "
+                      "e.g. gin_configs/rigl.gin.")
 
 
 def _not_found_filter(record: logging.LogRecord) -> bool:
@@ -115,7 +134,7 @@ class Run:
 
     def fit(self):
         """Trains for ``settings.epochs`` and returns the per-epoch history."""
-        return self.trainer.fit(self.data.train, self.settings.epochs, validation_data=self.data.test,
+        return self.trainer.fit(self.data.train_epoch, self.settings.epochs, validation_data=self.data.test,
                                 steps_per_epoch=self.data.steps_per_epoch)
 
     def metrics(self) -> dict[str, Any]:
@@ -158,19 +177,31 @@ def build_run(seed: int, algorithm: SparseAlgorithm | str | None = None, setting
     return Run(settings, data, model, trainer, initial)
 
 
-def train(logdir: str, seed: int = 0) -> dict[str, Any]:
+def train(logdir: str, seed: int = 0, overwrite: bool = False) -> dict[str, Any]:
     """Trains the gin-configured run and writes its logdir; returns the contents of ``metrics.json``.
 
-    ``seed`` seeds the initialization, the data order and the algorithm's random choices.
+    ``seed`` seeds the initialization, the data order and the algorithm's random choices. A
+    logdir holding a checkpoint of the same config resumes; one holding a different config is
+    refused unless ``overwrite``, which moves the old run aside. Every check runs before
+    anything is written into the logdir.
     """
-    run = build_run(seed, logdir=logdir)
-    tf.io.gfile.makedirs(logdir)
-    run.fit()
-    metrics = {**run.metrics(), "seed": seed}
-    _write_text(os.path.join(logdir, "operative_config.gin"), gin.operative_config_str())
-    _write_text(os.path.join(logdir, "metrics.json"), json.dumps(_finite(metrics), indent=2))
-    if run.settings.export:
-        export_saved_model(run.model, os.path.join(logdir, "saved_model"))
+    settings = TrainingSettings()
+    config = f"# seed = {seed}\n" + "\n".join(
+        line for line in gin.config_str().splitlines() if not line.startswith("training.progress"))
+    run = build_run(seed, settings=settings, logdir=logdir)
+    run.trainer.configure(settings.epochs, run.data.steps_per_epoch)
+    with logdir_lib.lock(logdir):
+        moved = logdir_lib.check_config(logdir, config, overwrite)
+        if moved:
+            print(f"Moved the previous run in {logdir} to {moved}.", flush=True)
+        run.trainer.setup(run.data.train, settings.epochs, run.data.steps_per_epoch)
+        logdir_lib.write_config(logdir, config)
+        run.fit()
+        metrics = {**run.metrics(), "seed": seed}
+        _write_text(os.path.join(logdir, "operative_config.gin"), gin.operative_config_str())
+        _write_text(os.path.join(logdir, "metrics.json"), json.dumps(_finite(metrics), indent=2))
+        if settings.export:
+            export_saved_model(run.model, os.path.join(logdir, "saved_model"))
     return metrics
 
 

@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from keras_sparse import flops as flops_lib
 from keras_sparse.algorithms.base import SparseAlgorithm
-from keras_sparse.errors import ConfigError
+from keras_sparse.errors import ConfigError, TrainingDivergedError
 from keras_sparse.masking import masked_kernels, sparsity_report
 
 
@@ -89,12 +89,13 @@ class Trainer:
         self._forward_flops: dict[str, float] | None = None
         self._densities: dict[str, float] = {}
         self._set_up = False
+        self._configured: tuple[int, int] | None = None
         self._checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **self._state)
-        self._manager = None
-        if logdir:
-            self._manager = tf.train.CheckpointManager(self._checkpoint, os.path.join(logdir, "checkpoints"),
-                                                       max_to_keep=checkpoints_to_keep)
-        self._writer = tf.summary.create_file_writer(logdir) if logdir else None
+        self._manager = None  # opened by restore(): the logdir may change until training starts
+        self._checkpoints_to_keep = checkpoints_to_keep
+        self._writer = None  # created at the first summary: a failed start leaves the logdir alone
+        # First step whose loss was NaN/inf (-1: none). Not checkpointed: it only stops this process.
+        self._nonfinite_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
         self._train_step = tf.function(self._train_step_fn, jit_compile=jit_compile)
         self._update_step = tf.function(self._update_step_fn, jit_compile=jit_compile)
         self._eval_step = tf.function(self._eval_step_fn, jit_compile=jit_compile)
@@ -123,13 +124,20 @@ class Trainer:
             k.kernel.assign(tf.where(k.mask, k.kernel, tf.zeros_like(k.kernel)))
         self._state["step"].assign_add(1)
 
+    def _watch_loss(self, loss) -> None:
+        """Records the first step with a NaN/inf loss (read by the loop at its next check)."""
+        first = tf.logical_and(tf.logical_not(tf.math.is_finite(loss)), self._nonfinite_step < 0)
+        self._nonfinite_step.assign(tf.where(first, self._state["step"], self._nonfinite_step))
+
     def _train_step_fn(self, x, y):
         loss, gradients = self._gradients(x, y)
+        self._watch_loss(loss)
         self._apply(gradients)
         return loss
 
     def _update_step_fn(self, x, y):
         loss, gradients = self._gradients(x, y)
+        self._watch_loss(loss)
         self._apply(gradients)
         step = self._state["step"] - 1
         weights = {k.key: tf.convert_to_tensor(k.kernel) for k in self.kernels}
@@ -156,15 +164,25 @@ class Trainer:
         return loss * batch, _correct(y, predictions), batch
 
     # ---------------------------------------------------------------- set-up
-    def _setup(self, train_data, steps_per_epoch: int, total_steps: int) -> None:
-        if self._set_up:
+    def configure(self, epochs: int, steps_per_epoch: int) -> None:
+        """Gives the algorithm the model's kernels and the length of training; its checks (a
+        per-layer map naming a missing layer, a freeze step after the end, …) raise here,
+        before anything is read from or written to the logdir."""
+        if self._configured == (epochs, steps_per_epoch):
             return
         shapes = {k.key: tuple(k.mask.shape) for k in self.kernels}
-        self.algorithm.setup(shapes, total_steps, steps_per_epoch)
+        self.algorithm.setup(shapes, epochs * steps_per_epoch, steps_per_epoch)
         self._forward_flops = {k.key: 2.0 * flops_lib.forward_macs(k.wrapper, k.key.rsplit("/", 1)[1])
                                for k in self.kernels}
-        restored = self.restore()
-        if not restored and self.step == 0:
+        self._configured = (epochs, steps_per_epoch)
+
+    def setup(self, train_data: tf.data.Dataset, epochs: int, steps_per_epoch: int | None = None) -> None:
+        """Prepares training (``fit`` calls it): ``configure``, then the latest checkpoint of the
+        logdir if there is one, else the algorithm's initial masks."""
+        if self._set_up:
+            return
+        self.configure(epochs, steps_per_epoch or _cardinality(train_data))
+        if not self.restore() and self.step == 0:
             self._initialize_masks(train_data)
         self._refresh_densities()
         self._set_up = True
@@ -207,10 +225,28 @@ class Trainer:
         return self._manager.save(checkpoint_number=self.step)
 
     def restore(self) -> bool:
-        """Restores the latest checkpoint in ``logdir``, if there is one. Returns whether it did."""
-        if self._manager is None or self._manager.latest_checkpoint is None:
+        """Restores the newest readable checkpoint in ``logdir``; returns whether there was one.
+
+        A corrupt or truncated checkpoint is reported by name and the previous one is tried;
+        if none can be read, a ``ConfigError`` names the newest.
+        """
+        if not self.logdir:
             return False
-        self._checkpoint.restore(self._manager.latest_checkpoint).assert_existing_objects_matched()
+        self._manager = tf.train.CheckpointManager(self._checkpoint, os.path.join(self.logdir, "checkpoints"),
+                                                   max_to_keep=self._checkpoints_to_keep)
+        if not self._manager.checkpoints:
+            return False
+        for path in reversed(self._manager.checkpoints):
+            try:
+                self._checkpoint.restore(path).assert_existing_objects_matched()
+                break
+            except (tf.errors.OpError, ValueError, AssertionError, IndexError, KeyError) as error:
+                print(f"warning: checkpoint {path} cannot be read ({type(error).__name__}); trying the previous one.",
+                      file=sys.stderr, flush=True)
+        else:
+            raise ConfigError(f"No readable checkpoint in {os.path.dirname(self._manager.checkpoints[-1])} "
+                              f"(newest: {self._manager.checkpoints[-1]}): restore it from a backup, or use "
+                              "another logdir / --overwrite to start again.")
         self.step = int(self._state["step"].numpy())
         self.dense_gradient_steps = int(self._state["dense_gradient_steps"].numpy())
         self.training_flops = float(self._state["training_flops"].numpy())
@@ -218,17 +254,19 @@ class Trainer:
         return True
 
     # ------------------------------------------------------------- main API
-    def fit(self, train_data: tf.data.Dataset, epochs: int, validation_data: tf.data.Dataset | None = None,
+    def fit(self, train_data: tf.data.Dataset | Callable[[int], tf.data.Dataset], epochs: int, validation_data: tf.data.Dataset | None = None,
             steps_per_epoch: int | None = None, callbacks: Sequence[Callback] = ()) -> list[dict[str, Any]]:
-        """Trains for ``epochs`` epochs of ``train_data`` (batches of ``(x, y)``).
+        """Trains for ``epochs`` epochs of ``train_data``: batches of ``(x, y)``, or a function
+        ``epoch -> batches`` (such as ``Data.train_epoch``), which makes a resumed run see the
+        same batches as an uninterrupted one.
 
         Returns the per-epoch history (train loss, validation loss/accuracy, sparsity). With a
         ``logdir``, a checkpoint is written after every epoch and a rerun resumes from it.
         ``callbacks`` (``Callback`` objects) are called at train begin, step end and epoch end.
         """
-        steps_per_epoch = steps_per_epoch or _cardinality(train_data)
-        total_steps = epochs * steps_per_epoch
-        self._setup(train_data, steps_per_epoch, total_steps)
+        epoch_data = train_data if callable(train_data) else (lambda epoch: train_data)
+        steps_per_epoch = steps_per_epoch or _cardinality(epoch_data(0))
+        self.setup(epoch_data(0), epochs, steps_per_epoch)
         dense_cost = flops_lib.dense_step_cost(self._forward_flops)
         for callback in callbacks:
             callback.on_train_begin(self)
@@ -238,7 +276,7 @@ class Trainer:
             if self.progress:
                 print(f"Epoch {epoch + 1}/{epochs}", flush=True)
             started, losses = time.perf_counter(), []
-            for i, (x, y) in enumerate(train_data.take(steps_per_epoch)):
+            for i, (x, y) in enumerate(epoch_data(epoch).take(steps_per_epoch)):
                 uses_dense = self.algorithm.uses_dense_gradient(self.step)
                 self.training_flops += flops_lib.step_cost(self._forward_flops, self._densities, uses_dense) / dense_cost
                 self.dense_gradient_steps += int(uses_dense)
@@ -252,6 +290,7 @@ class Trainer:
                 for callback in callbacks:
                     callback.on_step_end(self)
                 if self.step % self.log_every_steps == 0 or i + 1 == steps_per_epoch:
+                    self._check_finite()
                     value = float(loss)
                     bar.update(i + 1, values=[("loss", value)])
                     self._scalars("train", {"loss": value})
@@ -295,9 +334,19 @@ class Trainer:
         }
 
     # --------------------------------------------------------------- logging
+    def _check_finite(self) -> None:
+        step = int(self._nonfinite_step.numpy())
+        if step >= 0:
+            kept = self._manager.latest_checkpoint if self._manager is not None else None
+            raise TrainingDivergedError(
+                f"The loss became NaN or infinite at step {step}: lower the learning rate or check the data; "
+                + (f"the last good checkpoint {kept} is kept." if kept else "no checkpoint was written."))
+
     def _scalars(self, prefix: str, values: dict[str, float]) -> None:
-        if self._writer is None:
+        if not self.logdir:
             return
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.logdir)
         with self._writer.as_default(step=self.step):
             for name, value in values.items():
                 tf.summary.scalar(f"{prefix}/{name}", value)

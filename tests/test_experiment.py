@@ -61,27 +61,34 @@ def _bindings(*bindings):
     return [f"--gin_bindings={b}" for b in bindings]
 
 
-def test_train_binary_end_to_end_and_resume(tmp_path):
+def test_train_binary_end_to_end_and_resume_past_a_corrupt_checkpoint(tmp_path):
     logdir = tmp_path / "run"
-    first = _run_binary("--gin_config=gin_configs/rigl.gin", f"--logdir={logdir}", "--seed=3",
-                        *_bindings("training.epochs = 1", "model.width = 8"))
+    args = ["--gin_config=gin_configs/rigl.gin", f"--logdir={logdir}", "--seed=3",
+            *_bindings("training.epochs = 2", "model.width = 8")]
+    first = _run_binary(*args)
     assert first.returncode == 0, first.stderr[-3000:]
-    for name in ("checkpoints", "operative_config.gin", "metrics.json", "saved_model"):
+    for name in ("checkpoints", "config.gin", "operative_config.gin", "metrics.json", "saved_model"):
         assert (logdir / name).exists(), name
+    assert not (logdir / ".lock").exists()
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(logdir))
     metrics = json.loads((logdir / "metrics.json").read_text())
-    assert metrics["steps"] == 62 and metrics["seed"] == 3
+    assert metrics["steps"] == 124 and metrics["seed"] == 3
 
     loaded = tf.saved_model.load(str(logdir / "saved_model"))
     x = next(iter(data.load(batch_size=4, name="mnist1d").test))[0][:4]
     assert loaded.signatures["serving_default"](x)["output_0"].shape == (4, 10)
 
-    second = _run_binary("--gin_config=gin_configs/rigl.gin", f"--logdir={logdir}", "--seed=3",
-                         *_bindings("training.epochs = 2", "model.width = 8"))
+    # Truncate the newest checkpoint (step 124): the rerun names it, falls back to step 62,
+    # trains epoch 2 again and ends where the first run ended.
+    newest = next(p for p in (logdir / "checkpoints").iterdir() if p.name.startswith("ckpt-124.data"))
+    newest.write_bytes(newest.read_bytes()[:100])
+    second = _run_binary(*args)
     assert second.returncode == 0, second.stderr[-3000:]
+    assert "ckpt-124" in second.stderr and "trying the previous one" in second.stderr
     resumed = json.loads((logdir / "metrics.json").read_text())
     assert resumed["steps"] == 124
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    assert resumed["test_accuracy"] == metrics["test_accuracy"]
 
 
 def test_train_binary_missing_tfds_set_is_one_clear_line(tmp_path):

@@ -34,7 +34,7 @@ def train_network(algorithm: SparseAlgorithm, seed: int, model_seed: int | None 
     run = build_run(seed, algorithm, TrainingSettings(), model_seed=model_seed)
     if before_fit is not None:
         before_fit(run)
-    run.trainer.fit(run.data.train, run.settings.epochs, validation_data=None,
+    run.trainer.fit(run.data.train_epoch, run.settings.epochs, validation_data=None,
                     steps_per_epoch=run.data.steps_per_epoch, callbacks=callbacks)
     return run
 

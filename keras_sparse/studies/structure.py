@@ -87,10 +87,14 @@ def run(logdir: str, jobs: int = 1, sparsity: float = 0.9, seeds: Sequence[int] 
         variant = variant or f"rigl frozen @ {cell['freeze_epoch']:g} epoch"
         freeze_rows.append({"variant": variant, "freeze_epoch": cell.get("freeze_epoch"), "seed": cell["seed"],
                             "sparsity": sparsity, **{k: v for k, v in result.items() if k != "snapshots"}})
-        for snap in result.get("snapshots", []):
+        snapshots = result.get("snapshots", [])
+        for snap in snapshots:
             for layer, values in snap["overlap"].items():
+                # Share of the way from the initial mask to the final one: 1 - Hamming(t) / Hamming(0).
+                start = snapshots[0]["overlap"][layer]["hamming"]
+                done = 1.0 - values["hamming"] / start if start else 1.0
                 overlap_rows.append({"seed": cell["seed"], "sparsity": sparsity, "step": snap["step"],
-                                     "epoch": snap["epoch"], "layer": layer, **values})
+                                     "epoch": snap["epoch"], "layer": layer, **values, "change_done": done})
     markdown = "\n\n".join(["# Structure study: how early RigL's mask emerges",
                             _overlap_table(overlap_rows, seeds), _freeze_table(freeze_rows, seeds, freeze_epochs)])
     settings = {"sparsity": sparsity, "seeds": list(seeds), "first_epoch_points": first_epoch_points,
@@ -106,13 +110,18 @@ def _overlap_table(rows, seeds) -> str:
     present = common.group(overall, ["step", "epoch"], "final_present")
     iou = common.group(overall, ["step", "epoch"], "iou")
     hamming = common.group(overall, ["step", "epoch"], "hamming_fraction")
+    done = common.group(overall, ["step", "epoch"], "change_done")
     table = common.markdown_table(
-        ["step", "epoch", "final mask present (%)", "IoU with final (%)", "Hamming distance (% of weights)"],
+        ["step", "epoch", "final mask present (%)", "IoU with final (%)", "Hamming distance (% of weights)",
+         "change done (%)"],
         [[step, f"{epoch:.2f}", common.percent(present[(step, epoch)]), common.percent(iou[(step, epoch)]),
-          common.percent(hamming[(step, epoch)])] for step, epoch in present])
+          common.percent(hamming[(step, epoch)]), common.percent(done[(step, epoch)])] for step, epoch in present])
     return ("## Structure emergence (all masked layers together)\n\n"
             f"Each RigL mask snapshot against RigL's final mask; mean ± std over seeds {list(seeds)}. "
-            "Step 0 is the random initial mask. Per-layer values are in results.json.\n\n" + table)
+            "Step 0 is the random initial mask, so its overlap is the chance level (layers that the "
+            "distribution keeps dense count as fully present). *Change done* = 1 − Hamming(t) / Hamming(0): "
+            "the share of the way from the initial to the final mask. Per-layer values are in results.json.\n\n"
+            + table)
 
 
 def _freeze_table(rows, seeds, freeze_epochs) -> str:
@@ -126,18 +135,20 @@ def _freeze_table(rows, seeds, freeze_epochs) -> str:
 
 
 def _plot_overlap(rows) -> plt.Figure:
-    figure, ax = plt.subplots(figsize=(5.5, 3.5))
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     layers = sorted({r["layer"] for r in rows} - {"overall"})
-    for layer in ["overall", *layers]:
-        present = common.group([r for r in rows if r["layer"] == layer], ["epoch"], "final_present")
-        style = {"linewidth": 2.5, "color": "black"} if layer == "overall" else {"linewidth": 1, "alpha": 0.7}
-        ax.plot([e for (e,) in present], [100 * common.mean_std(v)[0] for v in present.values()],
-                label=layer, **style)
-    ax.set_xscale("symlog", linthresh=1.0)
-    ax.set_xlabel("epoch (linear below 1, log above)")
-    ax.set_ylabel("final mask already present (%)")
-    ax.set_title("RigL: fraction of the final mask present")
-    ax.legend(fontsize=6)
+    for ax, measure, title in ((axes[0], "final_present", "final mask already present (%)"),
+                               (axes[1], "change_done", "change from initial to final mask done (%)")):
+        for layer in ["overall", *layers]:
+            values = common.group([r for r in rows if r["layer"] == layer], ["epoch"], measure)
+            style = {"linewidth": 2.5, "color": "black"} if layer == "overall" else {"linewidth": 1, "alpha": 0.7}
+            ax.plot([e for (e,) in values], [100 * common.mean_std(v)[0] for v in values.values()],
+                    label=layer, **style)
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlabel("epoch (linear below 1, log above)")
+        ax.set_ylabel(title)
+    axes[0].set_title("RigL mask snapshots against the final mask")
+    axes[1].legend(fontsize=6)
     figure.tight_layout()
     return figure
 
