@@ -9,9 +9,12 @@ algorithm only through its hooks; it never branches on which algorithm it runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any, Callable, Sequence
 
@@ -267,47 +270,65 @@ class Trainer:
         epoch_data = train_data if callable(train_data) else (lambda epoch: train_data)
         steps_per_epoch = steps_per_epoch or _cardinality(epoch_data(0))
         self.setup(epoch_data(0), epochs, steps_per_epoch)
-        dense_cost = flops_lib.dense_step_cost(self._forward_flops)
         for callback in callbacks:
             callback.on_train_begin(self)
-        for epoch in range(self.step // steps_per_epoch, epochs):
-            bar = keras.utils.Progbar(steps_per_epoch, verbose=1 if self.progress and sys.stdout.isatty() else 0,
-                                      stateful_metrics=["loss"], unit_name="step")
-            if self.progress:
-                print(f"Epoch {epoch + 1}/{epochs}", flush=True)
-            started, losses = time.perf_counter(), []
-            for i, (x, y) in enumerate(epoch_data(epoch).take(steps_per_epoch)):
-                uses_dense = self.algorithm.uses_dense_gradient(self.step)
-                self.training_flops += flops_lib.step_cost(self._forward_flops, self._densities, uses_dense) / dense_cost
-                self.dense_gradient_steps += int(uses_dense)
-                if self.algorithm.is_update_step(self.step):
-                    loss = self._update_step(x, y)
-                    self._refresh_densities()
-                else:
-                    loss = self._train_step(x, y)
-                self.step += 1
-                losses.append(loss)
-                for callback in callbacks:
-                    callback.on_step_end(self)
-                if self.step % self.log_every_steps == 0 or i + 1 == steps_per_epoch:
+        with _sigterm_flag() as preempted:
+            first_epoch, done_in_epoch = divmod(self.step, steps_per_epoch)
+            for epoch in range(first_epoch, epochs):
+                if self.progress:
+                    print(f"Epoch {epoch + 1}/{epochs}", flush=True)
+                # A run resumed from a mid-epoch checkpoint (SIGTERM) skips the batches it had done.
+                skip = done_in_epoch if epoch == first_epoch else 0
+                started = time.perf_counter()
+                losses = self._train_epoch(epoch_data(epoch).skip(skip), skip, steps_per_epoch, callbacks, preempted)
+                if preempted():
                     self._check_finite()
-                    value = float(loss)
-                    bar.update(i + 1, values=[("loss", value)])
-                    self._scalars("train", {"loss": value})
-            record = {"epoch": epoch + 1, "step": self.step,
-                      "train_loss": float(tf.reduce_mean(tf.stack(losses))),
-                      "seconds": time.perf_counter() - started, "sparsity": self.sparsity()}
-            if validation_data is not None:
-                record.update({f"val_{k}": v for k, v in self.evaluate(validation_data).items()})
-            self.history.append(record)
-            for callback in callbacks:
-                callback.on_epoch_end(self, record)
-            self._epoch_summaries(record)
-            self.save()
-            if self.progress:
-                print("  " + ", ".join(f"{k}={v:.4f}" for k, v in record.items()
-                                       if isinstance(v, float) and k != "seconds"), flush=True)
+                    path = self.save()
+                    raise SystemExit(f"Stopped by SIGTERM at step {self.step}"
+                                     + (f"; checkpoint {path} written: rerun the same command to resume." if path else "."))
+                record = {"epoch": epoch + 1, "step": self.step,
+                          "train_loss": float(tf.reduce_mean(tf.stack(losses))),
+                          "seconds": time.perf_counter() - started, "sparsity": self.sparsity()}
+                if validation_data is not None:
+                    record.update({f"val_{k}": v for k, v in self.evaluate(validation_data).items()})
+                self.history.append(record)
+                for callback in callbacks:
+                    callback.on_epoch_end(self, record)
+                self._epoch_summaries(record)
+                self.save()
+                if self.progress:
+                    print("  " + ", ".join(f"{k}={v:.4f}" for k, v in record.items()
+                                           if isinstance(v, float) and k != "seconds"), flush=True)
         return self.history
+
+    def _train_epoch(self, batches: tf.data.Dataset, done: int, steps_per_epoch: int,
+                     callbacks: Sequence[Callback], preempted: Callable[[], bool]) -> list:
+        """Runs the rest of one epoch (its first ``done`` steps were run before); returns the losses."""
+        dense_cost = flops_lib.dense_step_cost(self._forward_flops)
+        bar = keras.utils.Progbar(steps_per_epoch, verbose=1 if self.progress and sys.stdout.isatty() else 0,
+                                  stateful_metrics=["loss"], unit_name="step")
+        losses = []
+        for i, (x, y) in enumerate(batches.take(steps_per_epoch - done), start=done):
+            uses_dense = self.algorithm.uses_dense_gradient(self.step)
+            self.training_flops += flops_lib.step_cost(self._forward_flops, self._densities, uses_dense) / dense_cost
+            self.dense_gradient_steps += int(uses_dense)
+            if self.algorithm.is_update_step(self.step):
+                loss = self._update_step(x, y)
+                self._refresh_densities()
+            else:
+                loss = self._train_step(x, y)
+            self.step += 1
+            losses.append(loss)
+            for callback in callbacks:
+                callback.on_step_end(self)
+            if self.step % self.log_every_steps == 0 or i + 1 == steps_per_epoch:
+                self._check_finite()
+                value = float(loss)
+                bar.update(i + 1, values=[("loss", value)])
+                self._scalars("train", {"loss": value})
+            if preempted():
+                break
+        return losses
 
     def evaluate(self, data: tf.data.Dataset) -> dict[str, float]:
         """Mean loss and accuracy of the model over ``data``."""
@@ -357,6 +378,22 @@ class Trainer:
         self._scalars("epoch", {"dense_gradient_steps": float(self.dense_gradient_steps)})
         if self._writer is not None:
             self._writer.flush()
+
+
+@contextlib.contextmanager
+def _sigterm_flag():
+    """Within the block, SIGTERM (preemption) only sets a flag, which the loop checks after
+    every step to write a checkpoint and stop. Outside the main thread, signals cannot be
+    caught: the flag then stays False."""
+    caught = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: caught.append(signum))
+    try:
+        yield lambda: bool(caught)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _correct(y, predictions):

@@ -1,0 +1,96 @@
+"""Exact resume: a run killed at a random step (SIGKILL) or preempted (SIGTERM) and rerun into
+the same logdir ends bit for bit where an uninterrupted run of the same seed ends."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Trains RigL for 3 epochs of 8 steps (masks change every 2 steps) into argv[1]. Given a step
+# and a signal (argv[3], argv[4]) it sends itself that signal after that step. At the end it
+# dumps every weight, mask and optimizer variable, and its counters.
+WORKER = r"""
+import json, os, sys
+import numpy as np
+from keras_sparse import experiment, trainer
+
+logdir, root = sys.argv[1], sys.argv[2]
+kill = (int(sys.argv[3]), int(sys.argv[4])) if len(sys.argv) > 4 else None
+experiment.parse_gin([os.path.join(root, "gin_configs", "rigl.gin")],
+                     ["training.epochs = 3", "training.batch_size = 500", "model.width = 8",
+                      "training.progress = False", "RigL.update_frequency = 2", "training.export = False"])
+
+class Kill(trainer.Callback):
+    def on_step_end(self, t):
+        if kill and t.step == kill[0]:
+            os.kill(os.getpid(), kill[1])
+
+run = experiment.build_run(0, logdir=logdir)
+run.trainer.fit(run.data.train_epoch, 3, steps_per_epoch=run.data.steps_per_epoch, callbacks=[Kill()])
+state = {f"model_{i}": w.numpy() for i, w in enumerate(run.model.weights)}
+state.update({f"optimizer_{i}": np.asarray(v.numpy()) for i, v in enumerate(run.trainer.optimizer.variables)})
+np.savez(os.path.join(logdir, "state.npz"), **state)
+summary = run.trainer.summary()
+json.dump({"steps": summary["steps"], "dense_gradient_steps": summary["dense_gradient_steps"],
+           "flops": summary["training_flops_relative_to_dense"], "test": run.trainer.evaluate(run.data.test),
+           "last_epoch_loss": run.trainer.history[-1]["train_loss"]},
+          open(os.path.join(logdir, "summary.json"), "w"))
+"""
+
+
+def run_worker(logdir, kill_step=None, kill_signal=None):
+    args = [sys.executable, "-c", WORKER, str(logdir), ROOT]
+    if kill_step is not None:
+        args += [str(kill_step), str(int(kill_signal))]
+    return subprocess.run(args, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+
+
+def finished_state(logdir):
+    with np.load(os.path.join(logdir, "state.npz")) as state:
+        arrays = {k: state[k] for k in state.files}
+    with open(os.path.join(logdir, "summary.json")) as f:
+        return arrays, json.load(f)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    logdir = tmp_path_factory.mktemp("straight")
+    result = run_worker(logdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return finished_state(logdir)
+
+
+def assert_same_end(logdir, uninterrupted):
+    arrays, summary = finished_state(logdir)
+    expected_arrays, expected_summary = uninterrupted
+    assert summary == expected_summary
+    assert arrays.keys() == expected_arrays.keys()
+    for key in arrays:  # weights, masks (bool weights) and optimizer state, bit for bit
+        np.testing.assert_array_equal(arrays[key], expected_arrays[key], err_msg=key)
+
+
+def test_sigkill_at_a_random_step_then_rerun_ends_identically(tmp_path, uninterrupted):
+    step = random.Random().randint(1, 23)  # any step; the result must not depend on which
+    killed = run_worker(tmp_path, step, signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL, f"killed at step {step}: {killed.stderr[-2000:]}"
+    resumed = run_worker(tmp_path)
+    assert resumed.returncode == 0, f"killed at step {step}: {resumed.stderr[-3000:]}"
+    assert_same_end(tmp_path, uninterrupted)
+
+
+def test_sigterm_writes_a_mid_epoch_checkpoint_and_the_rerun_ends_identically(tmp_path, uninterrupted):
+    step = 11  # mid-epoch 2, just after a mask update (RigL updates at even steps)
+    stopped = run_worker(tmp_path, step, signal.SIGTERM)
+    assert stopped.returncode != 0 and f"Stopped by SIGTERM at step {step}" in stopped.stderr
+    assert any(name.startswith(f"ckpt-{step}.") for name in os.listdir(tmp_path / "checkpoints"))
+    resumed = run_worker(tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_end(tmp_path, uninterrupted)
