@@ -11,7 +11,7 @@ import tensorflow as tf
 from absl import flags, logging
 
 from keras_sparse.errors import KerasSparseError
-from keras_sparse.experiment import CONFIG_DIR, parse_gin
+from keras_sparse.experiment import CONFIG_DIR, STRATEGIES, parse_gin
 
 
 def shipped_configs() -> list[str]:
@@ -30,6 +30,8 @@ def define_flags(study: bool = False) -> None:
         flags.DEFINE_integer("jobs", 1, "Run this many grid cells at a time, each in its own process.")
     else:
         flags.DEFINE_integer("seed", 0, "Seeds initialization, data order and the algorithm's random choices.")
+        flags.DEFINE_enum("strategy", None, list(STRATEGIES), "tf.distribute strategy; the same as the gin "
+                          "binding training.strategy (see docs/distributed.md).")
         flags.DEFINE_bool("overwrite", False, "If --logdir holds a run with another config, move it to "
                           "<logdir>.old-<time> and start again (without it, such a logdir is refused).")
     flags.mark_flag_as_required("logdir")
@@ -55,4 +57,7 @@ def parse_flags_into_gin() -> None:
     # Studies build one Trainer (with its own compiled steps) per network: TensorFlow's
     # "excessive retracing" warning is expected there and says nothing useful.
     tf.get_logger().addFilter(lambda record: "triggered tf.function retracing" not in record.getMessage())
-    parse_gin(flags.FLAGS.gin_config, flags.FLAGS.gin_bindings)
+    bindings = list(flags.FLAGS.gin_bindings)
+    if "strategy" in flags.FLAGS and flags.FLAGS.strategy:
+        bindings.append(f"training.strategy = '{flags.FLAGS.strategy}'")
+    parse_gin(flags.FLAGS.gin_config, bindings)

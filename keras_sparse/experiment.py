@@ -94,6 +94,38 @@ def make_optimizer(name: str, learning_rate, momentum: float, weight_decay: floa
     raise ConfigError(f"Unknown training.optimizer {name!r}: use 'sgd', 'adam' or 'adamw'.")
 
 
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """``default`` (one device), ``mirrored`` (all local GPUs, or CPUs), ``multi_worker``
+    (the workers named in ``TF_CONFIG``) or ``tpu`` (the TPU in ``TPU_NAME`` or the local one)."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ConfigError("training.strategy = 'multi_worker' needs TF_CONFIG naming the cluster and this "
+                              "worker's task: see docs/distributed.md.")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(os.environ.get("TPU_NAME", ""))
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    raise ConfigError(f"Unknown training.strategy {name!r}: use one of {list(STRATEGIES)}.")
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run's outputs (always, but for non-chief multi-workers)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    return resolver.task_type in ("chief", None) or (resolver.task_type == "worker" and resolver.task_id == 0
+                                                     and "chief" not in resolver.cluster_spec().as_dict())
+
+
 @gin.configurable("training")
 @dataclasses.dataclass
 class TrainingSettings:
@@ -115,6 +147,7 @@ class TrainingSettings:
     progress: bool = True
     export: bool = True
     exclude: Sequence[str] = ()
+    strategy: str = "default"
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -147,11 +180,13 @@ class Run:
 
 
 def build_run(seed: int, algorithm: SparseAlgorithm | str | None = None, settings: TrainingSettings | None = None,
-              logdir: str | None = None, model_seed: int | None = None) -> Run:
+              logdir: str | None = None, model_seed: int | None = None,
+              strategy: tf.distribute.Strategy | None = None) -> Run:
     """Builds data, model (wrapped), optimizer and trainer for one run.
 
     ``seed`` seeds the data order and the algorithm; ``model_seed`` (default ``seed``) the
     initialization, so a study can retrain the same data order from a new initialization.
+    ``strategy`` defaults to the one ``settings.strategy`` names.
     """
     settings = settings or TrainingSettings()
     algorithm = algorithm if algorithm is not None else settings.algorithm
@@ -164,15 +199,18 @@ def build_run(seed: int, algorithm: SparseAlgorithm | str | None = None, setting
     # first, or the data order would depend on what ran earlier in the process.
     keras.utils.set_random_seed(seed)
     data = data_lib.load(batch_size=settings.batch_size, seed=seed)
-    keras.utils.set_random_seed(seed if model_seed is None else model_seed)
-    model = wrap(models.build(data.input_shape, data.num_classes), exclude=list(settings.exclude) or None)
-    keras.utils.set_random_seed(seed)
-    total_steps = settings.epochs * data.steps_per_epoch
-    schedule = learning_rate_schedule(settings.lr_schedule, settings.learning_rate, total_steps,
-                                      data.steps_per_epoch, settings.warmup_epochs)
-    optimizer = make_optimizer(settings.optimizer, schedule, settings.momentum, settings.weight_decay)
+    strategy = strategy or make_strategy(settings.strategy)
+    with strategy.scope():
+        keras.utils.set_random_seed(seed if model_seed is None else model_seed)
+        model = wrap(models.build(data.input_shape, data.num_classes), exclude=list(settings.exclude) or None)
+        keras.utils.set_random_seed(seed)
+        total_steps = settings.epochs * data.steps_per_epoch
+        schedule = learning_rate_schedule(settings.lr_schedule, settings.learning_rate, total_steps,
+                                          data.steps_per_epoch, settings.warmup_epochs)
+        optimizer = make_optimizer(settings.optimizer, schedule, settings.momentum, settings.weight_decay)
     trainer = Trainer(model, algorithm, optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      jit_compile=settings.jit_compile, logdir=logdir, progress=settings.progress)
+                      jit_compile=settings.jit_compile, logdir=logdir, progress=settings.progress,
+                      strategy=None if strategy is tf.distribute.get_strategy() else strategy)
     initial = {k.key: k.kernel.numpy() for k in trainer.kernels}
     return Run(settings, data, model, trainer, initial)
 
@@ -188,7 +226,12 @@ def train(logdir: str, seed: int = 0, overwrite: bool = False) -> dict[str, Any]
     settings = TrainingSettings()
     config = f"# seed = {seed}\n" + "\n".join(
         line for line in gin.config_str().splitlines() if not line.startswith("training.progress"))
-    run = build_run(seed, settings=settings, logdir=logdir)
+    strategy = make_strategy(settings.strategy)
+    chief = is_chief(strategy)
+    if not chief:
+        # Every worker takes part in saving checkpoints; the others keep theirs apart.
+        logdir = os.path.join(logdir, f"worker-{strategy.cluster_resolver.task_id}")
+    run = build_run(seed, settings=settings, logdir=logdir, strategy=strategy)
     run.trainer.configure(settings.epochs, run.data.steps_per_epoch)
     with logdir_lib.lock(logdir):
         moved = logdir_lib.check_config(logdir, config, overwrite)
@@ -200,7 +243,7 @@ def train(logdir: str, seed: int = 0, overwrite: bool = False) -> dict[str, Any]
         metrics = {**run.metrics(), "seed": seed}
         _write_text(os.path.join(logdir, "operative_config.gin"), gin.operative_config_str())
         _write_text(os.path.join(logdir, "metrics.json"), json.dumps(_finite(metrics), indent=2))
-        if settings.export:
+        if settings.export and chief:
             export_saved_model(run.model, os.path.join(logdir, "saved_model"))
     return metrics
 

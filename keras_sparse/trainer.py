@@ -55,16 +55,24 @@ class Trainer:
         progress: print a line per epoch, and a Keras progress bar while it runs when the
             output is a terminal (a log file gets the epoch lines only).
         log_every_steps: how often the training loss goes to TensorBoard / the progress bar.
+        strategy: a ``tf.distribute`` strategy; build and wrap the model (and make the optimizer)
+            inside ``strategy.scope()``. Batches are global batches, split over the replicas;
+            mask updates use the all-reduced gradients, so every replica holds the same masks.
+            With more than one replica the step is not XLA-compiled: XLA cannot compile a step
+            whose variables live on several devices.
     """
 
     def __init__(self, model: keras.Model, algorithm: SparseAlgorithm, optimizer: keras.optimizers.Optimizer,
                  loss: Callable, jit_compile: bool = True, logdir: str | None = None, progress: bool = True,
-                 log_every_steps: int = 20, checkpoints_to_keep: int = 3):
+                 log_every_steps: int = 20, checkpoints_to_keep: int = 3,
+                 strategy: tf.distribute.Strategy | None = None):
         self.model = model
         self.algorithm = algorithm
         self.optimizer = optimizer
         self.loss = keras.losses.get(loss) if isinstance(loss, str) else loss
-        self.jit_compile = jit_compile
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self._replicas = self.strategy.num_replicas_in_sync
+        self.jit_compile = jit_compile and self._replicas == 1
         self.logdir = logdir
         self.progress = progress
         self.log_every_steps = max(1, int(log_every_steps))
@@ -72,22 +80,30 @@ class Trainer:
         if not self.kernels:
             raise ConfigError("The model has no masked kernels: pass it through keras_sparse.wrap(model) first.")
 
+        if strategy is not None and not all(self.strategy.extended.variable_created_in_scope(getattr(v, "value", v))
+                                            for v in model.weights):
+            raise ConfigError("The model's variables were not created under the strategy: build and wrap the "
+                              "model inside `with strategy.scope():`.")
         self.step = 0  # Python mirror of the step counter, so the loop never waits on the device
         self.dense_gradient_steps = 0
         self.training_flops = 0.0  # in units of one dense training step (per example)
         self.history: list[dict[str, Any]] = []
-        self._state = {
-            "step": tf.Variable(0, dtype=tf.int64, trainable=False, name="step"),
-            "dense_gradient_steps": tf.Variable(0, dtype=tf.int64, trainable=False),
-            "training_flops": tf.Variable(0.0, dtype=tf.float64, trainable=False),
-            "history": tf.Variable("[]", dtype=tf.string, trainable=False),
-        }
-        self._variables = list(model.trainable_variables)
-        mask_of = {id(k.kernel): k.mask for k in self.kernels}
-        self._masks_by_variable = [mask_of.get(id(v)) for v in self._variables]
-        self._kernel_index = {k.key: next(i for i, v in enumerate(self._variables) if v is k.kernel)
-                              for k in self.kernels}
-        self.optimizer.build(self._variables)
+        with self.strategy.scope():  # the trainer's variables are mirrored like the model's
+            self._state = {
+                "step": tf.Variable(0, dtype=tf.int64, trainable=False, name="step"),
+                "dense_gradient_steps": tf.Variable(0, dtype=tf.int64, trainable=False),
+                "training_flops": tf.Variable(0.0, dtype=tf.float64, trainable=False),
+            }
+            self._variables = list(model.trainable_variables)
+            mask_of = {id(k.kernel): k.mask for k in self.kernels}
+            self._masks_by_variable = [mask_of.get(id(v)) for v in self._variables]
+            self._kernel_index = {k.key: next(i for i, v in enumerate(self._variables) if v is k.kernel)
+                                  for k in self.kernels}
+            self.optimizer.build(self._variables)
+            # First step whose loss was NaN/inf (-1: none). Not checkpointed: it only stops this process.
+            self._nonfinite_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
+        # Outside the scope: strategies cannot mirror strings (collectives broadcast numbers only).
+        self._state["history"] = tf.Variable("[]", dtype=tf.string, trainable=False)
         self._slots = {k.key: self._optimizer_slots(k.kernel) for k in self.kernels}
         self._forward_flops: dict[str, float] | None = None
         self._densities: dict[str, float] = {}
@@ -97,26 +113,49 @@ class Trainer:
         self._manager = None  # opened by restore(): the logdir may change until training starts
         self._checkpoints_to_keep = checkpoints_to_keep
         self._writer = None  # created at the first summary: a failed start leaves the logdir alone
-        # First step whose loss was NaN/inf (-1: none). Not checkpointed: it only stops this process.
-        self._nonfinite_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
-        self._train_step = tf.function(self._train_step_fn, jit_compile=jit_compile)
-        self._update_step = tf.function(self._update_step_fn, jit_compile=jit_compile)
-        self._eval_step = tf.function(self._eval_step_fn, jit_compile=jit_compile)
+        self._train_step = self._compile(self._train_step_fn, tf.distribute.ReduceOp.MEAN)
+        self._update_step = self._compile(self._update_step_fn, tf.distribute.ReduceOp.MEAN)
+        self._eval_step = self._compile(self._eval_step_fn, tf.distribute.ReduceOp.SUM)
 
     # ------------------------------------------------------------ compiled parts
+    def _compile(self, step_fn, reduce_op):
+        """One ``tf.function``: XLA-compiled on one device; ``strategy.run`` on several, with
+        the per-replica results reduced by ``reduce_op``."""
+        if self._replicas == 1:
+            return tf.function(step_fn, jit_compile=self.jit_compile)
+
+        def distributed(x, y):
+            results = self.strategy.run(step_fn, args=(x, y))
+            return tf.nest.map_structure(lambda r: self.strategy.reduce(reduce_op, r, axis=None), results)
+
+        return tf.function(distributed)
+
+    def _all_reduce(self, value):
+        """Sum over replicas (identity on one device)."""
+        if self._replicas == 1:
+            return value
+        return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, value)
+
     def _optimizer_slots(self, kernel) -> list:
         """The optimizer variables (momentum, Adam moments, …) that belong to ``kernel``."""
         prefix = kernel.path.replace("/", "_") + "_"
         return [v for v in self.optimizer.variables
                 if v.name.startswith(prefix) and tuple(v.shape) == tuple(kernel.shape)]
 
-    def _gradients(self, x, y):
+    def _gradients(self, x, y, replicas: int = 1):
+        """The loss (mean over the batch) and the gradients of its share of the global batch.
+
+        Under a strategy the optimizer sums gradients over replicas, so each replica's loss is
+        divided by the replica count; Keras losses already do that themselves.
+        """
         with tf.GradientTape() as tape:
             predictions = self.model(x, training=True)
             loss = self.loss(y, predictions)
+            if replicas > 1 and not isinstance(self.loss, keras.losses.Loss):
+                loss = loss / replicas
             if self.model.losses:
-                loss = loss + tf.add_n(self.model.losses)
-        return loss, tape.gradient(loss, self._variables)
+                loss = loss + tf.add_n(self.model.losses) / replicas
+        return loss * replicas, tape.gradient(loss, self._variables)
 
     def _apply(self, gradients) -> None:
         masked = [g if m is None else tf.where(m, g, tf.zeros_like(g))
@@ -129,23 +168,25 @@ class Trainer:
 
     def _watch_loss(self, loss) -> None:
         """Records the first step with a NaN/inf loss (read by the loop at its next check)."""
+        loss = self._all_reduce(loss)  # the same verdict on every replica
         first = tf.logical_and(tf.logical_not(tf.math.is_finite(loss)), self._nonfinite_step < 0)
         self._nonfinite_step.assign(tf.where(first, self._state["step"], self._nonfinite_step))
 
     def _train_step_fn(self, x, y):
-        loss, gradients = self._gradients(x, y)
+        loss, gradients = self._gradients(x, y, self._replicas)
         self._watch_loss(loss)
         self._apply(gradients)
         return loss
 
     def _update_step_fn(self, x, y):
-        loss, gradients = self._gradients(x, y)
+        loss, gradients = self._gradients(x, y, self._replicas)
         self._watch_loss(loss)
         self._apply(gradients)
         step = self._state["step"] - 1
         weights = {k.key: tf.convert_to_tensor(k.kernel) for k in self.kernels}
         masks = {k.key: tf.convert_to_tensor(k.mask) for k in self.kernels}
-        dense_gradients = {k.key: gradients[self._kernel_index[k.key]] for k in self.kernels}
+        # All-reduced, so every replica computes the same new masks from the global gradient.
+        dense_gradients = {k.key: self._all_reduce(gradients[self._kernel_index[k.key]]) for k in self.kernels}
         new_masks = self.algorithm.updated_masks(step, weights, masks, dense_gradients)
         for k in self.kernels:
             self._assign_mask(k, masks[k.key], new_masks[k.key])
@@ -308,7 +349,10 @@ class Trainer:
         bar = keras.utils.Progbar(steps_per_epoch, verbose=1 if self.progress and sys.stdout.isatty() else 0,
                                   stateful_metrics=["loss"], unit_name="step")
         losses = []
-        for i, (x, y) in enumerate(batches.take(steps_per_epoch - done), start=done):
+        batches = batches.take(steps_per_epoch - done)
+        if self._replicas > 1:
+            batches = self.strategy.experimental_distribute_dataset(batches)
+        for i, (x, y) in enumerate(batches, start=done):
             uses_dense = self.algorithm.uses_dense_gradient(self.step)
             self.training_flops += flops_lib.step_cost(self._forward_flops, self._densities, uses_dense) / dense_cost
             self.dense_gradient_steps += int(uses_dense)
@@ -333,6 +377,8 @@ class Trainer:
     def evaluate(self, data: tf.data.Dataset) -> dict[str, float]:
         """Mean loss and accuracy of the model over ``data``."""
         loss_sum = correct = count = 0.0
+        if self._replicas > 1:
+            data = self.strategy.experimental_distribute_dataset(data)
         for x, y in data:
             loss, right, batch = self._eval_step(x, y)
             loss_sum, correct, count = loss_sum + float(loss), correct + float(right), count + float(batch)

@@ -1,0 +1,78 @@
+"""tf.distribute: MirroredStrategy over 2 logical CPU devices gives the same masks and (within
+float tolerance) the same weights as one device with the same global batch, for each algorithm;
+MultiWorkerMirroredStrategy runs with two local worker processes.
+
+TensorFlow fixes its logical devices when it starts, so each check runs in a fresh process.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+
+COMPARE = r"""
+import sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras, numpy as np
+import keras_sparse as ks
+from keras_sparse import algorithms
+
+ALGORITHMS = {
+    "dense": lambda: algorithms.Dense(),
+    "static": lambda: algorithms.StaticSparse(sparsity=0.8),
+    "magnitude": lambda: algorithms.MagnitudePruning(sparsity=0.8, begin_step=2, end_step=8, frequency=2),
+    "snip": lambda: algorithms.SNIP(sparsity=0.8),
+    "set": lambda: algorithms.SET(sparsity=0.8, update_frequency=2),
+    "rigl": lambda: algorithms.RigL(sparsity=0.8, update_frequency=2),
+    "rigl_frozen": lambda: algorithms.RigL(sparsity=0.8, update_frequency=2, freeze_step=5),
+}
+rng = np.random.default_rng(0)
+x = rng.normal(size=(96, 6, 6, 1)).astype("float32")
+y = rng.integers(0, 4, size=96)
+data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)  # 6 steps an epoch, global batch 16
+
+def train(name, strategy):
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        model = ks.wrap(keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(8, 3, activation="relu", name="conv"),
+                                          keras.layers.Flatten(), keras.layers.Dense(16, activation="relu", name="fc"),
+                                          keras.layers.Dense(4, name="out")]))
+        optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
+    trainer = ks.Trainer(model, ALGORITHMS[name](), optimizer,
+                         keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=False,
+                         progress=False, strategy=strategy)
+    trainer.fit(data, epochs=2)
+    return model, trainer
+
+mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+assert mirrored.num_replicas_in_sync == 2
+for name in sys.argv[1:]:
+    one, one_trainer = train(name, tf.distribute.get_strategy())
+    two, two_trainer = train(name, mirrored)
+    masks_one, masks_two = ks.get_masks(one), ks.get_masks(two)
+    for key in masks_one:
+        assert np.array_equal(masks_one[key], masks_two[key]), (name, key)
+    for a, b in zip(one.weights, two.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5, err_msg=f"{name} {a.path}")
+        # Every replica holds the same copy.
+        copies = [v.numpy() for v in getattr(b.value, "values", [b.value])]
+        assert all(np.array_equal(copies[0], c) for c in copies), (name, b.path)
+    assert one_trainer.dense_gradient_steps == two_trainer.dense_gradient_steps, name
+    print("OK", name, ks.sparsity(two))
+"""
+
+
+@pytest.mark.parametrize("names", [["dense", "static", "magnitude", "snip"], ["set", "rigl", "rigl_frozen"]])
+def test_mirrored_matches_one_device(names):
+    result = subprocess.run([sys.executable, "-c", COMPARE, *names], capture_output=True, text=True, timeout=600,
+                            env=ENV, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert [line.split()[1] for line in result.stdout.splitlines() if line.startswith("OK")] == names
