@@ -36,11 +36,6 @@ class Data:
     train_size: int
     steps_per_epoch: int
 
-    @property
-    def train(self) -> tf.data.Dataset:
-        """The first epoch's training batches."""
-        return self.train_epoch(0)
-
 
 def _mnist1d(seed: int) -> tuple[np.ndarray, ...]:
     from mnist1d.data import get_dataset_args, make_dataset

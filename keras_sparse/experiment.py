@@ -237,7 +237,7 @@ def train(logdir: str, seed: int = 0, overwrite: bool = False) -> dict[str, Any]
         moved = logdir_lib.check_config(logdir, config, overwrite)
         if moved:
             print(f"Moved the previous run in {logdir} to {moved}.", flush=True)
-        run.trainer.setup(run.data.train, settings.epochs, run.data.steps_per_epoch)
+        run.trainer.setup(run.data.train_epoch, settings.epochs, run.data.steps_per_epoch)
         logdir_lib.write_config(logdir, config)
         run.fit()
         metrics = {**run.metrics(), "seed": seed}

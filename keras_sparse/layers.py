@@ -67,8 +67,16 @@ class MaskedWrapper(keras.layers.Wrapper):
         **kwargs: passed to ``keras.layers.Wrapper`` (``name`` defaults to ``masked_<name>``).
 
     Masks are non-trainable ``bool`` weights named ``<kernel>_mask`` (1 byte a weight, a
-    quarter of a float32 kernel). ``mask_keys`` maps each to ``"<layer name>/<kernel>"``, the
+    quarter of a float32 kernel). ``mask_key`` maps each to ``"<layer name>/<kernel>"``, the
     key used by ``get_masks``/``set_masks`` and the sparsity distributions.
+
+    Saving: the class is registered as ``keras_sparse>MaskedWrapper``, so after
+    ``import keras_sparse`` a wrapped model round-trips through ``model.save("m.keras")`` and
+    ``keras.models.load_model("m.keras")`` with no ``custom_objects``. The config is the wrapped
+    layer's (``keras.layers.Wrapper.get_config``); which kernels get masks follows from its type,
+    so it is not stored. The masks are the wrapper's own variables, saved (as ``bool``) in the
+    archive's ``model.weights.h5`` and recreated by ``build`` on load, in ``kernel_names``
+    order, before the weights are read back.
     """
 
     def __init__(self, layer: keras.layers.Layer, **kwargs: Any):
@@ -85,6 +93,8 @@ class MaskedWrapper(keras.layers.Wrapper):
         self.input_shape_for_flops: tuple | None = None
 
     def build(self, input_shape=None):
+        if self.masks:  # already built (e.g. an explicit build() before the first call)
+            return
         if not self.layer.built:
             self.layer.build(input_shape)
             self.layer.built = True

@@ -220,14 +220,17 @@ class Trainer:
                                for k in self.kernels}
         self._configured = (epochs, steps_per_epoch)
 
-    def setup(self, train_data: tf.data.Dataset, epochs: int, steps_per_epoch: int | None = None) -> None:
+    def setup(self, train_data: tf.data.Dataset | Callable[[int], tf.data.Dataset], epochs: int,
+              steps_per_epoch: int | None = None) -> None:
         """Prepares training (``fit`` calls it): ``configure``, then the latest checkpoint of the
-        logdir if there is one, else the algorithm's initial masks."""
+        logdir if there is one, else the algorithm's initial masks (SNIP scores the first
+        batches of epoch 0)."""
         if self._set_up:
             return
-        self.configure(epochs, steps_per_epoch or _cardinality(train_data))
+        first_epoch = train_data(0) if callable(train_data) else train_data
+        self.configure(epochs, steps_per_epoch or _cardinality(first_epoch))
         if not self.restore() and self.step == 0:
-            self._initialize_masks(train_data)
+            self._initialize_masks(first_epoch)
         self._refresh_densities()
         self._set_up = True
 
@@ -310,7 +313,7 @@ class Trainer:
         """
         epoch_data = train_data if callable(train_data) else (lambda epoch: train_data)
         steps_per_epoch = steps_per_epoch or _cardinality(epoch_data(0))
-        self.setup(epoch_data(0), epochs, steps_per_epoch)
+        self.setup(epoch_data, epochs, steps_per_epoch)
         for callback in callbacks:
             callback.on_train_begin(self)
         with _sigterm_flag() as preempted:
