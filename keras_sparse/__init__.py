@@ -12,6 +12,7 @@ Quick use::
 """
 
 from keras_sparse import algorithms, distributions, schedules
+from keras_sparse.fit import SparseModel
 from keras_sparse.layers import MaskedWrapper
 from keras_sparse.masking import (
                                   export_saved_model,
@@ -28,4 +29,4 @@ from keras_sparse.trainer import Trainer
 __version__ = "0.1.0"
 
 __all__ = ["algorithms", "distributions", "schedules", "MaskedWrapper", "wrap", "get_masks", "set_masks",
-           "masked_kernels", "sparsity", "sparsity_report", "strip", "export_saved_model", "Trainer"]
+           "masked_kernels", "sparsity", "sparsity_report", "strip", "export_saved_model", "Trainer", "SparseModel"]

@@ -143,7 +143,8 @@ class Trainer:
                 if v.name.startswith(prefix) and tuple(v.shape) == tuple(kernel.shape)]
 
     def _gradients(self, x, y, replicas: int = 1):
-        """The loss (mean over the batch) and the gradients of its share of the global batch.
+        """The loss (mean over the batch), the predictions, and the gradients of this replica's
+        share of the global batch.
 
         Under a strategy the optimizer sums gradients over replicas, so each replica's loss is
         divided by the replica count; Keras losses already do that themselves.
@@ -155,7 +156,7 @@ class Trainer:
                 loss = loss / replicas
             if self.model.losses:
                 loss = loss + tf.add_n(self.model.losses) / replicas
-        return loss * replicas, tape.gradient(loss, self._variables)
+        return loss * replicas, predictions, tape.gradient(loss, self._variables)
 
     def _apply(self, gradients) -> None:
         masked = [g if m is None else tf.where(m, g, tf.zeros_like(g))
@@ -172,25 +173,29 @@ class Trainer:
         first = tf.logical_and(tf.logical_not(tf.math.is_finite(loss)), self._nonfinite_step < 0)
         self._nonfinite_step.assign(tf.where(first, self._state["step"], self._nonfinite_step))
 
-    def _train_step_fn(self, x, y):
-        loss, gradients = self._gradients(x, y, self._replicas)
+    def _step(self, x, y, update_masks: bool):
+        """One training step (traced into the compiled programs): masked gradients, optimizer
+        update, re-masking, and with ``update_masks`` the algorithm's mask update, computed from
+        this step's dense gradients. Returns the loss and the predictions."""
+        loss, predictions, gradients = self._gradients(x, y, self._replicas)
         self._watch_loss(loss)
         self._apply(gradients)
-        return loss
+        if update_masks:
+            step = self._state["step"] - 1
+            weights = {k.key: tf.convert_to_tensor(k.kernel) for k in self.kernels}
+            masks = {k.key: tf.convert_to_tensor(k.mask) for k in self.kernels}
+            # All-reduced, so every replica computes the same new masks from the global gradient.
+            dense_gradients = {k.key: self._all_reduce(gradients[self._kernel_index[k.key]]) for k in self.kernels}
+            new_masks = self.algorithm.updated_masks(step, weights, masks, dense_gradients)
+            for k in self.kernels:
+                self._assign_mask(k, masks[k.key], new_masks[k.key])
+        return loss, predictions
+
+    def _train_step_fn(self, x, y):
+        return self._step(x, y, update_masks=False)[0]
 
     def _update_step_fn(self, x, y):
-        loss, gradients = self._gradients(x, y, self._replicas)
-        self._watch_loss(loss)
-        self._apply(gradients)
-        step = self._state["step"] - 1
-        weights = {k.key: tf.convert_to_tensor(k.kernel) for k in self.kernels}
-        masks = {k.key: tf.convert_to_tensor(k.mask) for k in self.kernels}
-        # All-reduced, so every replica computes the same new masks from the global gradient.
-        dense_gradients = {k.key: self._all_reduce(gradients[self._kernel_index[k.key]]) for k in self.kernels}
-        new_masks = self.algorithm.updated_masks(step, weights, masks, dense_gradients)
-        for k in self.kernels:
-            self._assign_mask(k, masks[k.key], new_masks[k.key])
-        return loss
+        return self._step(x, y, update_masks=True)[0]
 
     def _assign_mask(self, kernel, old_mask, new_mask) -> None:
         """Sets a mask, zeroes pruned weights, and resets the optimizer slots of grown ones."""
@@ -244,7 +249,7 @@ class Trainer:
             # moving averages: that would be training on the scoring batches.
             saved = [v.numpy() for v in self.model.non_trainable_variables]
             for x, y in train_data.take(n):
-                _, gradients = self._gradients(x, y)
+                _, _, gradients = self._gradients(x, y)
                 for k in self.kernels:
                     total[k.key] += gradients[self._kernel_index[k.key]].numpy()
             for variable, value in zip(self.model.non_trainable_variables, saved):
