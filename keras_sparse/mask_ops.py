@@ -1,4 +1,4 @@
-"""Small tensor helpers shared by the algorithms: exact top-k masks and random masks."""
+"""Small tensor helpers shared by the algorithms: exact top-k masks, random masks, hashed noise."""
 
 from __future__ import annotations
 
@@ -43,3 +43,28 @@ def random_mask(shape: tuple[int, ...], k: int, rng: np.random.Generator) -> np.
     flat = np.zeros(size, dtype=bool)
     flat[rng.permutation(size)[:k]] = True
     return flat.reshape(shape)
+
+
+def _mix32(x: tf.Tensor) -> tf.Tensor:
+    """A bijective avalanche hash of uint32 values (C. Wellons' "lowbias32")."""
+    for shift, multiplier in ((16, 0x7FEB352D), (15, 0x846CA68B)):
+        x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(shift, tf.uint32)))
+        x = x * tf.constant(multiplier, tf.uint32)
+    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(16, tf.uint32)))
+
+
+def hash_uniform(shape, seed: int, step: tf.Tensor | int, salt: int) -> tf.Tensor:
+    """Float32 noise in [0, 1) (multiples of 2^-24) of ``shape``, a pure function of
+    (``seed``, ``step``, ``salt``, position).
+
+    Integer arithmetic only, so it is bit-identical in eager mode, in a graph and under XLA;
+    ``tf.random.stateless_uniform`` is not (XLA's Philox gives other numbers on CPU,
+    tensorflow/tensorflow#121243), and a mask chosen by it would depend on ``jit_compile``.
+    """
+    key = _mix32(tf.constant(int(seed) & 0xFFFFFFFF, tf.uint32))
+    key = _mix32(tf.bitwise.bitwise_xor(key, tf.constant(int(salt) & 0xFFFFFFFF, tf.uint32)))
+    key = _mix32(tf.bitwise.bitwise_xor(key, tf.cast(tf.cast(step, tf.int64), tf.uint32)))
+    index = tf.cast(tf.range(tf.reduce_prod(shape)), tf.uint32)
+    bits = _mix32(tf.bitwise.bitwise_xor(_mix32(index), key))
+    noise = tf.cast(tf.bitwise.right_shift(bits, tf.constant(8, tf.uint32)), tf.float32) * (1.0 / (1 << 24))
+    return tf.reshape(noise, shape)

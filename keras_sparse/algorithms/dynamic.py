@@ -9,6 +9,8 @@ slots), so every layer keeps its number of active weights.
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import tensorflow as tf
 
@@ -65,10 +67,9 @@ class SET(SparseAlgorithm):
         return 0 < step < self._end and step % self.update_frequency == 0
 
     def grow_scores(self, step: tf.Tensor, key: str, weight: tf.Tensor, gradient: tf.Tensor) -> tf.Tensor:
-        """Hook: score of each position for growing; SET's is uniform noise."""
-        seed = tf.stack([tf.cast(self.seed, tf.int64), tf.cast(step, tf.int64)])
-        salt = sum(ord(c) for c in key)  # a different stream per layer
-        return tf.random.stateless_uniform(tf.shape(weight), seed=seed + salt)
+        """Hook: score of each position for growing; SET's is uniform noise, a function of
+        (seed, step, layer) that is the same with and without XLA."""
+        return mask_ops.hash_uniform(tf.shape(weight), self.seed, step, zlib.crc32(key.encode()))
 
     def updated_masks(self, step, weights, masks, gradients) -> dict[str, tf.Tensor]:
         fraction = schedules.cosine_drop_fraction(step, self.drop_fraction, self._end)

@@ -52,14 +52,27 @@ class MagnitudePruning(SparseAlgorithm):
 
     def updated_masks(self, step, weights, masks, gradients) -> dict[str, tf.Tensor]:
         _, global_sparsity = self._schedule(step)
-        scale = global_sparsity / self.sparsity if self.sparsity > 0 else 0.0
+        # Once the schedule is at its final sparsity (from end_step on), keep exactly each layer's
+        # target count (``target_active``, what every other algorithm keeps): the float32 formula
+        # below can miss it by one at a rounding tie, and differently with and without XLA. (With
+        # begin_step == end_step tfmot's schedule is NaN there, 0/0, which pruned every weight.)
+        at_target = tf.logical_or(tf.cast(step, tf.int64) >= self._end,
+                                  global_sparsity >= tf.constant(self.sparsity, tf.float32))
         new = {}
         for key, weight in weights.items():
-            layer_sparsity = scale * self.targets[key]
+            # The layer's schedule is the global one scaled by target / final, a ratio taken here
+            # in float64: exactly 1 with "uniform", so those layers follow tfmot's sparsity bit for
+            # bit. (A division of the float32 schedule inside the step is rewritten by XLA and
+            # Grappler into a multiplication by the reciprocal, one ulp off.)
+            ratio = self.targets[key] / self.sparsity if self.sparsity > 0 else 0.0
+            layer_sparsity = global_sparsity * ratio
             size = float(np.prod(self.shapes[key]))
             # tfmot's rounding: round(size * (1 - s)), at least one weight.
             k = tf.maximum(tf.round(size * (1.0 - layer_sparsity)), 1.0)
-            # Pruned weights rank last, so a weight once pruned stays pruned.
+            k = tf.where(at_target, float(self.target_active(key)) if self.sparsity > 0 else size, k)
+            # Pruned weights rank last and k never exceeds the active count, so a weight once
+            # pruned stays pruned.
+            k = tf.minimum(k, tf.reduce_sum(tf.cast(masks[key], tf.float32)))
             scores = tf.where(masks[key], tf.abs(weight), -1.0)
             new[key] = mask_ops.topk_mask(scores, k)
         return new
