@@ -1,4 +1,4 @@
-"""The structure study: flags → gin → `keras_sparse.studies.structure.run`.
+"""The structure study: flags → gin → `keras_sparse.studies.structure.run` (also `keras-sparse-study structure`).
 
     python binaries/structure_study.py --gin_config=gin_configs/studies/structure.gin --logdir=/tmp/structure
 """
@@ -7,18 +7,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # before TensorFlow loads: no C++ INFO lines
 
-from absl import app, flags  # noqa: E402
-
-from keras_sparse import cli  # noqa: E402
-from keras_sparse.studies import structure  # noqa: E402
-
-cli.define_flags(study=True)
-
-
-def main(argv):
-    del argv
-    cli.run_main(lambda: structure.run(flags.FLAGS.logdir, jobs=flags.FLAGS.jobs))
-
+from keras_sparse import commands  # noqa: E402
 
 if __name__ == "__main__":
-    app.run(main)
+    commands.study("structure")

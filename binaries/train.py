@@ -1,4 +1,4 @@
-"""Train one sparse network: flags → gin → ``keras_sparse.experiment.train``.
+"""Train one sparse network: flags → gin → ``keras_sparse.experiment.train`` (also ``keras-sparse-train``).
 
     python binaries/train.py --gin_config=gin_configs/rigl.gin --logdir=/tmp/run1
 """
@@ -7,17 +7,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # before TensorFlow loads: no C++ INFO lines
 
-from absl import app, flags  # noqa: E402
-
-from keras_sparse import cli, experiment  # noqa: E402
-
-cli.define_flags()
-
-
-def main(argv):
-    del argv
-    cli.run_main(lambda: experiment.train(flags.FLAGS.logdir, flags.FLAGS.seed, flags.FLAGS.overwrite))
-
+from keras_sparse import commands  # noqa: E402
 
 if __name__ == "__main__":
-    app.run(main)
+    commands.train()

@@ -35,6 +35,10 @@ def define_flags(study: bool = False) -> None:
         flags.DEFINE_bool("overwrite", False, "If --logdir holds a run with another config, move it to "
                           "<logdir>.old-<time> and start again (without it, such a logdir is refused).")
     flags.mark_flag_as_required("logdir")
+    # --help lists the main module's key flags; ours are defined here, so register them there.
+    names = ["gin_config", "gin_bindings", "logdir"] + (["jobs"] if study else ["seed", "strategy", "overwrite"])
+    for name in names:
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
 
 
 def run_main(job: Callable[[], Any]) -> Any:
