@@ -369,6 +369,9 @@ def test_masks_identical_with_and_without_xla(algorithm_runs, name, convnet, dat
     trainer.fit(dataset(48, (6, 6, 1), 3, batch=8, seed=5), epochs=2, callbacks=[recorder])
     total = trainer.step
     assert total == compiled.trainer.step == 12
+    for key, kernel in recorder.kernels[0].items():  # same model, data and initial masks as conftest's run
+        assert np.array_equal(kernel, compiled.snapshots[0].kernels[key]), \
+            f"{key}: this replay no longer starts where conftest's _Runs._train does; keep the two in step"
     check_run(name, algo, recorder, total)
     for step in range(total + 1):
         xla = compiled.snapshots[step]
