@@ -32,11 +32,13 @@ def define_flags(study: bool = False) -> None:
         flags.DEFINE_integer("seed", 0, "Seeds initialization, data order and the algorithm's random choices.")
         flags.DEFINE_enum("strategy", None, list(STRATEGIES), "tf.distribute strategy; the same as the gin "
                           "binding training.strategy (see docs/distributed.md).")
+        flags.DEFINE_bool("progress", True, "Print a line per epoch (and a progress bar on a terminal); "
+                          "--noprogress is the gin binding training.progress = False.")
         flags.DEFINE_bool("overwrite", False, "If --logdir holds a run with another config, move it to "
                           "<logdir>.old-<time> and start again (without it, such a logdir is refused).")
     flags.mark_flag_as_required("logdir")
     # --help lists the main module's key flags; ours are defined here, so register them there.
-    names = ["gin_config", "gin_bindings", "logdir"] + (["jobs"] if study else ["seed", "strategy", "overwrite"])
+    names = ["gin_config", "gin_bindings", "logdir"] + (["jobs"] if study else ["seed", "strategy", "progress", "overwrite"])
     for name in names:
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
 
@@ -64,4 +66,6 @@ def parse_flags_into_gin() -> None:
     bindings = list(flags.FLAGS.gin_bindings)
     if "strategy" in flags.FLAGS and flags.FLAGS.strategy:
         bindings.append(f"training.strategy = '{flags.FLAGS.strategy}'")
+    if "progress" in flags.FLAGS and not flags.FLAGS.progress:
+        bindings.append("training.progress = False")
     parse_gin(flags.FLAGS.gin_config, bindings)

@@ -107,6 +107,7 @@ class Trainer:
         self._slots = {k.key: self._optimizer_slots(k.kernel) for k in self.kernels}
         self._forward_flops: dict[str, float] | None = None
         self._densities: dict[str, float] = {}
+        self._host_masks: dict[str, np.ndarray] = {}
         self._set_up = False
         self._configured: tuple[int, int] | None = None
         self._checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **self._state)
@@ -236,7 +237,7 @@ class Trainer:
         self.configure(epochs, steps_per_epoch or _cardinality(first_epoch))
         if not self.restore() and self.step == 0:
             self._initialize_masks(first_epoch)
-        self._refresh_densities()
+        self._host_masks = self._refresh_densities()
         self._set_up = True
 
     def _initialize_masks(self, train_data) -> None:
@@ -262,9 +263,11 @@ class Trainer:
         self.dense_gradient_steps += n
         self.training_flops += n  # a dense forward + backward per scoring batch: one dense step each
 
-    def _refresh_densities(self) -> None:
-        self._densities = {k.key: float(np.count_nonzero(k.mask.numpy())) / float(np.prod(k.mask.shape))
-                           for k in self.kernels}
+    def _refresh_densities(self) -> dict[str, np.ndarray]:
+        """Reads the masks to the host, updates the densities the FLOPs count uses, returns the masks."""
+        masks = {k.key: k.mask.numpy() for k in self.kernels}
+        self._densities = {key: float(np.count_nonzero(m)) / m.size for key, m in masks.items()}
+        return masks
 
     # ------------------------------------------------------------ checkpoints
     def save(self) -> str | None:
@@ -365,8 +368,10 @@ class Trainer:
             self.training_flops += flops_lib.step_cost(self._forward_flops, self._densities, uses_dense) / dense_cost
             self.dense_gradient_steps += int(uses_dense)
             if self.algorithm.is_update_step(self.step):
+                before = self._host_masks
                 loss = self._update_step(x, y)
-                self._refresh_densities()
+                self._host_masks = self._refresh_densities()
+                self._mask_change_summaries(before, self._host_masks)
             else:
                 loss = self._train_step(x, y)
             self.step += 1
@@ -426,12 +431,31 @@ class Trainer:
             for name, value in values.items():
                 tf.summary.scalar(f"{prefix}/{name}", value)
 
+    def _mask_change_summaries(self, before: dict[str, np.ndarray], after: dict[str, np.ndarray]) -> None:
+        """At a mask update: per layer, the fraction of its active weights dropped (for SET and
+        RigL, the drop fraction the schedule applied) and the IoU with the previous mask."""
+        dropped, overlap = {}, {}
+        for key, old in before.items():
+            new = after[key]
+            active = max(int(np.count_nonzero(old)), 1)
+            dropped[key] = float(np.count_nonzero(old & ~new)) / active
+            overlap[key] = float(np.count_nonzero(old & new)) / max(int(np.count_nonzero(old | new)), 1)
+        self._scalars("drop_fraction", dropped)
+        self._scalars("mask_iou_with_previous", overlap)
+
     def _epoch_summaries(self, record: dict[str, Any]) -> None:
         self._scalars("epoch", {k: v for k, v in record.items() if isinstance(v, float)})
         self._scalars("sparsity", {key: 1.0 - d for key, d in self._densities.items()})
-        self._scalars("epoch", {"dense_gradient_steps": float(self.dense_gradient_steps)})
-        if self._writer is not None:
-            self._writer.flush()
+        self._scalars("epoch", {"dense_gradient_steps": float(self.dense_gradient_steps),
+                                "training_flops_relative_to_dense": self.training_flops / max(self.step, 1)})
+        if self._writer is None:
+            return
+        with self._writer.as_default(step=self.step):
+            for key, mask in self._host_masks.items():
+                # A kernel as a 2-D picture: rows = all input positions, columns = outputs.
+                picture = mask.reshape(-1, mask.shape[-1]) if mask.ndim > 1 else mask[None, :]
+                tf.summary.image(f"masks/{key}", picture[None, :, :, None].astype(np.uint8) * 255)
+        self._writer.flush()
 
 
 @contextlib.contextmanager
