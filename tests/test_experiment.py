@@ -115,3 +115,17 @@ def test_tfds_data_and_model_configs_compose_with_an_algorithm_config(config, sh
         assert run.trainer.algorithm.update_frequency == 100  # the data config's own setting
         run.fit()
     assert run.trainer.step == 2 and abs(run.trainer.sparsity() - 0.9) < 2e-3
+
+
+def test_model_seed_changes_the_initialization_not_the_data_order():
+    """The reinit study's "new_init" variant: another model_seed gives other initial weights,
+    and the same seed gives the same data order."""
+    experiment.parse_gin([os.path.join(ROOT, "gin_configs", "static.gin")], SHORT)
+    same = experiment.build_run(seed=0, model_seed=0)
+    new = experiment.build_run(seed=0, model_seed=10_000)
+    again = experiment.build_run(seed=0)
+    for key, kernel in same.initial_kernels.items():
+        assert not np.array_equal(kernel, new.initial_kernels[key])
+        np.testing.assert_array_equal(kernel, again.initial_kernels[key])
+    first = lambda run: next(iter(run.data.train_epoch(0)))[1].numpy()  # noqa: E731
+    np.testing.assert_array_equal(first(same), first(new))
