@@ -46,6 +46,10 @@ def _exclusion_predicate(exclude: Exclude) -> Callable[[keras.layers.Layer], boo
 
 
 def _check_cloneable(model: keras.Model) -> None:
+    if type(model).__module__.startswith("tf_keras"):
+        raise ConfigError(f"{type(model).__name__} {model.name!r} is a tf_keras (Keras 2) model: keras-sparse works "
+                          "on Keras 3 models; build it with `import keras` (Keras 3), not tf_keras or tf.keras "
+                          "with TF_USE_LEGACY_KERAS=1.")
     if not isinstance(model, keras.Model) or not (
         isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False)
         or type(model).__name__ == "Functional"

@@ -153,8 +153,9 @@ class Trainer:
         with tf.GradientTape() as tape:
             predictions = self.model(x, training=True)
             loss = self.loss(y, predictions)
-            if replicas > 1 and not isinstance(self.loss, keras.losses.Loss):
-                loss = loss / replicas
+            if not isinstance(self.loss, keras.losses.Loss):
+                # A plain function (or a name, through keras.losses.get) gives one loss per example.
+                loss = tf.reduce_mean(loss) / replicas
             if self.model.losses:
                 loss = loss + tf.add_n(self.model.losses) / replicas
         return loss * replicas, predictions, tape.gradient(loss, self._variables)
@@ -209,7 +210,9 @@ class Trainer:
 
     def _eval_step_fn(self, x, y):
         predictions = self.model(x, training=False)
-        loss = self.loss(y, predictions)
+        loss = tf.reduce_mean(self.loss(y, predictions))
+        if isinstance(self.loss, keras.losses.Loss) and self._replicas > 1:
+            loss = loss * self._replicas  # Keras losses divide by the replica count under a strategy
         batch = tf.cast(tf.shape(predictions)[0], tf.float32)
         return loss * batch, _correct(y, predictions), batch
 

@@ -181,3 +181,13 @@ def test_optimizer_slots_of_each_kernel(mlp, optimizer, names):
         assert sorted(s.name.rsplit("_", 1)[-1] for s in slots) == names
         assert all(tuple(s.shape) == tuple(k.kernel.shape) for s in slots)
         assert all("bias" not in s.name for s in slots)
+
+
+@pytest.mark.parametrize("loss", ["sparse_categorical_crossentropy", keras.losses.sparse_categorical_crossentropy])
+def test_a_loss_given_by_name_or_as_a_function_works(loss, mlp, dataset):
+    data = dataset(32, (8,), 4, batch=8, seed=3)
+    model = ks.wrap(mlp(seed=5))
+    trainer = ks.Trainer(model, ks.algorithms.StaticSparse(sparsity=0.5), keras.optimizers.SGD(0.1), loss,
+                         jit_compile=False, progress=False)
+    history = trainer.fit(data, epochs=1, validation_data=data)
+    assert np.isfinite(history[0]["train_loss"]) and np.isfinite(history[0]["val_loss"])
