@@ -5,9 +5,7 @@ MultiWorkerMirroredStrategy runs with two local worker processes.
 TensorFlow fixes its logical devices when it starts, so each check runs in a fresh process.
 """
 
-import json
 import os
-import socket
 import subprocess
 import sys
 

@@ -15,11 +15,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import build_convnet, build_mlp, make_dataset
 
 import keras_sparse as ks
 from keras_sparse.masking import _walk
 from keras_sparse.trainer import Callback
-from conftest import build_convnet, build_mlp, make_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # TF 2.21 warns that tf.lite.Interpreter moves to ai_edge_litert; it still works.
