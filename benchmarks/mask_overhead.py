@@ -1,6 +1,8 @@
 """Steps/s of the masked train step against a plain dense Keras 3 step, same model, same loop.
 
-    python benchmarks/mask_overhead.py [--steps 200] [--rounds 7] [--no-xla]
+    python benchmarks/mask_overhead.py [--models lenet_300_100 lenet5 resnet] [--rounds 7] [--no-xla]
+
+Models: LeNet-300-100 and LeNet-5 on 28×28×1 inputs, ResNet-20 on 32×32×3, batch 128.
 
 Both steps are ``tf.function(jit_compile=True)``: forward, gradients, optimizer update. The
 masked one is ``keras_sparse.Trainer``'s (gradients masked, kernels re-masked after the update)
@@ -49,45 +51,59 @@ def steps_per_second(step, x, y, steps):
     return steps / (time.perf_counter() - start)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--no-xla", action="store_true")
-    parser.add_argument("--out", default="mask_overhead.json")
-    args = parser.parse_args()
-    jit = not args.no_xla
+MODELS = {  # name: (input shape, steps a round) — fewer steps for the bigger model
+    "lenet_300_100": ((28, 28, 1), 200),
+    "lenet5": ((28, 28, 1), 100),
+    "resnet": ((32, 32, 3), 10),
+}
+
+
+def measure(name: str, batch: int, rounds: int, jit: bool) -> dict:
+    """Alternates the dense and masked steps of model ``name``; returns medians and their ratio."""
+    shape, steps = MODELS[name]
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     rng = np.random.default_rng(0)
-    x = tf.constant(rng.normal(size=(args.batch, 28, 28, 1)).astype("float32"))
-    y = tf.constant(rng.integers(0, 10, size=args.batch))
+    x = tf.constant(rng.normal(size=(batch, *shape)).astype("float32"))
+    y = tf.constant(rng.integers(0, 10, size=batch))
 
     keras.utils.set_random_seed(0)
-    dense = models.build((28, 28, 1), 10, name="lenet_300_100")
+    dense = models.build(shape, 10, name=name)
     dense_step = plain_step(dense, keras.optimizers.SGD(0.01, momentum=0.9), loss_fn, jit)
 
     keras.utils.set_random_seed(0)
-    masked = ks.wrap(models.build((28, 28, 1), 10, name="lenet_300_100"))
+    masked = ks.wrap(models.build(shape, 10, name=name))
     trainer = ks.Trainer(masked, ks.algorithms.StaticSparse(sparsity=0.9), keras.optimizers.SGD(0.01, momentum=0.9),
                          loss_fn, jit_compile=jit, progress=False)
     trainer.fit(tf.data.Dataset.from_tensors((x, y)), epochs=1)  # initial masks + one compiled step
     masked_step = trainer._train_step
 
     rates = {"dense": [], "masked": []}
-    for _ in range(args.rounds):
-        for name, step in (("dense", dense_step), ("masked", masked_step)):
-            rates[name].append(steps_per_second(step, x, y, args.steps))
-    medians = {name: statistics.median(values) for name, values in rates.items()}
-    result = {"model": "lenet_300_100", "batch": args.batch, "xla": jit, "steps": args.steps, "rounds": args.rounds,
-              "steps_per_second": rates, "median": medians, "masked_over_dense": medians["masked"] / medians["dense"],
-              "sparsity": ks.sparsity(masked)}
-    print(f"LeNet-300-100, batch {args.batch}, XLA {'on' if jit else 'off'}, median of {args.rounds} rounds x {args.steps} steps")
-    print(f"  dense  (plain Keras 3 step): {medians['dense']:8.1f} steps/s")
-    print(f"  masked (keras-sparse, 90%) : {medians['masked']:8.1f} steps/s")
-    print(f"  masked / dense             : {result['masked_over_dense']:.3f}")
+    for _ in range(rounds):
+        for variant, step in (("dense", dense_step), ("masked", masked_step)):
+            rates[variant].append(steps_per_second(step, x, y, steps))
+    medians = {variant: statistics.median(values) for variant, values in rates.items()}
+    return {"model": name, "batch": batch, "xla": jit, "steps": steps, "rounds": rounds, "steps_per_second": rates,
+            "median": medians, "masked_over_dense": medians["masked"] / medians["dense"], "sparsity": ks.sparsity(masked)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--no-xla", action="store_true")
+    parser.add_argument("--out", default="mask_overhead.json")
+    args = parser.parse_args()
+    results = [measure(name, args.batch, args.rounds, not args.no_xla) for name in args.models]
+    print(f"batch {args.batch}, XLA {'on' if not args.no_xla else 'off'}, static 90% masks, "
+          f"median of {args.rounds} alternating rounds")
+    print("| model | steps a round | dense steps/s | masked steps/s | masked / dense |")
+    print("|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['model']} | {r['steps']} | {r['median']['dense']:.1f} | {r['median']['masked']:.1f} "
+              f"| {r['masked_over_dense']:.3f} |")
     with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+        json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":
