@@ -437,6 +437,8 @@ class Trainer:
     def _mask_change_summaries(self, before: dict[str, np.ndarray], after: dict[str, np.ndarray]) -> None:
         """At a mask update: per layer, the fraction of its active weights dropped (for SET and
         RigL, the drop fraction the schedule applied) and the IoU with the previous mask."""
+        if not self.logdir:
+            return  # only TensorBoard shows these
         dropped, overlap = {}, {}
         for key, old in before.items():
             new = after[key]
