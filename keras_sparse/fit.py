@@ -69,7 +69,8 @@ class SparseModel(keras.Model):
                                progress=False)
         self.trainer.setup(data, epochs, steps_per_epoch)
         total = epochs * steps_per_epoch
-        table = np.array([self.algorithm.is_update_step(step) for step in range(total + 1)], dtype=bool)
+        # One entry per step, then False: steps past the planned ones (a later fit call) never update.
+        table = np.array([self.algorithm.is_update_step(step) for step in range(total)] + [False], dtype=bool)
         self._update_table = tf.Variable(table, trainable=False)
         self.trainer._state["step"].assign(int(self.optimizer.iterations.numpy()))
 
@@ -77,7 +78,6 @@ class SparseModel(keras.Model):
         x, y = data[0], data[1]
         trainer = self.trainer
         step = tf.minimum(trainer._state["step"], tf.cast(tf.shape(self._update_table)[0] - 1, tf.int64))
-        loss, predictions = tf.cond(self._update_table[step], lambda: trainer._step(x, y, True),
-                                    lambda: trainer._step(x, y, False))
+        loss, predictions = trainer._step(x, y, update_masks=self._update_table[step])
         self._loss_tracker.update_state(loss, sample_weight=tf.shape(predictions)[0])
         return self.compute_metrics(x, y, predictions, sample_weight=None)

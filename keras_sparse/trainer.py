@@ -3,8 +3,11 @@
 One train step is one ``tf.function`` compiled with XLA: forward, gradients, gradients masked,
 optimizer step, kernels re-masked, so pruned weights are exactly zero after every step. Steps
 at which the algorithm changes masks run a second compiled program (the same step plus the
-algorithm's ``updated_masks``), so neither program is ever retraced. The loop asks the
-algorithm only through its hooks; it never branches on which algorithm it runs.
+algorithm's ``updated_masks``), so neither program is ever retraced. With
+``steps_per_execution=K`` the loop stages K batches at a time and runs them in one compiled
+program (an XLA while loop), ending a call at each mask-update step, which that program runs
+in-graph. The loop asks the algorithm only through its hooks; it never branches on which
+algorithm it runs.
 """
 
 from __future__ import annotations
@@ -60,12 +63,19 @@ class Trainer:
             mask updates use the all-reduced gradients, so every replica holds the same masks.
             With more than one replica the step is not XLA-compiled: XLA cannot compile a step
             whose variables live on several devices.
+        steps_per_execution: run up to this many training steps per compiled call (like Keras's
+            ``steps_per_execution``): batches are stacked K at a time and looped over inside
+            one XLA program, which removes TensorFlow's per-step dispatch cost on small models.
+            Mask updates stay on schedule (a call ends at each update step). Batches must have a
+            fixed shape (``drop_remainder=True``); one device only. Callbacks' ``on_step_end``
+            then runs once per call, and the loss is logged at the first call end after each
+            ``log_every_steps``.
     """
 
     def __init__(self, model: keras.Model, algorithm: SparseAlgorithm, optimizer: keras.optimizers.Optimizer,
                  loss: Callable, jit_compile: bool = True, logdir: str | None = None, progress: bool = True,
                  log_every_steps: int = 20, checkpoints_to_keep: int = 3,
-                 strategy: tf.distribute.Strategy | None = None):
+                 strategy: tf.distribute.Strategy | None = None, steps_per_execution: int = 1):
         self.model = model
         self.algorithm = algorithm
         self.optimizer = optimizer
@@ -76,6 +86,12 @@ class Trainer:
         self.logdir = logdir
         self.progress = progress
         self.log_every_steps = max(1, int(log_every_steps))
+        if int(steps_per_execution) != steps_per_execution or steps_per_execution < 1:
+            raise ConfigError(f"steps_per_execution={steps_per_execution} must be a positive whole number of steps.")
+        if steps_per_execution > 1 and self._replicas > 1:
+            raise ConfigError(f"steps_per_execution={steps_per_execution} needs a single device, but the strategy "
+                              f"has {self._replicas} replicas: use steps_per_execution=1 with a distribution strategy.")
+        self.steps_per_execution = int(steps_per_execution)
         self.kernels = masked_kernels(model)
         if not self.kernels:
             raise ConfigError("The model has no masked kernels: pass it through keras_sparse.wrap(model) first.")
@@ -117,6 +133,7 @@ class Trainer:
         self._train_step = self._compile(self._train_step_fn, tf.distribute.ReduceOp.MEAN)
         self._update_step = self._compile(self._update_step_fn, tf.distribute.ReduceOp.MEAN)
         self._eval_step = self._compile(self._eval_step_fn, tf.distribute.ReduceOp.SUM)
+        self._multi_step = tf.function(self._multi_step_fn, jit_compile=self.jit_compile)
 
     # ------------------------------------------------------------ compiled parts
     def _compile(self, step_fn, reduce_op):
@@ -175,29 +192,53 @@ class Trainer:
         first = tf.logical_and(tf.logical_not(tf.math.is_finite(loss)), self._nonfinite_step < 0)
         self._nonfinite_step.assign(tf.where(first, self._state["step"], self._nonfinite_step))
 
-    def _step(self, x, y, update_masks: bool):
+    def _step(self, x, y, update_masks: bool | tf.Tensor):
         """One training step (traced into the compiled programs): masked gradients, optimizer
-        update, re-masking, and with ``update_masks`` the algorithm's mask update, computed from
-        this step's dense gradients. Returns the loss and the predictions."""
+        update, re-masking, and with ``update_masks`` (a Python bool, or a boolean tensor decided
+        in-graph) the algorithm's mask update, computed from this step's dense gradients.
+        Returns the loss and the predictions."""
         loss, predictions, gradients = self._gradients(x, y, self._replicas)
         self._watch_loss(loss)
         self._apply(gradients)
-        if update_masks:
-            step = self._state["step"] - 1
-            weights = {k.key: tf.convert_to_tensor(k.kernel) for k in self.kernels}
-            masks = {k.key: tf.convert_to_tensor(k.mask) for k in self.kernels}
-            # All-reduced, so every replica computes the same new masks from the global gradient.
-            dense_gradients = {k.key: self._all_reduce(gradients[self._kernel_index[k.key]]) for k in self.kernels}
-            new_masks = self.algorithm.updated_masks(step, weights, masks, dense_gradients)
-            for k in self.kernels:
-                self._assign_mask(k, masks[k.key], new_masks[k.key])
+        if isinstance(update_masks, bool):
+            if update_masks:
+                self._update_masks(gradients)
+        else:
+            tf.cond(update_masks, lambda: self._update_masks(gradients), lambda: tf.constant(False))
         return loss, predictions
+
+    def _update_masks(self, gradients) -> tf.Tensor:
+        """The algorithm's mask update at the step just taken."""
+        step = self._state["step"] - 1
+        weights = {k.key: tf.convert_to_tensor(k.kernel) for k in self.kernels}
+        masks = {k.key: tf.convert_to_tensor(k.mask) for k in self.kernels}
+        # All-reduced, so every replica computes the same new masks from the global gradient.
+        dense_gradients = {k.key: self._all_reduce(gradients[self._kernel_index[k.key]]) for k in self.kernels}
+        new_masks = self.algorithm.updated_masks(step, weights, masks, dense_gradients)
+        for k in self.kernels:
+            self._assign_mask(k, masks[k.key], new_masks[k.key])
+        return tf.constant(True)  # tf.cond needs both branches to return the same structure
 
     def _train_step_fn(self, x, y):
         return self._step(x, y, update_masks=False)[0]
 
     def _update_step_fn(self, x, y):
         return self._step(x, y, update_masks=True)[0]
+
+    def _multi_step_fn(self, xs, ys, start, count, update_last):
+        """Steps ``start .. start + count - 1`` of a staged chunk (``xs``/``ys`` hold batches
+        stacked on a new leading axis) in one while loop; the last one updates the masks if
+        ``update_last``. Returns the chunk's losses (zeros where no step ran)."""
+        size = tf.nest.flatten(ys)[0].shape[0]
+        end = start + count
+
+        def body(i, losses):
+            x, y = (tf.nest.map_structure(lambda t: t[i], staged) for staged in (xs, ys))
+            loss, _ = self._step(x, y, update_masks=tf.logical_and(update_last, tf.equal(i, end - 1)))
+            return i + 1, tf.tensor_scatter_nd_update(losses, [[i]], [tf.cast(loss, tf.float32)])
+
+        _, losses = tf.while_loop(lambda i, _: i < end, body, (start, tf.zeros([size], tf.float32)))
+        return losses
 
     def _assign_mask(self, kernel, old_mask, new_mask) -> None:
         """Sets a mask, zeroes pruned weights, and resets the optimizer slots of grown ones."""
@@ -324,6 +365,8 @@ class Trainer:
         """
         epoch_data = train_data if callable(train_data) else (lambda epoch: train_data)
         steps_per_epoch = steps_per_epoch or _cardinality(epoch_data(0))
+        if self.steps_per_execution > 1:
+            _check_fixed_batch_shape(epoch_data(0))
         self.setup(epoch_data, epochs, steps_per_epoch)
         for callback in callbacks:
             callback.on_train_begin(self)
@@ -342,7 +385,7 @@ class Trainer:
                     raise SystemExit(f"Stopped by SIGTERM at step {self.step}"
                                      + (f"; checkpoint {path} written: rerun the same command to resume." if path else "."))
                 record = {"epoch": epoch + 1, "step": self.step,
-                          "train_loss": float(tf.reduce_mean(tf.stack(losses))),
+                          "train_loss": float(tf.reduce_mean(tf.concat([tf.reshape(l, [-1]) for l in losses], 0))),
                           "seconds": time.perf_counter() - started, "sparsity": self.sparsity()}
                 if validation_data is not None:
                     record.update({f"val_{k}": v for k, v in self.evaluate(validation_data).items()})
@@ -358,37 +401,64 @@ class Trainer:
 
     def _train_epoch(self, batches: tf.data.Dataset, done: int, steps_per_epoch: int,
                      callbacks: Sequence[Callback], preempted: Callable[[], bool]) -> list:
-        """Runs the rest of one epoch (its first ``done`` steps were run before); returns the losses."""
-        dense_cost = flops_lib.dense_step_cost(self._forward_flops)
+        """Runs the rest of one epoch (its first ``done`` steps were run before); returns the
+        losses (one tensor per compiled call)."""
         bar = keras.utils.Progbar(steps_per_epoch, verbose=1 if self.progress and sys.stdout.isatty() else 0,
                                   stateful_metrics=["loss"], unit_name="step")
         losses = []
         batches = batches.take(steps_per_epoch - done)
         if self._replicas > 1:
             batches = self.strategy.experimental_distribute_dataset(batches)
-        for i, (x, y) in enumerate(batches, start=done):
-            uses_dense = self.algorithm.uses_dense_gradient(self.step)
+        elif self.steps_per_execution > 1:
+            batches = batches.batch(self.steps_per_execution)  # staged: K batches per element
+        position = done
+        for x, y in batches:
+            staged = 1 if self.steps_per_execution == 1 else tf.nest.flatten(y)[0].shape[0]
+            start = 0
+            while start < staged:
+                count = self._steps_in_next_call(staged - start)
+                update = self.algorithm.is_update_step(self.step + count - 1)
+                before = self._host_masks
+                self._count_costs(count)
+                if self.steps_per_execution == 1:
+                    loss = (self._update_step if update else self._train_step)(x, y)
+                else:
+                    loss = self._multi_step(x, y, tf.constant(start), tf.constant(count),
+                                            tf.constant(update))[start:start + count]
+                if update:
+                    self._host_masks = self._refresh_densities()
+                    self._mask_change_summaries(before, self._host_masks)
+                logged = (self.step + count) // self.log_every_steps > self.step // self.log_every_steps
+                self.step += count
+                position += count
+                start += count
+                losses.append(loss)
+                for callback in callbacks:
+                    callback.on_step_end(self)
+                if logged or position == steps_per_epoch:
+                    self._check_finite()
+                    value = float(loss if loss.shape.rank == 0 else loss[-1])
+                    bar.update(position, values=[("loss", value)])
+                    self._scalars("train", {"loss": value})
+                if preempted():
+                    return losses
+        return losses
+
+    def _steps_in_next_call(self, most: int) -> int:
+        """Steps for the next compiled call: up to ``most``, ending at the next mask update, so
+        the host reads each update's masks before the next one (FLOPs and summaries stay exact)."""
+        for n in range(1, most):
+            if self.algorithm.is_update_step(self.step + n - 1):
+                return n
+        return most
+
+    def _count_costs(self, count: int) -> None:
+        """Adds the dense-gradient steps and training FLOPs of the next ``count`` steps."""
+        dense_cost = flops_lib.dense_step_cost(self._forward_flops)
+        for step in range(self.step, self.step + count):
+            uses_dense = self.algorithm.uses_dense_gradient(step)
             self.training_flops += flops_lib.step_cost(self._forward_flops, self._densities, uses_dense) / dense_cost
             self.dense_gradient_steps += int(uses_dense)
-            if self.algorithm.is_update_step(self.step):
-                before = self._host_masks
-                loss = self._update_step(x, y)
-                self._host_masks = self._refresh_densities()
-                self._mask_change_summaries(before, self._host_masks)
-            else:
-                loss = self._train_step(x, y)
-            self.step += 1
-            losses.append(loss)
-            for callback in callbacks:
-                callback.on_step_end(self)
-            if self.step % self.log_every_steps == 0 or i + 1 == steps_per_epoch:
-                self._check_finite()
-                value = float(loss)
-                bar.update(i + 1, values=[("loss", value)])
-                self._scalars("train", {"loss": value})
-            if preempted():
-                break
-        return losses
 
     def evaluate(self, data: tf.data.Dataset) -> dict[str, float]:
         """Mean loss and accuracy of the model over ``data``."""
@@ -484,6 +554,14 @@ def _correct(y, predictions):
     if y.shape.rank == predictions.shape.rank:  # one-hot labels
         y = tf.argmax(y, axis=-1, output_type=tf.int64)
     return tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(tf.reshape(y, tf.shape(predicted)), tf.int64)), tf.float32))
+
+
+def _check_fixed_batch_shape(data: tf.data.Dataset) -> None:
+    """Stacking K batches for one compiled call needs every batch to have the same shape."""
+    shapes = [spec.shape for spec in tf.nest.flatten(data.element_spec)]
+    if not all(shape.is_fully_defined() for shape in shapes):
+        raise ConfigError(f"steps_per_execution > 1 needs training batches of one fixed shape, but they have shapes "
+                          f"{[s.as_list() for s in shapes]}: batch with drop_remainder=True, or use steps_per_execution=1.")
 
 
 def _cardinality(data: tf.data.Dataset) -> int:
