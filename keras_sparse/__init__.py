@@ -24,9 +24,9 @@ from keras_sparse.masking import (
                                   strip,
                                   wrap,
 )
-from keras_sparse.trainer import Trainer
+from keras_sparse.trainer import Callback, Trainer
 
 __version__ = "0.1.0"
 
 __all__ = ["algorithms", "distributions", "schedules", "MaskedWrapper", "wrap", "get_masks", "set_masks",
-           "masked_kernels", "sparsity", "sparsity_report", "strip", "export_saved_model", "Trainer", "SparseModel"]
+           "masked_kernels", "sparsity", "sparsity_report", "strip", "export_saved_model", "Trainer", "Callback", "SparseModel"]

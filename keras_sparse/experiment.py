@@ -144,6 +144,7 @@ class TrainingSettings:
     momentum: float = 0.9
     weight_decay: float = 0.0
     jit_compile: bool = True
+    steps_per_execution: int = 1
     progress: bool = True
     export: bool = True
     exclude: Sequence[str] = ()
@@ -210,7 +211,8 @@ def build_run(seed: int, algorithm: SparseAlgorithm | str | None = None, setting
         optimizer = make_optimizer(settings.optimizer, schedule, settings.momentum, settings.weight_decay)
     trainer = Trainer(model, algorithm, optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       jit_compile=settings.jit_compile, logdir=logdir, progress=settings.progress,
-                      strategy=None if strategy is tf.distribute.get_strategy() else strategy)
+                      strategy=None if strategy is tf.distribute.get_strategy() else strategy,
+                      steps_per_execution=settings.steps_per_execution)
     initial = {k.key: k.kernel.numpy() for k in trainer.kernels}
     return Run(settings, data, model, trainer, initial)
 

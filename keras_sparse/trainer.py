@@ -365,8 +365,6 @@ class Trainer:
         """
         epoch_data = train_data if callable(train_data) else (lambda epoch: train_data)
         steps_per_epoch = steps_per_epoch or _cardinality(epoch_data(0))
-        if self.steps_per_execution > 1:
-            _check_fixed_batch_shape(epoch_data(0))
         self.setup(epoch_data, epochs, steps_per_epoch)
         for callback in callbacks:
             callback.on_train_begin(self)
@@ -410,7 +408,7 @@ class Trainer:
         if self._replicas > 1:
             batches = self.strategy.experimental_distribute_dataset(batches)
         elif self.steps_per_execution > 1:
-            batches = batches.batch(self.steps_per_execution)  # staged: K batches per element
+            batches = _staged(batches, self.steps_per_execution)
         position = done
         for x, y in batches:
             staged = 1 if self.steps_per_execution == 1 else tf.nest.flatten(y)[0].shape[0]
@@ -556,12 +554,27 @@ def _correct(y, predictions):
     return tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(tf.reshape(y, tf.shape(predicted)), tf.int64)), tf.float32))
 
 
-def _check_fixed_batch_shape(data: tf.data.Dataset) -> None:
-    """Stacking K batches for one compiled call needs every batch to have the same shape."""
-    shapes = [spec.shape for spec in tf.nest.flatten(data.element_spec)]
-    if not all(shape.is_fully_defined() for shape in shapes):
-        raise ConfigError(f"steps_per_execution > 1 needs training batches of one fixed shape, but they have shapes "
-                          f"{[s.as_list() for s in shapes]}: batch with drop_remainder=True, or use steps_per_execution=1.")
+def _staged(batches: tf.data.Dataset, size: int):
+    """Batches stacked ``size`` at a time on a new leading axis, in order. A batch of another
+    shape (a short last batch) starts a new stack, so stacks can be shorter."""
+    if all(spec.shape.is_fully_defined() for spec in tf.nest.flatten(batches.element_spec)):
+        yield from batches.batch(size)  # every batch alike: tf.data stacks them ahead of the loop
+        return
+    chunk: list = []
+    for batch in batches:
+        if chunk and _shapes(batch) != _shapes(chunk[0]):
+            yield tf.nest.map_structure(lambda *parts: tf.stack(parts), *chunk)
+            chunk = []
+        chunk.append(batch)
+        if len(chunk) == size:
+            yield tf.nest.map_structure(lambda *parts: tf.stack(parts), *chunk)
+            chunk = []
+    if chunk:
+        yield tf.nest.map_structure(lambda *parts: tf.stack(parts), *chunk)
+
+
+def _shapes(batch) -> list:
+    return [tuple(t.shape) for t in tf.nest.flatten(batch)]
 
 
 def _cardinality(data: tf.data.Dataset) -> int:

@@ -41,8 +41,9 @@ def loss():
 XLA = {"magnitude", "rigl", "set"}
 
 
-@pytest.mark.parametrize("name", sorted(ALGORITHMS))
-def test_fit_matches_trainer(name):
+@pytest.mark.parametrize("name, steps_per_execution", [(name, 1) for name in sorted(ALGORITHMS)] + [("rigl", 4)])
+def test_fit_matches_trainer(name, steps_per_execution):
+    """Also with Keras's steps_per_execution: mask updates are picked inside the compiled step."""
     jit = name in XLA
     reference = model()
     trainer = ks.Trainer(reference, ALGORITHMS[name](), keras.optimizers.SGD(0.05, momentum=0.9), loss(),
@@ -51,7 +52,7 @@ def test_fit_matches_trainer(name):
 
     sparse = ks.SparseModel(model(), ALGORITHMS[name]())
     sparse.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss=loss(), metrics=["accuracy"],
-                   jit_compile=jit)
+                   jit_compile=jit, steps_per_execution=steps_per_execution)
     history = sparse.fit(data(), epochs=2, verbose=0)
 
     masks, expected = ks.get_masks(sparse.wrapped), ks.get_masks(reference)

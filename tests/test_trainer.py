@@ -10,6 +10,9 @@ import tensorflow as tf
 import keras_sparse as ks
 from keras_sparse import algorithms, mask_ops
 
+from conftest import (RUN_EPOCHS, RUN_STEPS_PER_EPOCH, RUN_TOTAL_STEPS, build_convnet, loss_fn, make_dataset,
+                      run_algorithms)
+
 
 def _loss():
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -191,3 +194,138 @@ def test_a_loss_given_by_name_or_as_a_function_works(loss, mlp, dataset):
                          jit_compile=False, progress=False)
     history = trainer.fit(data, epochs=1, validation_data=data)
     assert np.isfinite(history[0]["train_loss"]) and np.isfinite(history[0]["val_loss"])
+
+
+# ------------------------------------------- the optimised step against a plain reference
+def _reference_training(name: str) -> tuple[keras.Model, int]:
+    """The conftest run of algorithm ``name``, written as the plainest possible eager loop:
+    numpy SGD with momentum, masks as numpy arrays, the algorithm's hooks called directly.
+    Returns the model and its dense-gradient step count."""
+    model = ks.wrap(build_convnet(seed=11))
+    data = make_dataset(RUN_STEPS_PER_EPOCH * 8, (6, 6, 1), 3, batch=8, seed=5)
+    algorithm = run_algorithms()[name]()
+    kernels = {k.key: k for k in ks.masked_kernels(model)}
+    algorithm.setup({key: tuple(k.kernel.shape) for key, k in kernels.items()}, RUN_TOTAL_STEPS, RUN_STEPS_PER_EPOCH)
+    variables = model.trainable_variables
+    index = {key: next(i for i, v in enumerate(variables) if v is k.kernel) for key, k in kernels.items()}
+
+    def gradients(x, y) -> list[np.ndarray]:
+        with tf.GradientTape() as tape:
+            loss = loss_fn()(y, model(x, training=True))
+        return [g.numpy() for g in tape.gradient(loss, variables)]
+
+    def scoring_gradients() -> dict[str, np.ndarray]:
+        saved = [v.numpy() for v in model.non_trainable_variables]  # BatchNorm statistics
+        total = {key: 0.0 for key in kernels}
+        for x, y in data.take(algorithm.scoring_batches):
+            g = gradients(x, y)
+            total = {key: total[key] + g[index[key]] for key in kernels}
+        for v, value in zip(model.non_trainable_variables, saved):
+            v.assign(value)
+        return total
+
+    masks = algorithm.initial_masks({key: k.kernel.numpy() for key, k in kernels.items()},
+                                    scoring_gradients if algorithm.scoring_batches else None)
+    for key, k in kernels.items():
+        k.kernel.assign(np.where(masks[key], k.kernel.numpy(), 0.0))
+        k.mask.assign(masks[key])
+    velocity = [np.zeros(v.shape, np.float32) for v in variables]
+    dense_gradient_steps = algorithm.scoring_batches
+    step = 0
+    for _ in range(RUN_EPOCHS):
+        for x, y in data:
+            g = gradients(x, y)
+            for key in kernels:
+                g_masked = np.where(masks[key], g[index[key]], 0.0)
+                velocity[index[key]] = 0.9 * velocity[index[key]] - 0.05 * g_masked
+            for i, v in enumerate(variables):
+                if i not in index.values():
+                    velocity[i] = 0.9 * velocity[i] - 0.05 * g[i]
+                v.assign(v.numpy() + velocity[i])
+            for key, k in kernels.items():
+                k.kernel.assign(np.where(masks[key], k.kernel.numpy(), 0.0))
+            dense_gradient_steps += algorithm.uses_dense_gradient(step)
+            if algorithm.is_update_step(step):
+                new = algorithm.updated_masks(tf.constant(step, tf.int64),
+                                              {key: tf.constant(k.kernel.numpy()) for key, k in kernels.items()},
+                                              {key: tf.constant(m) for key, m in masks.items()},
+                                              {key: tf.constant(g[index[key]]) for key in kernels})
+                for key, k in kernels.items():
+                    old, now = masks[key], np.asarray(new[key])
+                    k.kernel.assign(np.where(old & now, k.kernel.numpy(), 0.0))
+                    velocity[index[key]][now & ~old] = 0.0  # grown weights start with no momentum
+                    k.mask.assign(now)
+                    masks[key] = now
+            step += 1
+    return model, dense_gradient_steps
+
+
+@pytest.mark.parametrize("name", sorted(run_algorithms()))
+def test_optimised_steps_match_a_plain_reference_loop(algorithm_runs, name):
+    """The XLA-compiled step (one step per call, and 4 staged steps per call, whose calls end
+    at each mask update) gives the masks and weights of the plain eager loop above."""
+    reference, reference_dense_steps = _reference_training(name)
+    one_step = algorithm_runs[name].trainer
+    staged = ks.Trainer(ks.wrap(build_convnet(seed=11)), run_algorithms()[name](),
+                        keras.optimizers.SGD(0.05, momentum=0.9), loss_fn(), progress=False, steps_per_execution=4)
+    staged.fit(make_dataset(RUN_STEPS_PER_EPOCH * 8, (6, 6, 1), 3, batch=8, seed=5), epochs=RUN_EPOCHS)
+    expected = ks.get_masks(reference)
+    assert any(not m.all() for m in expected.values()) or name == "dense"
+    for trainer in (one_step, staged):
+        masks = ks.get_masks(trainer.model)
+        for key in expected:
+            np.testing.assert_array_equal(masks[key], expected[key], err_msg=f"{key}, {trainer.steps_per_execution}")
+        # (The conftest run made one extra forward pass in training mode, which moved its
+        # BatchNorm statistics: compare those for the staged run only.)
+        compared = trainer.model.weights if trainer is staged else trainer.model.trainable_weights
+        for a in compared:
+            b = next(w for w in reference.weights if w.path == a.path)
+            np.testing.assert_allclose(np.asarray(a.numpy(), np.float32), np.asarray(b.numpy(), np.float32),
+                                       rtol=1e-4, atol=1e-5, err_msg=a.path)
+        assert trainer.dense_gradient_steps == reference_dense_steps
+        assert trainer.step == RUN_TOTAL_STEPS
+    assert staged.training_flops == pytest.approx(one_step.training_flops, rel=1e-12)
+    assert [r["train_loss"] for r in staged.history] == pytest.approx([r["train_loss"] for r in one_step.history],
+                                                                     rel=1e-5)
+
+
+def test_staged_calls_end_at_mask_updates(mlp, dataset):
+    """RigL updates at steps 3, 6 and 9; batches are staged 5 at a time (steps 0-4, 5-9, 10-11)
+    and a call ends after an update step or at the end of its stack."""
+    trainer = ks.Trainer(ks.wrap(mlp(seed=0)), _rigl(update_frequency=3, end_step=10), keras.optimizers.SGD(0.1),
+                         _loss(), progress=False, steps_per_execution=5)
+
+    class CallEnds(ks.Callback):
+        def __init__(self):
+            self.steps = []
+
+        def on_step_end(self, trainer):
+            self.steps.append(trainer.step)
+
+    ends = CallEnds()
+    trainer.fit(dataset(96, (8,), 4, batch=8), epochs=1, callbacks=[ends])  # 12 steps
+    # Steps done after each call: 0-3 | 4 | 5-6 | 7-9 | 10-11.
+    assert ends.steps == [4, 5, 7, 10, 12]
+    assert trainer._multi_step.experimental_get_tracing_count() == 2  # stacks of 5 and of 2 batches
+
+
+@pytest.mark.parametrize("value", [0, -2, 1.5])
+def test_steps_per_execution_must_be_a_positive_whole_number(mlp, value):
+    with pytest.raises(ValueError, match="steps_per_execution"):
+        ks.Trainer(ks.wrap(mlp(seed=0)), algorithms.StaticSparse(0.5), keras.optimizers.SGD(0.1), _loss(),
+                   progress=False, steps_per_execution=value)
+
+
+def test_a_short_last_batch_gets_a_call_of_its_own(mlp, dataset):
+    """Batches 8, 8, 8, 4 with 2 staged steps a call: calls of 2, 1 and 1 steps, the same
+    weights as one step a call."""
+    data = dataset(28, (8,), 4, batch=8, seed=3)
+    weights = {}
+    for steps in (1, 2):
+        trainer = ks.Trainer(ks.wrap(mlp(seed=0)), algorithms.StaticSparse(0.5), keras.optimizers.SGD(0.1), _loss(),
+                             progress=False, steps_per_execution=steps)
+        trainer.fit(data, epochs=2)
+        assert trainer.step == 8
+        weights[steps] = trainer.model.get_weights()
+    for a, b in zip(weights[1], weights[2]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
