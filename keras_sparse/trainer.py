@@ -123,7 +123,6 @@ class Trainer:
         self._slots = {k.key: self._optimizer_slots(k.kernel) for k in self.kernels}
         self._forward_flops: dict[str, float] | None = None
         self._densities: dict[str, float] = {}
-        self._host_masks: dict[str, np.ndarray] = {}
         self._set_up = False
         self._configured: tuple[int, int] | None = None
         self._checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **self._state)
@@ -281,7 +280,7 @@ class Trainer:
         self.configure(epochs, steps_per_epoch or _cardinality(first_epoch))
         if not self.restore() and self.step == 0:
             self._initialize_masks(first_epoch)
-        self._host_masks = self._refresh_densities()
+        self._refresh_densities()
         self._set_up = True
 
     def _initialize_masks(self, train_data) -> None:
@@ -307,11 +306,14 @@ class Trainer:
         self.dense_gradient_steps += n
         self.training_flops += n  # a dense forward + backward per scoring batch: one dense step each
 
-    def _refresh_densities(self) -> dict[str, np.ndarray]:
-        """Reads the masks to the host, updates the densities the FLOPs count uses, returns the masks."""
-        masks = {k.key: k.mask.numpy() for k in self.kernels}
-        self._densities = {key: float(np.count_nonzero(m)) / m.size for key, m in masks.items()}
-        return masks
+    def _refresh_densities(self) -> None:
+        """Counts the active weights of each mask on its device and updates the densities the
+        FLOPs count uses (no copy of the masks is kept on the host)."""
+        self._densities = {k.key: float(tf.math.count_nonzero(k.mask)) / float(np.prod(k.mask.shape))
+                           for k in self.kernels}
+
+    def _host_masks(self) -> dict[str, np.ndarray]:
+        return {k.key: k.mask.numpy() for k in self.kernels}
 
     # ------------------------------------------------------------ checkpoints
     def save(self) -> str | None:
@@ -416,7 +418,8 @@ class Trainer:
             while start < staged:
                 count = self._steps_in_next_call(staged - start)
                 update = self.algorithm.is_update_step(self.step + count - 1)
-                before = self._host_masks
+                # Only TensorBoard's drop-fraction/IoU summaries need the masks before an update.
+                before = self._host_masks() if update and self.logdir else None
                 self._count_costs(count)
                 if self.steps_per_execution == 1:
                     loss = (self._update_step if update else self._train_step)(x, y)
@@ -424,8 +427,9 @@ class Trainer:
                     loss = self._multi_step(x, y, tf.constant(start), tf.constant(count),
                                             tf.constant(update))[start:start + count]
                 if update:
-                    self._host_masks = self._refresh_densities()
-                    self._mask_change_summaries(before, self._host_masks)
+                    self._refresh_densities()
+                    if before is not None:
+                        self._mask_change_summaries(before, self._host_masks())
                 logged = (self.step + count) // self.log_every_steps > self.step // self.log_every_steps
                 self.step += count
                 position += count
@@ -505,8 +509,6 @@ class Trainer:
     def _mask_change_summaries(self, before: dict[str, np.ndarray], after: dict[str, np.ndarray]) -> None:
         """At a mask update: per layer, the fraction of its active weights dropped (for SET and
         RigL, the drop fraction the schedule applied) and the IoU with the previous mask."""
-        if not self.logdir:
-            return  # only TensorBoard shows these
         dropped, overlap = {}, {}
         for key, old in before.items():
             new = after[key]
@@ -524,7 +526,7 @@ class Trainer:
         if self._writer is None:
             return
         with self._writer.as_default(step=self.step):
-            for key, mask in self._host_masks.items():
+            for key, mask in self._host_masks().items():
                 # A kernel as a 2-D picture: rows = all input positions, columns = outputs.
                 picture = mask.reshape(-1, mask.shape[-1]) if mask.ndim > 1 else mask[None, :]
                 tf.summary.image(f"masks/{key}", picture[None, :, :, None].astype(np.uint8) * 255)

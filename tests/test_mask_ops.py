@@ -52,6 +52,31 @@ def test_topk_mask_with_changing_k_compiles_once():
     assert compiled.experimental_get_tracing_count() == 1
 
 
+SPECIAL = np.array([0.0, -0.0, np.inf, -np.inf, -1.0, 1.0, 3.0, 1e-40, -1e-40, 2.5e-38], dtype=np.float32)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_topk_mask_matches_a_stable_sort_on_ties_and_special_values(seed):
+    """Random scores full of ties, signed zeros, infinities and subnormals (which count as 0),
+    every k from 0 to the size: the mask is the numpy stable sort's, eager and under XLA."""
+    rng = np.random.default_rng(seed)
+    size = int(rng.integers(1, 40))
+    scores = np.where(rng.random(size) < 0.5, rng.choice(SPECIAL, size), np.round(rng.normal(size=size), 1))
+    scores = scores.astype(np.float32)
+    compiled = tf.function(mask_ops.topk_mask, jit_compile=True)
+    as_numpy_sees_them = np.where(np.abs(scores) < np.finfo(np.float32).tiny, 0.0, scores)
+    for k in range(size + 1):
+        expected = mask_ops.topk_mask_numpy(as_numpy_sees_them, k)
+        np.testing.assert_array_equal(mask_ops.topk_mask(tf.constant(scores), k).numpy(), expected, err_msg=str(k))
+        np.testing.assert_array_equal(compiled(tf.constant(scores), tf.constant(k)).numpy(), expected, err_msg=str(k))
+
+
+def test_topk_mask_on_a_large_kernel_is_exact():
+    scores = np.random.default_rng(0).normal(size=(784, 300)).astype(np.float32)
+    mask = mask_ops.topk_mask(tf.constant(scores), 23520).numpy()
+    assert mask.sum() == 23520 and scores[mask].min() > scores[~mask].max()
+
+
 def test_topk_mask_with_minus_inf_excluded_first():
     scores = tf.constant([[-np.inf, 0.1], [0.0, -np.inf]], dtype=tf.float32)
     np.testing.assert_array_equal(mask_ops.topk_mask(scores, 2).numpy(), [[False, True], [True, False]])
