@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -24,31 +22,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+import common  # noqa: E402
 import keras_sparse as ks  # noqa: E402
 from keras_sparse import models  # noqa: E402
-
-
-def plain_step(model, optimizer, loss_fn, jit_compile):
-    variables = model.trainable_variables
-    optimizer.build(variables)
-
-    @tf.function(jit_compile=jit_compile)
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            loss = loss_fn(y, model(x, training=True))
-        optimizer.apply(tape.gradient(loss, variables), variables)
-        return loss
-
-    return step
-
-
-def steps_per_second(step, x, y, steps):
-    step(x, y).numpy()  # make sure nothing is pending
-    start = time.perf_counter()
-    for _ in range(steps):
-        loss = step(x, y)
-    loss.numpy()
-    return steps / (time.perf_counter() - start)
 
 
 MODELS = {  # name: (input shape, steps a round) — fewer steps for the bigger model
@@ -68,7 +44,7 @@ def measure(name: str, batch: int, rounds: int, jit: bool) -> dict:
 
     keras.utils.set_random_seed(0)
     dense = models.build(shape, 10, name=name)
-    dense_step = plain_step(dense, keras.optimizers.SGD(0.01, momentum=0.9), loss_fn, jit)
+    dense_step = common.plain_step(dense, keras.optimizers.SGD(0.01, momentum=0.9), loss_fn, jit)
 
     keras.utils.set_random_seed(0)
     masked = ks.wrap(models.build(shape, 10, name=name))
@@ -77,11 +53,7 @@ def measure(name: str, batch: int, rounds: int, jit: bool) -> dict:
     trainer.fit(tf.data.Dataset.from_tensors((x, y)), epochs=1)  # initial masks + one compiled step
     masked_step = trainer._train_step
 
-    rates = {"dense": [], "masked": []}
-    for _ in range(rounds):
-        for variant, step in (("dense", dense_step), ("masked", masked_step)):
-            rates[variant].append(steps_per_second(step, x, y, steps))
-    medians = {variant: statistics.median(values) for variant, values in rates.items()}
+    rates, medians = common.alternate({"dense": dense_step, "masked": masked_step}, x, y, steps, rounds)
     return {"model": name, "batch": batch, "xla": jit, "steps": steps, "rounds": rounds, "steps_per_second": rates,
             "median": medians, "masked_over_dense": medians["masked"] / medians["dense"], "sparsity": ks.sparsity(masked)}
 

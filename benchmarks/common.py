@@ -1,0 +1,69 @@
+"""Helpers shared by the benchmark scripts: a plain Keras 3 train step, steps/s of a step
+function, and alternating named step functions round by round with medians.
+
+The scripts run as ``python benchmarks/<script>.py``, which puts this directory on ``sys.path``:
+they ``import common``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping
+
+import keras
+import tensorflow as tf
+
+Step = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+
+
+def plain_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, loss_fn: Callable,
+               jit_compile: bool) -> Step:
+    """A plain Keras 3 train step ``step(x, y) -> loss`` for ``model``: forward, gradients and the
+    optimizer update in one ``tf.function`` (XLA-compiled if ``jit_compile``)."""
+    variables = model.trainable_variables
+    optimizer.build(variables)
+
+    @tf.function(jit_compile=jit_compile)
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        optimizer.apply(tape.gradient(loss, variables), variables)
+        return loss
+
+    return step
+
+
+def steps_per_second(step: Step, x: tf.Tensor, y: tf.Tensor, steps: int) -> float:
+    """Runs ``step(x, y)`` ``steps`` times back to back; returns steps per second of wall time."""
+    step(x, y).numpy()  # make sure nothing is pending
+    start = time.perf_counter()
+    for _ in range(steps):
+        loss = step(x, y)
+    loss.numpy()
+    return steps / (time.perf_counter() - start)
+
+
+def steps_for(step: Step, x: tf.Tensor, y: tf.Tensor, seconds: float, most: int = 1000) -> int:
+    """How many steps of ``step`` take about ``seconds`` (at least 1, at most ``most``), from a
+    short timed warm-up of an already compiled step."""
+    step(x, y).numpy()
+    start, calls = time.perf_counter(), 0
+    while calls < 3 or time.perf_counter() - start < 0.1:
+        loss = step(x, y)
+        loss.numpy()
+        calls += 1
+    seconds_per_step = (time.perf_counter() - start) / calls
+    return max(1, min(most, round(seconds / seconds_per_step)))
+
+
+def alternate(steps: Mapping[str, Step], x: tf.Tensor, y: tf.Tensor, count: int,
+              rounds: int) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Times each named step function for ``count`` steps, the names taking turns within each of
+    ``rounds`` rounds (so drifts in machine load hit them alike). Returns the steps/s of every
+    round by name, and their medians by name."""
+    rates: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            rates[name].append(steps_per_second(step, x, y, count))
+    return rates, {name: statistics.median(values) for name, values in rates.items()}

@@ -1,0 +1,216 @@
+"""Memory cost of masking: mask state against the kernels it masks, and peak process memory of
+a training run against dense training.
+
+    python benchmarks/memory.py [--models lenet_300_100 lenet5 resnet mnist1d_cnn]
+        [--train-models mlp_4096 lenet_300_100] [--variants keras dense static rigl magnitude]
+        [--steps 50] [--batch 128] [--repeats 3] [--out memory.json]
+
+(a) Mask state ÷ kernel bytes, per model: LeNet-300-100 and LeNet-5 (28×28×1), ResNet-20
+(32×32×3), the MNIST-1D CNN (40×1). Counted from the variables themselves (bytes = dtype size ×
+elements): the ``mask`` variables of ``keras_sparse.wrap(model)`` against their ``kernel``
+variables; as a check, all weight bytes of the wrapped model minus those of the model before
+wrapping (wrapping must add nothing but the masks). ``keras_sparse.Trainer`` allocates no other
+per-kernel state: its other variables are scalars, the optimizer slots it touches (momentum) are
+the optimizer's own, the same in dense training, and it keeps no host copy of the masks (it
+counts active weights on the device after each update; TensorBoard's mask summaries read the
+masks when they are written).
+
+(b) Peak resident memory of a training run: each run is a fresh process
+(``python benchmarks/memory.py --worker MODEL VARIANT``) that builds the model and its trainer,
+records ``ru_maxrss`` (its peak RSS so far), trains ``--steps`` steps of batch ``--batch`` on one
+synthetic batch repeated (XLA on, SGD with momentum), and records ``ru_maxrss`` again. The growth
+in training therefore includes ``Trainer.setup`` (initial masks), the XLA compilations and, for
+RigL and magnitude pruning, the second compiled program that updates masks. Models: ``mlp_4096``
+(784 → 4096 → 4096 → 10, ~20M parameters, where the weights dominate) and LeNet-300-100.
+Variants: ``dense`` = ``keras_sparse.algorithms.Dense()`` through the Trainer (the baseline the
+ratios use), ``static`` = StaticSparse(0.9), ``rigl`` = RigL(0.9, update_frequency=10),
+``magnitude`` = MagnitudePruning(0.9, frequency=10), and ``keras`` = a plain Keras 3 XLA step on
+the unwrapped model, with no masks at all. The variants alternate within each of ``--repeats``
+repeats, and medians are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import common  # noqa: E402
+import keras_sparse as ks  # noqa: E402
+from keras_sparse import models  # noqa: E402
+from keras_sparse.masking import masked_kernels  # noqa: E402
+
+MIB = 1024.0 * 1024.0
+
+STATE_MODELS = {  # name: (builder name, input shape)
+    "lenet_300_100": ("lenet_300_100", (28, 28, 1)),
+    "lenet5": ("lenet5", (28, 28, 1)),
+    "resnet": ("resnet", (32, 32, 3)),
+    "mnist1d_cnn": ("mnist1d_cnn", (40, 1)),
+}
+
+TRAIN_MODELS = {  # name: (input shape, builder options)
+    "mlp_4096": ((784,), {"name": "mlp", "hidden": (4096, 4096)}),
+    "lenet_300_100": ((28, 28, 1), {"name": "lenet_300_100"}),
+}
+
+VARIANTS = ["keras", "dense", "static", "rigl", "magnitude"]
+
+
+def algorithm(variant: str) -> ks.algorithms.SparseAlgorithm:
+    """The algorithm of a Trainer ``variant``."""
+    return {
+        "dense": lambda: ks.algorithms.Dense(),
+        "static": lambda: ks.algorithms.StaticSparse(sparsity=0.9),
+        "rigl": lambda: ks.algorithms.RigL(sparsity=0.9, update_frequency=10),
+        "magnitude": lambda: ks.algorithms.MagnitudePruning(sparsity=0.9, frequency=10),
+    }[variant]()
+
+
+def variable_bytes(variable) -> int:
+    """Bytes of a variable's value: dtype size × number of elements."""
+    return np.dtype(keras.backend.standardize_dtype(variable.dtype)).itemsize * int(np.prod(variable.shape))
+
+
+def batch_of(shape: tuple[int, ...], batch: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """A fixed synthetic batch of inputs of ``shape`` and labels of 10 classes."""
+    rng = np.random.default_rng(0)
+    return (tf.constant(rng.normal(size=(batch, *shape)).astype("float32")),
+            tf.constant(rng.integers(0, 10, size=batch)))
+
+
+# ----------------------------------------------------------------- (a) mask state
+def mask_state(name: str) -> dict:
+    """Mask-state bytes of model ``name`` against the bytes of the kernels they mask."""
+    builder, shape = STATE_MODELS[name]
+    keras.utils.set_random_seed(0)
+    model = models.build(shape, 10, name=builder)
+    unwrapped_bytes = sum(variable_bytes(v) for v in model.weights)
+    wrapped = ks.wrap(model)
+    kernels = masked_kernels(wrapped)
+    kernel_bytes = sum(variable_bytes(k.kernel) for k in kernels)
+    mask_bytes = sum(variable_bytes(k.mask) for k in kernels)
+    added_by_wrap = sum(variable_bytes(v) for v in wrapped.weights) - unwrapped_bytes
+    return {"model": name, "input_shape": list(shape), "masked_kernels": len(kernels),
+            "kernel_elements": sum(int(np.prod(k.kernel.shape)) for k in kernels),
+            "kernel_dtypes": sorted({keras.backend.standardize_dtype(k.kernel.dtype) for k in kernels}),
+            "mask_dtypes": sorted({keras.backend.standardize_dtype(k.mask.dtype) for k in kernels}),
+            "kernel_bytes": kernel_bytes, "mask_variable_bytes": mask_bytes, "bytes_added_by_wrap": added_by_wrap,
+            "mask_over_kernel": mask_bytes / kernel_bytes}
+
+
+# ------------------------------------------------------------- (b) peak memory
+def peak_rss_mib() -> float:
+    """This process's peak resident set size so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def worker(model_name: str, variant: str, steps: int, batch: int) -> dict:
+    """Builds ``model_name`` for ``variant``, trains ``steps`` steps, and returns the peak RSS
+    after the imports, after building, and after training."""
+    after_imports = peak_rss_mib()
+    shape, options = TRAIN_MODELS[model_name]
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
+    x, y = batch_of(shape, batch)
+    data = tf.data.Dataset.from_tensors((x, y)).repeat(steps)
+    keras.utils.set_random_seed(0)
+    model = models.build(shape, 10, **options)
+    if variant == "keras":
+        step = common.plain_step(model, optimizer, loss_fn, jit_compile=True)
+        after_build = peak_rss_mib()
+        for bx, by in data:
+            loss = step(bx, by)
+        loss.numpy()
+    else:
+        trainer = ks.Trainer(ks.wrap(model), algorithm(variant), optimizer, loss_fn, jit_compile=True, progress=False)
+        after_build = peak_rss_mib()
+        trainer.fit(data, epochs=1)
+    return {"model": model_name, "variant": variant, "steps": steps, "batch": batch,
+            "parameters": model.count_params(), "peak_after_imports_mib": after_imports,
+            "peak_after_build_mib": after_build, "peak_mib": peak_rss_mib()}
+
+
+def run_worker(model_name: str, variant: str, steps: int, batch: int) -> dict:
+    """Runs ``worker`` in a fresh Python process and returns its result."""
+    command = [sys.executable, os.path.abspath(__file__), "--worker", model_name, variant,
+               "--steps", str(steps), "--batch", str(batch)]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def peak_memory(model_names: list[str], variants: list[str], steps: int, batch: int, repeats: int) -> list[dict]:
+    """Every (model, variant) run ``repeats`` times in fresh processes, variants alternating
+    within each repeat; returns per (model, variant) the raw runs and their medians."""
+    runs: dict[tuple[str, str], list[dict]] = {(m, v): [] for m in model_names for v in variants}
+    for _ in range(repeats):
+        for m in model_names:
+            for v in variants:
+                runs[(m, v)].append(run_worker(m, v, steps, batch))
+    results = []
+    for (m, v), raw in runs.items():
+        growth = [r["peak_mib"] - r["peak_after_build_mib"] for r in raw]
+        results.append({"model": m, "variant": v, "parameters": raw[0]["parameters"], "runs": raw,
+                        "median": {"peak_mib": statistics.median(r["peak_mib"] for r in raw),
+                                   "peak_after_build_mib": statistics.median(r["peak_after_build_mib"] for r in raw),
+                                   "growth_mib": statistics.median(growth)}})
+    for r in results:
+        dense = next(d for d in results if d["model"] == r["model"] and d["variant"] == "dense")["median"]
+        r["peak_over_dense"] = r["median"]["peak_mib"] / dense["peak_mib"]
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", default=list(STATE_MODELS), choices=list(STATE_MODELS),
+                        help="models of (a), mask state")
+    parser.add_argument("--train-models", nargs="*", default=list(TRAIN_MODELS), choices=list(TRAIN_MODELS),
+                        help="models of (b), peak memory")
+    parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--worker", nargs=2, metavar=("MODEL", "VARIANT"), help=argparse.SUPPRESS)
+    parser.add_argument("--out", default="memory.json")
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(*args.worker, args.steps, args.batch)))
+        return
+    if "dense" not in args.variants:
+        parser.error("--variants must include dense: the ratios are to it")
+
+    state = [mask_state(name) for name in args.models]
+    print("(a) mask state ÷ bytes of the kernels it masks (a float32 mask per weight would be 1.0; target ≤ 0.25)\n")
+    print("| model | masked kernels | kernel elements | kernel bytes | mask variable bytes | added by wrap "
+          "| mask ÷ kernel |")
+    print("|---|---|---|---|---|---|---|")
+    for r in state:
+        print(f"| {r['model']} | {r['masked_kernels']} | {r['kernel_elements']:,} | {r['kernel_bytes']:,} "
+              f"| {r['mask_variable_bytes']:,} | {r['bytes_added_by_wrap']:,} | {r['mask_over_kernel']:.3f} |")
+
+    peaks = peak_memory(args.train_models, args.variants, args.steps, args.batch, args.repeats)
+    print(f"\n(b) peak RSS of a training run, fresh process each: {args.steps} steps, batch {args.batch}, XLA on, "
+          f"median of {args.repeats} alternating repeats\n")
+    print("| model | parameters | variant | peak after build MiB | peak MiB | growth in training MiB "
+          "| peak ÷ Trainer dense |")
+    print("|---|---|---|---|---|---|---|")
+    for r in peaks:
+        med = r["median"]
+        print(f"| {r['model']} | {r['parameters']:,} | {r['variant']} | {med['peak_after_build_mib']:.0f} "
+              f"| {med['peak_mib']:.0f} | {med['growth_mib']:.0f} | {r['peak_over_dense']:.3f} |")
+    with open(args.out, "w") as f:
+        json.dump({"mask_state": state, "peak_memory": peaks}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
