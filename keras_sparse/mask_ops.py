@@ -19,25 +19,53 @@ def topk_mask(scores: tf.Tensor, k: tf.Tensor | int) -> tf.Tensor:
     """Boolean mask of ``scores``' shape with exactly ``k`` True entries at the largest scores;
     ties go to the lower flat index (as ``tf.math.top_k`` orders them).
 
-    No sort: a 32-step bisection over the float32 values' bit patterns finds the k-th largest
-    score, then ties at it are taken in index order. That is a few passes of compare-and-count
-    over the scores, which XLA fuses well; a full sort of a 235k-weight kernel took 44 ms under
-    XLA on CPU (benchmarks/training_loop.py, BENCHMARKS.md). ``k`` may be a tensor that changes
-    from call to call without recompiling.
+    No sort: a search over the float32 values' bit patterns finds the k-th largest score by
+    counting, then ties at it are taken in index order. Counting passes fuse well under XLA; a
+    full sort of a 235k-weight kernel took 44 ms under XLA on CPU, this about 1 ms (BENCHMARKS.md).
+    ``k`` may be a tensor that changes from call to call without recompiling.
     """
     flat = tf.reshape(scores, [-1])
     keys = _sortable_keys(flat)
     k = tf.clip_by_value(tf.cast(k, tf.int32), 0, tf.size(flat))
-    # Largest key t with count(keys >= t) >= k: the k-th largest key (for k = 0, the top of the range).
-    low, high = tf.constant(-(2 ** 31), tf.int64), tf.constant(2 ** 31 - 1, tf.int64)
-    for _ in range(32):  # the interval [low, high] halves each time: 2^32 keys -> one
-        middle = low + (high - low + 1) // 2
-        enough = tf.reduce_sum(tf.cast(keys >= tf.cast(middle, tf.int32), tf.int32)) >= k
-        low, high = tf.where(enough, middle, low), tf.where(enough, high, middle - 1)
-    above = keys > tf.cast(low, tf.int32)
-    ties = keys == tf.cast(low, tf.int32)
-    needed = k - tf.reduce_sum(tf.cast(above, tf.int32))
-    mask = above | (ties & (tf.cumsum(tf.cast(ties, tf.int32)) <= needed))
+
+    def count_at_least(threshold):
+        return tf.reduce_sum(tf.cast(keys >= tf.cast(threshold, tf.int32), tf.int32))
+
+    # Invariant: count(keys >= low) >= k > count(keys > high), so the k-th largest key lies in
+    # [low, high]. Steps alternate between a secant guess (the counts are a smooth function of
+    # the threshold for real weights and gradients, so it closes in fast) and a bisection (which
+    # bounds the worst case at 64 steps); the search stops early at a threshold with exactly k keys
+    # at or above it.
+    low, high = tf.cast(tf.reduce_min(keys), tf.int64), tf.cast(tf.reduce_max(keys), tf.int64)
+    state = (tf.constant(0), low, high, tf.size(flat), tf.constant(0), tf.constant(False), low)
+
+    def searching(i, low, high, count_low, count_above_high, found, threshold):
+        return tf.logical_and(low < high, tf.logical_not(found))
+
+    def step(i, low, high, count_low, count_above_high, found, threshold):
+        span = high - low
+        share = tf.cast(count_low - k, tf.float64) / tf.cast(tf.maximum(count_low - count_above_high, 1), tf.float64)
+        secant = low + 1 + tf.cast(share * tf.cast(span, tf.float64), tf.int64)
+        middle = tf.where(i % 2 == 0, secant, low + (span + 1) // 2)
+        middle = tf.clip_by_value(middle, low + 1, high)
+        count = count_at_least(middle)
+        enough = count >= k
+        return (i + 1, tf.where(enough, middle, low), tf.where(enough, high, middle - 1),
+                tf.where(enough, count, count_low), tf.where(enough, count_above_high, count),
+                tf.equal(count, k), middle)
+
+    _, low, _, _, _, found, threshold = tf.while_loop(searching, step, state, maximum_iterations=64)
+
+    def exactly_k_at_or_above_threshold():
+        return keys >= tf.cast(threshold, tf.int32)
+
+    def ties_in_index_order():
+        above, ties = keys > tf.cast(low, tf.int32), keys == tf.cast(low, tf.int32)
+        needed = k - tf.reduce_sum(tf.cast(above, tf.int32))
+        return above | (ties & (tf.cumsum(tf.cast(ties, tf.int32)) <= needed))
+
+    mask = tf.cond(found, exactly_k_at_or_above_threshold, ties_in_index_order)
+    mask = tf.logical_and(mask, k > 0)  # k = 0: the search never ran, low is the minimum
     return tf.reshape(mask, tf.shape(scores))
 
 
