@@ -4,10 +4,17 @@
 
 Models: LeNet-300-100 and LeNet-5 on 28×28×1 inputs, ResNet-20 on 32×32×3, batch 128.
 
-Both steps are ``tf.function(jit_compile=True)``: forward, gradients, optimizer update. The
-masked one is ``keras_sparse.Trainer``'s (gradients masked, kernels re-masked after the update)
-on the same architecture wrapped at 90% static sparsity. The variants alternate, and the median
-over rounds is reported, because the machines here are shared and noisy.
+Every step is one ``tf.function(jit_compile=True)``: forward, gradients, SGD-momentum update.
+
+- ``masked``: ``keras_sparse.Trainer``'s step on the model wrapped at 90% static sparsity
+  (gradients masked, kernels re-masked after the update, a step counter, a NaN watch).
+- ``dense``: a plain Keras 3 step on the unwrapped model with the same step counter and NaN
+  watch, i.e. the same loop without masking: the baseline of the ratio.
+- ``plain``: the bare plain Keras 3 step (no counter, no watch). On LeNet-300-100 on CPU it is
+  slower than ``dense`` although it does less; see BENCHMARKS.md.
+
+The variants alternate, and the median over rounds is reported, because the machines here are
+shared and noisy.
 """
 
 from __future__ import annotations
@@ -42,9 +49,10 @@ def measure(name: str, batch: int, rounds: int, jit: bool) -> dict:
     x = tf.constant(rng.normal(size=(batch, *shape)).astype("float32"))
     y = tf.constant(rng.integers(0, 10, size=batch))
 
-    keras.utils.set_random_seed(0)
-    dense = models.build(shape, 10, name=name)
-    dense_step = common.plain_step(dense, keras.optimizers.SGD(0.01, momentum=0.9), loss_fn, jit)
+    def plain(watch_loss: bool):
+        keras.utils.set_random_seed(0)
+        return common.plain_step(models.build(shape, 10, name=name), keras.optimizers.SGD(0.01, momentum=0.9),
+                                 loss_fn, jit, watch_loss=watch_loss)
 
     keras.utils.set_random_seed(0)
     masked = ks.wrap(models.build(shape, 10, name=name))
@@ -53,9 +61,11 @@ def measure(name: str, batch: int, rounds: int, jit: bool) -> dict:
     trainer.fit(tf.data.Dataset.from_tensors((x, y)), epochs=1)  # initial masks + one compiled step
     masked_step = trainer._train_step
 
-    rates, medians = common.alternate({"dense": dense_step, "masked": masked_step}, x, y, steps, rounds)
+    variants = {"plain": plain(False), "dense": plain(True), "masked": masked_step}
+    rates, medians = common.alternate(variants, x, y, steps, rounds)
     return {"model": name, "batch": batch, "xla": jit, "steps": steps, "rounds": rounds, "steps_per_second": rates,
-            "median": medians, "masked_over_dense": medians["masked"] / medians["dense"], "sparsity": ks.sparsity(masked)}
+            "median": medians, "masked_over_dense": medians["masked"] / medians["dense"],
+            "masked_over_plain": medians["masked"] / medians["plain"], "sparsity": ks.sparsity(masked)}
 
 
 def main():
@@ -69,11 +79,12 @@ def main():
     results = [measure(name, args.batch, args.rounds, not args.no_xla) for name in args.models]
     print(f"batch {args.batch}, XLA {'on' if not args.no_xla else 'off'}, static 90% masks, "
           f"median of {args.rounds} alternating rounds")
-    print("| model | steps a round | dense steps/s | masked steps/s | masked / dense |")
-    print("|---|---|---|---|---|")
+    print("| model | steps a round | plain steps/s | dense steps/s | masked steps/s | masked / dense | masked / plain |")
+    print("|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['model']} | {r['steps']} | {r['median']['dense']:.1f} | {r['median']['masked']:.1f} "
-              f"| {r['masked_over_dense']:.3f} |")
+        m = r["median"]
+        print(f"| {r['model']} | {r['steps']} | {m['plain']:.1f} | {m['dense']:.1f} | {m['masked']:.1f} "
+              f"| {r['masked_over_dense']:.3f} | {r['masked_over_plain']:.3f} |")
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1)
 
