@@ -65,6 +65,16 @@ for name in sys.argv[1:]:
         assert all(np.array_equal(copies[0], c) for c in copies), (name, b.path)
     assert one_trainer.dense_gradient_steps == two_trainer.dense_gradient_steps, name
     print("OK", name, ks.sparsity(two))
+
+# Several steps per compiled call need one device: a clear error, not a wrong result.
+with mirrored.scope():
+    model = ks.wrap(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="out")]))
+try:
+    ks.Trainer(model, ALGORITHMS["static"](), keras.optimizers.SGD(0.1), "mse", strategy=mirrored,
+               steps_per_execution=2)
+except ks.errors.ConfigError as error:
+    assert "single device" in str(error), error
+    print("OK refused steps_per_execution")
 """
 
 
@@ -73,4 +83,4 @@ def test_mirrored_matches_one_device(names):
     result = subprocess.run([sys.executable, "-c", COMPARE, *names], capture_output=True, text=True, timeout=600,
                             env=ENV, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-4000:]
-    assert [line.split()[1] for line in result.stdout.splitlines() if line.startswith("OK")] == names
+    assert [line.split()[1] for line in result.stdout.splitlines() if line.startswith("OK")] == names + ["refused"]
