@@ -69,7 +69,9 @@ class Trainer:
             Mask updates stay on schedule (a call ends at each update step). Batches must have a
             fixed shape (``drop_remainder=True``); one device only. Callbacks' ``on_step_end``
             then runs once per call, and the loss is logged at the first call end after each
-            ``log_every_steps``.
+            ``log_every_steps``. The arithmetic is the same as one step a call up to float
+            rounding (XLA may fuse the loop body differently), so, as with XLA on against off,
+            a long run is not bit-for-bit the run with one step a call.
     """
 
     def __init__(self, model: keras.Model, algorithm: SparseAlgorithm, optimizer: keras.optimizers.Optimizer,
