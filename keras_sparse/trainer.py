@@ -418,8 +418,7 @@ class Trainer:
             staged = 1 if self.steps_per_execution == 1 else tf.nest.flatten(y)[0].shape[0]
             start = 0
             while start < staged:
-                count = self._steps_in_next_call(staged - start)
-                update = self.algorithm.is_update_step(self.step + count - 1)
+                count, update = self._next_call(staged - start)
                 # Only TensorBoard's drop-fraction/IoU summaries need the masks before an update.
                 before = self._host_masks() if update and self.logdir else None
                 self._count_costs(count)
@@ -448,13 +447,14 @@ class Trainer:
                     return losses
         return losses
 
-    def _steps_in_next_call(self, most: int) -> int:
-        """Steps for the next compiled call: up to ``most``, ending at the next mask update, so
-        the host reads each update's masks before the next one (FLOPs and summaries stay exact)."""
-        for n in range(1, most):
+    def _next_call(self, most: int) -> tuple[int, bool]:
+        """Steps for the next compiled call, and whether its last one updates the masks: up to
+        ``most`` steps, ending at the next mask update, so the host reads each update's masks
+        before the next one (FLOPs and summaries stay exact)."""
+        for n in range(1, most + 1):
             if self.algorithm.is_update_step(self.step + n - 1):
-                return n
-        return most
+                return n, True
+        return most, False
 
     def _count_costs(self, count: int) -> None:
         """Adds the dense-gradient steps and training FLOPs of the next ``count`` steps."""
