@@ -45,14 +45,20 @@ def plain_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, loss_f
     return step
 
 
+def seconds_per_call(call: Callable[[], tf.Tensor], calls: int) -> float:
+    """Runs ``call()`` ``calls`` times back to back; returns the wall time per call, waiting for
+    the last result (and for anything pending before the first)."""
+    call().numpy()
+    start = time.perf_counter()
+    for _ in range(calls):
+        result = call()
+    result.numpy()
+    return (time.perf_counter() - start) / calls
+
+
 def steps_per_second(step: Step, x: tf.Tensor, y: tf.Tensor, steps: int) -> float:
     """Runs ``step(x, y)`` ``steps`` times back to back; returns steps per second of wall time."""
-    step(x, y).numpy()  # make sure nothing is pending
-    start = time.perf_counter()
-    for _ in range(steps):
-        loss = step(x, y)
-    loss.numpy()
-    return steps / (time.perf_counter() - start)
+    return 1.0 / seconds_per_call(lambda: step(x, y), steps)
 
 
 def steps_for(step: Step, x: tf.Tensor, y: tf.Tensor, seconds: float, most: int = 1000) -> int:

@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import statistics
-import time
 from typing import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -37,15 +36,6 @@ import keras_sparse as ks  # noqa: E402
 from keras_sparse import algorithms, mask_ops, models  # noqa: E402
 
 SHAPE, BATCH, SPARSITY = (28, 28, 1), 128, 0.9
-
-
-def milliseconds_per_call(call: Callable[[], tf.Tensor], calls: int) -> float:
-    np.asarray(call())
-    start = time.perf_counter()
-    for _ in range(calls):
-        result = call()
-    np.asarray(result)
-    return 1000 * (time.perf_counter() - start) / calls
 
 
 def build() -> keras.Model:
@@ -109,7 +99,7 @@ def main() -> None:
         times = {name: [] for name in table}
         for _ in range(args.rounds):
             for name, (call, calls) in table.items():
-                times[name].append(milliseconds_per_call(call, calls))
+                times[name].append(1000 * common.seconds_per_call(call, calls))
         times["20 staged steps (static), per step"] = [t / 20 for t in times["20 staged steps (static), per step"]]
         results["xla" if jit else "no_xla"] = {name: {"ms": statistics.median(v), "rounds": v} for name, v in times.items()}
     print(f"LeNet-300-100, batch {BATCH}, ms per call, median of {args.rounds} rounds\n")
