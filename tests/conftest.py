@@ -47,6 +47,32 @@ def build_convnet(seed: int = 0, n_out: int = 3) -> keras.Model:
     return keras.Model(inputs, outputs, name="convnet")
 
 
+def build_small_convnet(seed: int = 0) -> keras.Model:
+    """A plain (unwrapped) Sequential convnet on 6x6x1 inputs: Conv2D 8, Dense 16, Dense 4."""
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(8, 3, activation="relu", name="conv"),
+                             keras.layers.Flatten(), keras.layers.Dense(16, activation="relu", name="fc"),
+                             keras.layers.Dense(4, name="out")])
+
+
+# Every algorithm at 80% sparsity, updating every 2 steps: test_fit and test_distributed (whose
+# subprocess imports this module) train these on build_small_convnet and small_convnet_data.
+SMALL_RUN_ALGORITHMS = {
+    "dense": lambda: algorithms.Dense(),
+    "static": lambda: algorithms.StaticSparse(sparsity=0.8),
+    "magnitude": lambda: algorithms.MagnitudePruning(sparsity=0.8, begin_step=2, end_step=10, frequency=2),
+    "snip": lambda: algorithms.SNIP(sparsity=0.8),
+    "set": lambda: algorithms.SET(sparsity=0.8, update_frequency=2),
+    "rigl": lambda: algorithms.RigL(sparsity=0.8, update_frequency=2),
+    "rigl_frozen": lambda: algorithms.RigL(sparsity=0.8, update_frequency=2, freeze_step=5),
+}
+
+
+def small_convnet_data() -> tf.data.Dataset:
+    """96 examples for build_small_convnet in batches of 16: 6 steps an epoch, same order each epoch."""
+    return make_dataset(96, (6, 6, 1), 4, batch=16)
+
+
 def make_arrays(n: int, input_shape: tuple[int, ...], n_classes: int, seed: int = 0):
     """Random float32 inputs and integer labels."""
     rng = np.random.default_rng(seed)

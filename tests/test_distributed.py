@@ -21,28 +21,14 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras, numpy as np
 import keras_sparse as ks
-from keras_sparse import algorithms
+sys.path.insert(0, "tests")
+from conftest import SMALL_RUN_ALGORITHMS as ALGORITHMS, build_small_convnet, small_convnet_data
 
-ALGORITHMS = {
-    "dense": lambda: algorithms.Dense(),
-    "static": lambda: algorithms.StaticSparse(sparsity=0.8),
-    "magnitude": lambda: algorithms.MagnitudePruning(sparsity=0.8, begin_step=2, end_step=8, frequency=2),
-    "snip": lambda: algorithms.SNIP(sparsity=0.8),
-    "set": lambda: algorithms.SET(sparsity=0.8, update_frequency=2),
-    "rigl": lambda: algorithms.RigL(sparsity=0.8, update_frequency=2),
-    "rigl_frozen": lambda: algorithms.RigL(sparsity=0.8, update_frequency=2, freeze_step=5),
-}
-rng = np.random.default_rng(0)
-x = rng.normal(size=(96, 6, 6, 1)).astype("float32")
-y = rng.integers(0, 4, size=96)
-data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)  # 6 steps an epoch, global batch 16
+data = small_convnet_data()  # 6 steps an epoch, global batch 16
 
 def train(name, strategy):
     with strategy.scope():
-        keras.utils.set_random_seed(0)
-        model = ks.wrap(keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(8, 3, activation="relu", name="conv"),
-                                          keras.layers.Flatten(), keras.layers.Dense(16, activation="relu", name="fc"),
-                                          keras.layers.Dense(4, name="out")]))
+        model = ks.wrap(build_small_convnet())
         optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
     trainer = ks.Trainer(model, ALGORITHMS[name](), optimizer,
                          keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=False,
