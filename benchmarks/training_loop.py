@@ -82,10 +82,11 @@ def build() -> keras.Model:
 
 
 class Variant:
-    """Something that runs one epoch of the data per call, timed by ``run_epoch``."""
+    """Something that runs one epoch of the data per call, timed by ``run_epoch``; ``trainer``
+    is set for the keras-sparse variants."""
 
-    def __init__(self, name: str, epoch: Callable[[int], None]):
-        self.name, self._epoch, self.rounds_done = name, epoch, 0
+    def __init__(self, name: str, epoch: Callable[[int], None], trainer: ks.Trainer | None = None):
+        self.name, self._epoch, self.trainer, self.rounds_done = name, epoch, trainer, 0
 
     def run_epoch(self) -> float:
         start = time.perf_counter()
@@ -98,9 +99,7 @@ def trainer_variant(name: str, make_algorithm, data, jit: bool, steps_per_execut
     trainer = ks.Trainer(ks.wrap(build()), make_algorithm(), optimizer(), loss_fn(), jit_compile=jit,
                          progress=False, steps_per_execution=steps_per_execution)
     trainer.fit(data, epochs=1)  # warm-up: initial masks, compilation
-    variant = Variant(name, lambda done: trainer.fit(data, epochs=done + 2))
-    variant.trainer = trainer
-    return variant
+    return Variant(name, lambda done: trainer.fit(data, epochs=done + 2), trainer)
 
 
 def plain_loop_variant(data, watch_loss: bool) -> Variant:
@@ -145,8 +144,8 @@ def main() -> None:
         for v in variants:
             seconds[v.name].append(v.run_epoch())
     rate = {name: args.steps / statistics.median(values) for name, values in seconds.items()}
-    sparsity = {v.name: v.trainer.sparsity() for v in variants if hasattr(v, "trainer")}
-    dense_steps = {v.name: v.trainer.dense_gradient_steps for v in variants if hasattr(v, "trainer")}
+    sparsity = {v.name: v.trainer.sparsity() for v in variants if v.trainer}
+    dense_steps = {v.name: v.trainer.dense_gradient_steps for v in variants if v.trainer}
 
     print(f"LeNet-300-100, batch {args.batch}, {args.steps} steps a round, median of {args.rounds} rounds\n")
     print("(1) Trainer.fit, XLA on, one step a call, ÷ static sparse")
