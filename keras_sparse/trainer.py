@@ -564,21 +564,20 @@ def _staged(batches: tf.data.Dataset, size: int):
     if all(spec.shape.is_fully_defined() for spec in tf.nest.flatten(batches.element_spec)):
         yield from batches.batch(size)  # every batch alike: tf.data stacks them ahead of the loop
         return
+    def stack(chunk: list):
+        return tf.nest.map_structure(lambda *parts: tf.stack(parts), *chunk)
+
+    def shapes(batch) -> list:
+        return [tuple(t.shape) for t in tf.nest.flatten(batch)]
+
     chunk: list = []
     for batch in batches:
-        if chunk and _shapes(batch) != _shapes(chunk[0]):
-            yield tf.nest.map_structure(lambda *parts: tf.stack(parts), *chunk)
+        if chunk and (len(chunk) == size or shapes(batch) != shapes(chunk[0])):
+            yield stack(chunk)
             chunk = []
         chunk.append(batch)
-        if len(chunk) == size:
-            yield tf.nest.map_structure(lambda *parts: tf.stack(parts), *chunk)
-            chunk = []
     if chunk:
-        yield tf.nest.map_structure(lambda *parts: tf.stack(parts), *chunk)
-
-
-def _shapes(batch) -> list:
-    return [tuple(t.shape) for t in tf.nest.flatten(batch)]
+        yield stack(chunk)
 
 
 def _cardinality(data: tf.data.Dataset) -> int:
