@@ -99,8 +99,8 @@ def test_checkpoint_resume(tmp_path, mlp, dataset):
 def test_each_program_compiles_once(algorithm_runs):
     trainer = algorithm_runs["rigl"].trainer
     assert trainer.jit_compile
-    assert trainer._train_step.experimental_get_tracing_count() == 1
-    assert trainer._update_step.experimental_get_tracing_count() == 1
+    assert trainer._train_step.function.experimental_get_tracing_count() == 1
+    assert trainer._update_step.function.experimental_get_tracing_count() == 1
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -306,7 +306,7 @@ def test_staged_calls_end_at_mask_updates(mlp, dataset):
     trainer.fit(dataset(96, (8,), 4, batch=8), epochs=1, callbacks=[ends])  # 12 steps
     # Steps done after each call: 0-3 | 4 | 5-6 | 7-9 | 10-11.
     assert ends.steps == [4, 5, 7, 10, 12]
-    assert trainer._multi_step.experimental_get_tracing_count() == 2  # stacks of 5 and of 2 batches
+    assert trainer._multi_step.function.experimental_get_tracing_count() == 2  # stacks of 5 and of 2 batches
 
 
 @pytest.mark.parametrize("value", [0, -2, 1.5])
