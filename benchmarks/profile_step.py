@@ -6,9 +6,11 @@ LeNet-300-100, batch 128, SGD with momentum, 90% sparsity, XLA on and off. Each 
 program called back to back (median over rounds of the mean time a call):
 
 - ``empty program``: an XLA program that returns a scalar: TensorFlow's per-call floor.
+- ``empty program, concrete call``: the same called through its concrete function, as the
+  Trainer calls its programs (``tf.function`` itself matches the arguments' signature each call).
 - ``plain step`` / ``plain step + NaN watch``: a plain Keras 3 dense step, without and with the
   step counter and NaN record the Trainer's step carries.
-- ``train step (static)``: ``ks.Trainer``'s step, masks applied.
+- ``train step (static)``: ``ks.Trainer``'s step, masks applied, called as the Trainer calls it.
 - ``update step (<algorithm>)``: the Trainer's mask-update program (a train step plus the
   algorithm's ``updated_masks``), for RigL, SET and magnitude pruning. Runs every ΔT steps.
 - ``20 staged steps (static)``: ``steps_per_execution=20``: one call running 20 steps.
@@ -75,6 +77,7 @@ def programs(jit: bool) -> dict[str, tuple[Callable[[], tf.Tensor], int]]:
     full_sort = tf.function(lambda s: tf.math.top_k(tf.reshape(s, [-1]), k=784 * 300).indices, jit_compile=jit)
     table = {
         "empty program": (lambda: empty(y), 1000),
+        "empty program, concrete call": (lambda c=empty.get_concrete_function(y): c(y), 1000),
         "plain step": (lambda: plain(x, y), 200),
         "plain step + NaN watch": (lambda: watched(x, y), 200),
         "train step (static)": (lambda: static._train_step(x, y), 200),
