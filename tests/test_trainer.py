@@ -9,6 +9,7 @@ import tensorflow as tf
 
 import keras_sparse as ks
 from keras_sparse import algorithms, mask_ops
+from keras_sparse import trainer as trainer_lib
 
 from conftest import (RUN_EPOCHS, RUN_STEPS_PER_EPOCH, RUN_TOTAL_STEPS, build_convnet, loss_fn, make_dataset,
                       run_algorithms)
@@ -101,6 +102,20 @@ def test_each_program_compiles_once(algorithm_runs):
     assert trainer.jit_compile
     assert trainer._train_step.function.experimental_get_tracing_count() == 1
     assert trainer._update_step.function.experimental_get_tracing_count() == 1
+
+
+def test_programs_are_called_through_one_concrete_function_per_signature():
+    add = tf.function(lambda x, y: x + tf.cast(y["b"], x.dtype))
+    dispatch = trainer_lib._SignatureDispatch(add)
+    first = dispatch(tf.ones([2]), {"b": tf.ones([2], tf.int32)})
+    again = dispatch(tf.zeros([2]), {"b": tf.ones([2], tf.int32)})
+    dispatch(tf.ones([3]), {"b": tf.ones([3], tf.int32)})  # another shape: a second signature
+    assert add.experimental_get_tracing_count() == 2 and len(dispatch._concrete) == 2
+    np.testing.assert_array_equal(first, [2.0, 2.0])
+    np.testing.assert_array_equal(again, [1.0, 1.0])
+    # Arguments that are not tensors go through the tf.function itself.
+    np.testing.assert_array_equal(dispatch(np.ones(2, np.float32), {"b": np.zeros(2, np.int32)}), [1.0, 1.0])
+    assert len(dispatch._concrete) == 2
 
 
 @pytest.mark.parametrize("name, expected", [
