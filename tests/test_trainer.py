@@ -104,6 +104,23 @@ def test_each_program_compiles_once(algorithm_runs):
     assert trainer._update_step.function.experimental_get_tracing_count() == 1
 
 
+def test_an_epoch_pipeline_is_built_once_per_data_set(mlp):
+    trainer = ks.Trainer(ks.wrap(mlp(seed=0)), algorithms.StaticSparse(0.5), keras.optimizers.SGD(0.1), _loss(),
+                         progress=False, steps_per_execution=2)
+
+    def data():
+        rng = np.random.default_rng(0)
+        examples = (rng.normal(size=(32, 8)).astype("float32"), rng.integers(0, 4, size=32))
+        return tf.data.Dataset.from_tensor_slices(examples).batch(8, drop_remainder=True)
+
+    source = data()
+    first = trainer._epoch_batches(source, 0, 4)
+    assert trainer._epoch_batches(source, 0, 4) is first  # the next epoch reuses it
+    assert trainer._epoch_batches(source, 1, 4) is not first  # a resumed epoch skips its done steps
+    assert [y.shape[0] for _, y in trainer._epoch_batches(source, 1, 4)] == [2, 1]  # 3 steps left, 2 a call
+    assert trainer._epoch_batches(data(), 0, 4) is not first  # another data set
+
+
 def test_programs_are_called_through_one_concrete_function_per_signature():
     add = tf.function(lambda x, y: x + tf.cast(y["b"], x.dtype))
     dispatch = trainer_lib._SignatureDispatch(add)
