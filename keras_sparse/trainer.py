@@ -136,6 +136,7 @@ class Trainer:
         self._update_step = self._compile(self._update_step_fn, tf.distribute.ReduceOp.MEAN)
         self._eval_step = self._compile(self._eval_step_fn, tf.distribute.ReduceOp.SUM)
         self._multi_step = _SignatureDispatch(tf.function(self._multi_step_fn, jit_compile=self.jit_compile))
+        self._active_counts = tf.function(self._active_counts_fn, jit_compile=self.jit_compile)
         self._scalars_cache: dict[Any, tf.Tensor] = {}
 
     # ------------------------------------------------------------ compiled parts
@@ -326,8 +327,13 @@ class Trainer:
     def _refresh_densities(self) -> None:
         """Counts the active weights of each mask on its device and updates the densities the
         FLOPs count uses (no copy of the masks is kept on the host)."""
-        self._densities = {k.key: float(tf.math.count_nonzero(k.mask)) / float(np.prod(k.mask.shape))
-                           for k in self.kernels}
+        counts = self._active_counts().numpy()
+        self._densities = {k.key: float(count) / float(np.prod(k.mask.shape)) for k, count in zip(self.kernels, counts)}
+
+    def _active_counts_fn(self) -> tf.Tensor:
+        # One compiled call and one read-back for all masks (one eager count per mask cost
+        # ~0.3 ms more after every LeNet-300-100 mask update).
+        return tf.stack([tf.math.count_nonzero(k.mask, dtype=tf.int64) for k in self.kernels])
 
     def _host_masks(self) -> dict[str, np.ndarray]:
         return {k.key: k.mask.numpy() for k in self.kernels}
