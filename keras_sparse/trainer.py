@@ -603,8 +603,9 @@ def _sigterm_flag():
 class _SignatureDispatch:
     """Calls a ``tf.function`` through its concrete function for the arguments' shapes and
     dtypes. ``tf.function`` matches its arguments against every traced signature at each call,
-    about 70 µs here, a tenth of a LeNet-300-100 step on 2 CPU cores; this looks the concrete
-    function up in a dict. Arguments other than tensors go through the ``tf.function``."""
+    45–75 µs on 2 CPU cores (BENCHMARKS.md), up to a tenth of a LeNet-300-100 step; this looks
+    the concrete function up in a dict. Arguments other than tensors go through the
+    ``tf.function``."""
 
     def __init__(self, function):
         self.function = function
