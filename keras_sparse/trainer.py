@@ -210,12 +210,17 @@ class Trainer:
         decided in-graph) the algorithm's mask update, computed from this step's dense
         gradients. Returns the loss and the predictions."""
         loss, predictions, kernel_gradients = self._plain_step(x, y)
-        if isinstance(update_masks, bool):
-            if update_masks:
+        self._update_masks_if(update_masks, kernel_gradients)
+        return loss, predictions
+
+    def _update_masks_if(self, update: bool | tf.Tensor, kernel_gradients: list) -> None:
+        """``_update_masks`` if ``update``: decided while tracing for a Python bool, in-graph
+        (a conditional) for a boolean tensor."""
+        if isinstance(update, bool):
+            if update:
                 self._update_masks(kernel_gradients)
         else:
-            tf.cond(update_masks, lambda: self._update_masks(kernel_gradients), lambda: tf.constant(False))
-        return loss, predictions
+            tf.cond(update, lambda: self._update_masks(kernel_gradients), lambda: tf.constant(False))
 
     def _update_masks(self, kernel_gradients: list) -> tf.Tensor:
         """The algorithm's mask update at the step just taken, from that step's dense gradients
@@ -254,7 +259,7 @@ class Trainer:
         # The update sits after the loop, on the gradients the loop carries out, rather than in
         # the loop body: XLA copies a conditional's operands every time it runs, which cost ~7%
         # of every LeNet-300-100 step when the conditional ran once a step.
-        tf.cond(update_last, lambda: self._update_masks(kernel_gradients), lambda: tf.constant(False))
+        self._update_masks_if(update_last, kernel_gradients)
         return losses
 
     def _assign_mask(self, kernel, old_mask, new_mask) -> None:
