@@ -11,8 +11,8 @@ import keras_sparse as ks
 from keras_sparse import algorithms, mask_ops
 from keras_sparse import trainer as trainer_lib
 
-from conftest import (RUN_EPOCHS, RUN_STEPS_PER_EPOCH, RUN_TOTAL_STEPS, build_convnet, loss_fn, make_dataset,
-                      run_algorithms)
+from conftest import (RUN_EPOCHS, RUN_STEPS_PER_EPOCH, RUN_TOTAL_STEPS, build_convnet, loss_fn, make_arrays,
+                      make_dataset, run_algorithms)
 
 
 def _loss():
@@ -108,10 +108,8 @@ def test_an_epoch_pipeline_is_built_once_per_data_set(mlp):
     trainer = ks.Trainer(ks.wrap(mlp(seed=0)), algorithms.StaticSparse(0.5), keras.optimizers.SGD(0.1), _loss(),
                          progress=False, steps_per_execution=2)
 
-    def data():
-        rng = np.random.default_rng(0)
-        examples = (rng.normal(size=(32, 8)).astype("float32"), rng.integers(0, 4, size=32))
-        return tf.data.Dataset.from_tensor_slices(examples).batch(8, drop_remainder=True)
+    def data():  # fixed-shape batches, so tf.data does the stacking
+        return tf.data.Dataset.from_tensor_slices(make_arrays(32, (8,), 4)).batch(8, drop_remainder=True)
 
     source = data()
     first = trainer._epoch_batches(source, 0, 4)
