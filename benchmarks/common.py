@@ -1,5 +1,6 @@
-"""Helpers shared by the benchmark scripts: a plain Keras 3 train step, steps/s of a step
-function, and alternating named step functions round by round with medians.
+"""Helpers shared by the benchmark scripts: the seeded LeNet-300-100, a plain Keras 3 train
+step, steps/s of a step function, and alternating named step functions round by round with
+medians.
 
 The scripts run as ``python benchmarks/<script>.py``, which puts this directory on ``sys.path``:
 they ``import common``.
@@ -14,7 +15,16 @@ from collections.abc import Callable, Mapping
 import keras
 import tensorflow as tf
 
+from keras_sparse import models
+
 Step = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+
+
+def lenet_300_100() -> keras.Model:
+    """LeNet-300-100 on 28×28×1 inputs, 10 classes, with seed 0's initial weights: the model of
+    the LeNet-300-100 speed benchmarks, the same in every script."""
+    keras.utils.set_random_seed(0)
+    return models.build((28, 28, 1), 10, name="lenet_300_100")
 
 
 def plain_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, loss_fn: Callable,

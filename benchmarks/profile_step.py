@@ -35,18 +35,13 @@ import tensorflow as tf  # noqa: E402
 
 import common  # noqa: E402
 import keras_sparse as ks  # noqa: E402
-from keras_sparse import algorithms, mask_ops, models  # noqa: E402
+from keras_sparse import algorithms, mask_ops  # noqa: E402
 
 SHAPE, BATCH, SPARSITY = (28, 28, 1), 128, 0.9
 
 
-def build() -> keras.Model:
-    keras.utils.set_random_seed(0)
-    return models.build(SHAPE, 10, name="lenet_300_100")
-
-
 def trainer(algorithm: algorithms.SparseAlgorithm, jit: bool, x, y, steps_per_execution: int = 1) -> ks.Trainer:
-    t = ks.Trainer(ks.wrap(build()), algorithm, keras.optimizers.SGD(0.01, momentum=0.9),
+    t = ks.Trainer(ks.wrap(common.lenet_300_100()), algorithm, keras.optimizers.SGD(0.01, momentum=0.9),
                    keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit, progress=False,
                    steps_per_execution=steps_per_execution)
     t.setup(tf.data.Dataset.from_tensors((x, y)), epochs=1)
@@ -60,8 +55,8 @@ def programs(jit: bool) -> dict[str, tuple[Callable[[], tf.Tensor], int]]:
     y = tf.constant(rng.integers(0, 10, size=BATCH))
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     empty = tf.function(lambda v: tf.reduce_sum(v), jit_compile=jit)
-    plain = common.plain_step(build(), keras.optimizers.SGD(0.01, momentum=0.9), loss, jit)
-    watched = common.plain_step(build(), keras.optimizers.SGD(0.01, momentum=0.9), loss, jit, watch_loss=True)
+    plain = common.plain_step(common.lenet_300_100(), keras.optimizers.SGD(0.01, momentum=0.9), loss, jit)
+    watched = common.plain_step(common.lenet_300_100(), keras.optimizers.SGD(0.01, momentum=0.9), loss, jit, watch_loss=True)
     static = trainer(algorithms.StaticSparse(SPARSITY), jit, x, y)
     staged = trainer(algorithms.StaticSparse(SPARSITY), jit, x, y, steps_per_execution=20)
     xs, ys = tf.stack([x] * 20), tf.stack([y] * 20)

@@ -40,7 +40,7 @@ import tensorflow as tf  # noqa: E402
 
 import common  # noqa: E402
 import keras_sparse as ks  # noqa: E402
-from keras_sparse import algorithms, models  # noqa: E402
+from keras_sparse import algorithms  # noqa: E402
 
 SHAPE, CLASSES, SPARSITY, UPDATE_EVERY = (28, 28, 1), 10, 0.9, 100
 
@@ -76,11 +76,6 @@ def optimizer() -> keras.optimizers.Optimizer:
     return keras.optimizers.SGD(0.01, momentum=0.9)
 
 
-def build() -> keras.Model:
-    keras.utils.set_random_seed(0)
-    return models.build(SHAPE, CLASSES, name="lenet_300_100")
-
-
 class Variant:
     """Something that runs one epoch of the data per call, timed by ``run_epoch``; ``trainer``
     is set for the keras-sparse variants."""
@@ -96,14 +91,14 @@ class Variant:
 
 
 def trainer_variant(name: str, make_algorithm, data, jit: bool, steps_per_execution: int) -> Variant:
-    trainer = ks.Trainer(ks.wrap(build()), make_algorithm(), optimizer(), loss_fn(), jit_compile=jit,
+    trainer = ks.Trainer(ks.wrap(common.lenet_300_100()), make_algorithm(), optimizer(), loss_fn(), jit_compile=jit,
                          progress=False, steps_per_execution=steps_per_execution)
     trainer.fit(data, epochs=1)  # warm-up: initial masks, compilation
     return Variant(name, lambda done: trainer.fit(data, epochs=done + 2), trainer)
 
 
 def plain_loop_variant(data, watch_loss: bool) -> Variant:
-    step = common.plain_step(build(), optimizer(), loss_fn(), jit_compile=True, watch_loss=watch_loss)
+    step = common.plain_step(common.lenet_300_100(), optimizer(), loss_fn(), jit_compile=True, watch_loss=watch_loss)
 
     def epoch(_):
         for x, y in data:
@@ -115,7 +110,7 @@ def plain_loop_variant(data, watch_loss: bool) -> Variant:
 
 
 def keras_fit_variant(data) -> Variant:
-    model = build()
+    model = common.lenet_300_100()
     model.compile(optimizer=optimizer(), loss=loss_fn(), jit_compile=True)
     model.fit(data, epochs=1, verbose=0)
     return Variant("keras fit dense", lambda _: model.fit(data, epochs=1, verbose=0))

@@ -156,19 +156,15 @@ class TfmotRunner(Runner):
 
 def _keras3_parts() -> tuple[Any, Callable[[], Any], Callable[[], Any], Any]:
     """keras_sparse, a seeded LeNet-300-100 builder, an optimizer factory, the loss (Keras 3)."""
+    import common  # imports Keras 3: only in the Keras 3 workers
     import keras
 
     import keras_sparse as ks
-    from keras_sparse import models
-
-    def build():
-        keras.utils.set_random_seed(0)
-        return models.build(INPUT_SHAPE, CLASSES, name="lenet_300_100")
 
     def optimizer():
         return keras.optimizers.SGD(learning_rate=0.01, momentum=0.9)
 
-    return ks, build, optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    return ks, common.lenet_300_100, optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 def _magnitude_pruning(ks, config: dict[str, Any]):
