@@ -19,54 +19,64 @@ def topk_mask(scores: tf.Tensor, k: tf.Tensor | int) -> tf.Tensor:
     """Boolean mask of ``scores``' shape with exactly ``k`` True entries at the largest scores;
     ties go to the lower flat index (as ``tf.math.top_k`` orders them).
 
-    No sort: a search over the float32 values' bit patterns finds the k-th largest score by
-    counting, then ties at it are taken in index order. Counting passes fuse well under XLA; a
-    full sort of a 235k-weight kernel took 44 ms under XLA on CPU, this about 1 ms (BENCHMARKS.md).
-    ``k`` may be a tensor that changes from call to call without recompiling.
+    No sort: a radix select over the float32 values' bit patterns finds the k-th largest score
+    in three histogram passes (``_kth_largest_key``), then ties at it are taken in index order.
+    A full sort of a 235k-weight kernel took 44 ms under XLA on CPU, this about 0.4 ms
+    (BENCHMARKS.md). ``k`` may be a tensor that changes from call to call without recompiling.
     """
     flat = tf.reshape(scores, [-1])
     keys = _sortable_keys(flat)
     k = tf.clip_by_value(tf.cast(k, tf.int32), 0, tf.size(flat))
+    kth, above, at_kth = _kth_largest_key(keys, tf.maximum(k, 1))
+    needed = tf.maximum(k, 1) - above  # how many of the keys equal to the k-th are taken
 
-    def count_at_least(threshold):
-        return tf.reduce_sum(tf.cast(keys >= tf.cast(threshold, tf.int32), tf.int32))
-
-    # Invariant: count(keys >= low) >= k > count(keys > high), so the k-th largest key lies in
-    # [low, high]. Steps alternate between a secant guess (the counts are a smooth function of
-    # the threshold for real weights and gradients, so it closes in fast) and a bisection (which
-    # bounds the worst case at 64 steps); the search stops early at a threshold with exactly k keys
-    # at or above it.
-    low, high = tf.cast(tf.reduce_min(keys), tf.int64), tf.cast(tf.reduce_max(keys), tf.int64)
-    state = (tf.constant(0), low, high, tf.size(flat), tf.constant(0), tf.constant(False), low)
-
-    def searching(i, low, high, count_low, count_above_high, found, threshold):
-        return tf.logical_and(low < high, tf.logical_not(found))
-
-    def step(i, low, high, count_low, count_above_high, found, threshold):
-        span = high - low
-        share = tf.cast(count_low - k, tf.float64) / tf.cast(tf.maximum(count_low - count_above_high, 1), tf.float64)
-        secant = low + 1 + tf.cast(share * tf.cast(span, tf.float64), tf.int64)
-        middle = tf.where(i % 2 == 0, secant, low + (span + 1) // 2)
-        middle = tf.clip_by_value(middle, low + 1, high)
-        count = count_at_least(middle)
-        enough = count >= k
-        return (i + 1, tf.where(enough, middle, low), tf.where(enough, high, middle - 1),
-                tf.where(enough, count, count_low), tf.where(enough, count_above_high, count),
-                tf.equal(count, k), middle)
-
-    _, low, _, _, _, found, threshold = tf.while_loop(searching, step, state, maximum_iterations=64)
-
-    def exactly_k_at_or_above_threshold():
-        return keys >= tf.cast(threshold, tf.int32)
+    def all_at_kth():
+        return keys >= kth
 
     def ties_in_index_order():
-        above, ties = keys > tf.cast(low, tf.int32), keys == tf.cast(low, tf.int32)
-        needed = k - tf.reduce_sum(tf.cast(above, tf.int32))
-        return above | (ties & (tf.cumsum(tf.cast(ties, tf.int32)) <= needed))
+        ties = tf.equal(keys, kth)
+        return (keys > kth) | (ties & (tf.cumsum(tf.cast(ties, tf.int32)) <= needed))
 
-    mask = tf.cond(found, exactly_k_at_or_above_threshold, ties_in_index_order)
-    mask = tf.logical_and(mask, k > 0)  # k = 0: the search never ran, low is the minimum
+    mask = tf.cond(tf.equal(at_kth, needed), all_at_kth, ties_in_index_order)
+    mask = tf.logical_and(mask, k > 0)
     return tf.reshape(mask, tf.shape(scores))
+
+
+_DIGIT_BITS = (11, 11, 10)  # 2048-bin histograms: cheap suffix sums, and three passes cover 32 bits
+_LANES = 8  # sub-histograms per digit, so a run of equal keys does not serialize on one counter
+
+
+def _kth_largest_key(keys: tf.Tensor, k: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """The ``k``-th largest of the int32 ``keys`` (1 <= k <= size), how many keys are above it
+    and how many equal it: a most-significant-digit-first radix select.
+
+    Each pass histograms one digit of the keys that share the digits found so far, and keeps the
+    digit that holds the k-th largest. The histograms are scatter-adds (``unsorted_segment_sum``).
+    """
+    ordered = tf.bitcast(tf.bitwise.bitwise_xor(keys, tf.constant(-(2**31), tf.int32)), tf.uint32)
+    lane = tf.range(tf.size(keys)) % _LANES
+    prefix = tf.constant(0, tf.uint32)  # the digits of the k-th largest key found so far
+    above = tf.constant(0)  # keys above every key with that prefix
+    done = 0
+    for bits in _DIGIT_BITS:
+        shift = 32 - done - bits
+        digit = tf.bitwise.bitwise_and(tf.bitwise.right_shift(ordered, tf.constant(shift, tf.uint32)),
+                                       tf.constant((1 << bits) - 1, tf.uint32))
+        bins = tf.cast(digit, tf.int32) * _LANES + lane
+        if done:  # only keys with the prefix count; a negative bin drops the others
+            same = tf.equal(tf.bitwise.right_shift(ordered, tf.constant(32 - done, tf.uint32)), prefix)
+            bins = tf.where(same, bins, -1)
+        histogram = tf.math.unsorted_segment_sum(tf.ones_like(bins), bins, (1 << bits) * _LANES)
+        histogram = tf.reduce_sum(tf.reshape(histogram, [1 << bits, _LANES]), axis=1)
+        at_or_above = tf.cumsum(histogram, reverse=True) + above
+        chosen = tf.maximum(tf.reduce_sum(tf.cast(at_or_above >= k, tf.int32)) - 1, 0)
+        at_chosen = tf.gather(histogram, chosen)
+        above = tf.gather(at_or_above, chosen) - at_chosen
+        prefix = tf.bitwise.bitwise_or(tf.bitwise.left_shift(prefix, tf.constant(bits, tf.uint32)),
+                                       tf.cast(chosen, tf.uint32))
+        done += bits
+    kth = tf.bitcast(tf.bitwise.bitwise_xor(prefix, tf.constant(2**31, tf.uint32)), tf.int32)
+    return kth, above, at_chosen
 
 
 def _sortable_keys(values: tf.Tensor) -> tf.Tensor:

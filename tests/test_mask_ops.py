@@ -77,6 +77,36 @@ def test_topk_mask_on_a_large_kernel_is_exact():
     assert mask.sum() == 23520 and scores[mask].min() > scores[~mask].max()
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "xla"])
+def test_topk_mask_separates_scores_one_bit_apart(compiled):
+    """Neighbouring float32 values share all but their last bits, so only the radix select's
+    last pass tells them apart."""
+    neighbours = np.array(
+        [np.float32(1.0) + i * np.finfo(np.float32).eps for i in range(12)], dtype=np.float32)
+    scores = np.random.default_rng(0).permutation(np.concatenate([neighbours, -neighbours]))
+    topk = tf.function(mask_ops.topk_mask, jit_compile=True) if compiled else mask_ops.topk_mask
+    for k in range(scores.size + 1):
+        np.testing.assert_array_equal(topk(tf.constant(scores), tf.constant(k)).numpy(),
+                                      mask_ops.topk_mask_numpy(scores, k), err_msg=str(k))
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "xla"])
+def test_topk_mask_on_a_kernel_mostly_tied_at_the_bottom(compiled):
+    """RigL's drop scores: 90% of a 784x300 kernel at -1 (the inactive weights). k inside the
+    active weights, then k reaching into the tied block, which is taken in index order."""
+    rng = np.random.default_rng(1)
+    active = rng.random((784, 300)) < 0.1
+    scores = np.where(active, np.abs(rng.normal(size=active.shape)), -1.0).astype(np.float32)
+    topk = tf.function(mask_ops.topk_mask, jit_compile=True) if compiled else mask_ops.topk_mask
+    for k in (1, 16000, int(active.sum()), int(active.sum()) + 5000, active.size):
+        np.testing.assert_array_equal(topk(tf.constant(scores), tf.constant(k)).numpy(),
+                                      mask_ops.topk_mask_numpy(scores, k), err_msg=str(k))
+
+
+def test_topk_mask_of_nothing_is_empty():
+    assert mask_ops.topk_mask(tf.zeros([0, 3]), 2).shape == (0, 3)
+
+
 def test_topk_mask_with_minus_inf_excluded_first():
     scores = tf.constant([[-np.inf, 0.1], [0.0, -np.inf]], dtype=tf.float32)
     np.testing.assert_array_equal(mask_ops.topk_mask(scores, 2).numpy(), [[False, True], [True, False]])
