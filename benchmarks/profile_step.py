@@ -13,15 +13,19 @@ program called back to back (median over rounds of the mean time a call):
 - ``train step (static)``: ``ks.Trainer``'s step, masks applied, called as the Trainer calls it.
 - ``update step (<algorithm>)``: the Trainer's mask-update program (a train step plus the
   algorithm's ``updated_masks``), for RigL, SET and magnitude pruning. Runs every ΔT steps.
+  ``..., counting search``: the same program traced with the previous top-k (below).
 - ``20 staged steps (static)``: ``steps_per_execution=20``: one call running 20 steps.
-- ``topk_mask 784x300`` and ``full sort 784x300``: keras-sparse's exact top-k mask (bisection
-  and secant over the float bit patterns) against the full ``tf.math.top_k`` sort it replaced,
-  on the largest kernel's shape, k = 10%.
+- ``topk_mask 784x300, ...``: keras-sparse's exact top-k mask (a radix select over the float
+  bit patterns) on the largest kernel's shape: normal scores with k = 10%, and RigL's drop and
+  grow selections at 90% sparsity. ``counting search``: the same selections by the search
+  ``topk_mask`` used before (counting passes), and ``full sort``: the ``tf.math.top_k`` sort
+  that the counting search replaced (k = 10%).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -38,6 +42,55 @@ import keras_sparse as ks  # noqa: E402
 from keras_sparse import algorithms, mask_ops  # noqa: E402
 
 SHAPE, BATCH, SPARSITY = (28, 28, 1), 128, 0.9
+
+
+def counting_search_topk_mask(scores: tf.Tensor, k: tf.Tensor) -> tf.Tensor:
+    """``topk_mask`` as it was before the radix select (commit 72c9433): a search for the k-th
+    largest key by counting the keys at or above a guess, alternating secant and bisection
+    guesses, 9–26 passes over the kernel. Kept here only as the baseline of its row."""
+    keys = mask_ops._sortable_keys(tf.reshape(scores, [-1]))
+    k = tf.clip_by_value(tf.cast(k, tf.int32), 0, tf.size(keys))
+
+    def count_at_least(threshold):
+        return tf.reduce_sum(tf.cast(keys >= tf.cast(threshold, tf.int32), tf.int32))
+
+    def step(i, low, high, count_low, count_above_high, found, threshold):
+        span = high - low
+        share = tf.cast(count_low - k, tf.float64) / tf.cast(tf.maximum(count_low - count_above_high, 1), tf.float64)
+        middle = tf.where(i % 2 == 0, low + 1 + tf.cast(share * tf.cast(span, tf.float64), tf.int64),
+                          low + (span + 1) // 2)
+        middle = tf.clip_by_value(middle, low + 1, high)
+        count = count_at_least(middle)
+        enough = count >= k
+        return (i + 1, tf.where(enough, middle, low), tf.where(enough, high, middle - 1),
+                tf.where(enough, count, count_low), tf.where(enough, count_above_high, count),
+                tf.equal(count, k), middle)
+
+    def searching(i, low, high, count_low, count_above_high, found, threshold):
+        return tf.logical_and(low < high, tf.logical_not(found))
+
+    low, high = tf.cast(tf.reduce_min(keys), tf.int64), tf.cast(tf.reduce_max(keys), tf.int64)
+    state = (tf.constant(0), low, high, tf.size(keys), tf.constant(0), tf.constant(False), low)
+    _, low, _, _, _, found, threshold = tf.while_loop(searching, step, state, maximum_iterations=64)
+
+    def ties_in_index_order():
+        kth = tf.cast(low, tf.int32)
+        ties, needed = keys == kth, k - tf.reduce_sum(tf.cast(keys > kth, tf.int32))
+        return (keys > kth) | (ties & (tf.cumsum(tf.cast(ties, tf.int32)) <= needed))
+
+    mask = tf.cond(found, lambda: keys >= tf.cast(threshold, tf.int32), ties_in_index_order)
+    return tf.reshape(tf.logical_and(mask, k > 0), tf.shape(scores))
+
+
+@contextlib.contextmanager
+def swapped(module, name: str, value):
+    """``module.name`` set to ``value`` inside the ``with`` block."""
+    original = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
 
 
 def trainer(algorithm: algorithms.SparseAlgorithm, jit: bool, x, y, steps_per_execution: int = 1) -> ks.Trainer:
@@ -62,13 +115,23 @@ def programs(jit: bool) -> dict[str, tuple[Callable[[], tf.Tensor], int]]:
     xs, ys = tf.stack([x] * 20), tf.stack([y] * 20)
     start, count, no = tf.constant(0), tf.constant(20), tf.constant(False)
     updates = {
-        "rigl": algorithms.RigL(SPARSITY, update_frequency=100, end_step=10**6),
-        "set": algorithms.SET(SPARSITY, update_frequency=100, end_step=10**6),
-        "magnitude": algorithms.MagnitudePruning(SPARSITY, begin_step=0, end_step=10**6, frequency=100),
+        "rigl": lambda: algorithms.RigL(SPARSITY, update_frequency=100, end_step=10**6),
+        "set": lambda: algorithms.SET(SPARSITY, update_frequency=100, end_step=10**6),
+        "magnitude": lambda: algorithms.MagnitudePruning(SPARSITY, begin_step=0, end_step=10**6, frequency=100),
     }
     scores = tf.constant(rng.normal(size=(784, 300)).astype("float32"))
     k = tf.constant(23520)
+    # RigL's two selections at 90% sparsity: keep 70% of the active weights (the rest at -1), then
+    # grow 30% of them where a heavy-tailed |gradient| is largest (kept positions at -inf).
+    active = rng.random((784, 300)) < 0.1
+    drop = np.where(active, np.abs(rng.normal(size=active.shape)), -1.0).astype("float32")
+    kept = mask_ops.topk_mask_numpy(drop, int(0.7 * active.sum()))
+    gradient = np.abs(rng.normal(size=active.shape) * rng.exponential(size=active.shape))
+    grow = np.where(kept, -np.inf, gradient).astype("float32")
+    selections = {"k = 10%": (scores, k), "RigL drop": (tf.constant(drop), tf.constant(int(0.7 * active.sum()))),
+                  "RigL grow": (tf.constant(grow), tf.constant(int(0.3 * active.sum())))}
     topk = tf.function(mask_ops.topk_mask, jit_compile=jit)
+    counting = tf.function(counting_search_topk_mask, jit_compile=jit)
     full_sort = tf.function(lambda s: tf.math.top_k(tf.reshape(s, [-1]), k=784 * 300).indices, jit_compile=jit)
     table = {
         "empty program": (lambda: empty(y), 1000),
@@ -78,10 +141,19 @@ def programs(jit: bool) -> dict[str, tuple[Callable[[], tf.Tensor], int]]:
         "train step (static)": (lambda: static._train_step(x, y), 200),
         "20 staged steps (static), per step": (lambda: staged._multi_step(xs, ys, start, count, no), 10),
     }
-    for name, algorithm in updates.items():
-        t = trainer(algorithm, jit, x, y)
+    for name, make in updates.items():
+        t = trainer(make(), jit, x, y)
         table[f"update step ({name})"] = (lambda t=t: t._update_step(x, y), 20)
-    table["topk_mask 784x300"] = (lambda: topk(scores, k), 20)
+    for name in ("rigl", "magnitude"):
+        # The same update step traced with the previous top-k: the library looks topk_mask up
+        # in mask_ops when the step is traced, on its first call.
+        t = trainer(updates[name](), jit, x, y)
+        with swapped(mask_ops, "topk_mask", counting_search_topk_mask):
+            t._update_step(x, y)
+        table[f"update step ({name}), counting search"] = (lambda t=t: t._update_step(x, y), 20)
+    for name, (values, keep) in selections.items():
+        table[f"topk_mask 784x300, {name}"] = (lambda v=values, c=keep: topk(v, c), 20)
+        table[f"counting search 784x300, {name}"] = (lambda v=values, c=keep: counting(v, c), 20)
     table["full sort 784x300"] = (lambda: full_sort(scores), 10)
     return table
 
