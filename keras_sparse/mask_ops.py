@@ -27,8 +27,9 @@ def topk_mask(scores: tf.Tensor, k: tf.Tensor | int) -> tf.Tensor:
     flat = tf.reshape(scores, [-1])
     keys = _sortable_keys(flat)
     k = tf.clip_by_value(tf.cast(k, tf.int32), 0, tf.size(flat))
-    kth, above, at_kth = _kth_largest_key(keys, tf.maximum(k, 1))
-    needed = tf.maximum(k, 1) - above  # how many of the keys equal to the k-th are taken
+    wanted = tf.maximum(k, 1)  # k = 0 selects as k = 1, and the mask is cleared below
+    kth, above, at_kth = _kth_largest_key(keys, wanted)
+    needed = wanted - above  # how many of the keys equal to the k-th are taken
 
     def all_at_kth():
         return keys >= kth
