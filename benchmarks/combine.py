@@ -66,31 +66,43 @@ def training_loop(runs: list[dict[str, Any]]) -> str:
     def best(run, name):  # steps/s of the fastest round
         return run["steps"] / min(run["seconds"][name])
 
-    algorithms = [n for n in runs[0]["sparsity"] if " " not in n]
+    def paired(run, name):  # as training_loop.paired_ratio: the median of the per-round ratios to static
+        return statistics.median(b / s for s, b in zip(run["seconds"][name], run["seconds"]["static"]))
+
+    def in_every_run(name):
+        return all(name in run["seconds"] for run in runs)
+
+    algorithms = [n for n in runs[0]["sparsity"] if " " not in n and in_every_run(n)]
     k = runs[0]["steps_per_execution"]
     plain = ("plain dense loop", "plain dense loop + NaN watch")
+    references = [n for n in (*plain, "keras fit dense") if in_every_run(n)]
     out = []
     rows = [[name, cells(runs, lambda run, n=name: rate(run, n), 1),
              cells(runs, lambda run, n=name: rate(run, n) / rate(run, "static")),
+             cells(runs, lambda run, n=name: paired(run, n)),
              cells(runs, lambda run, n=name: best(run, n) / best(run, "static"))]
-            for name in [*algorithms, *plain, "keras fit dense"]]
+            for name in [*algorithms, *references]]
     out.append("(1) one step a call, XLA on, ÷ static sparse\n\n"
-               + table(["algorithm", "median steps/s", "÷ static (medians)", "÷ static (best rounds)"], rows))
-    rows = [[name, cells(runs, lambda run, n=name: rate(run, n) / rate(run, f"{n} no-xla"))] for name in algorithms]
-    out.append("(2) XLA on ÷ off, one step a call (medians)\n\n" + table(["algorithm", "on ÷ off"], rows))
+               + table(["algorithm", "median steps/s", "÷ static (medians)", "÷ static (median of round ratios)",
+                        "÷ static (best rounds)"], rows))
+    if all(in_every_run(f"{n} no-xla") for n in algorithms):
+        rows = [[name, cells(runs, lambda run, n=name: rate(run, n) / rate(run, f"{n} no-xla"))]
+                for name in algorithms]
+        out.append("(2) XLA on ÷ off, one step a call (medians)\n\n" + table(["algorithm", "on ÷ off"], rows))
 
     def faster_plain(run, pick):
         return max(pick(run, n) for n in plain)
 
-    rows = [[name, cells(runs, lambda run, n=name: rate(run, f"{n} K={k}"), 1),
-             cells(runs, lambda run, n=name: rate(run, f"{n} K={k}") / rate(run, n)),
-             cells(runs, lambda run, n=name: rate(run, f"{n} K={k}") / faster_plain(run, rate)),
-             cells(runs, lambda run, n=name: best(run, f"{n} K={k}") / faster_plain(run, best)),
-             cells(runs, lambda run, n=name: rate(run, f"{n} K={k}") / rate(run, "plain dense loop"))]
-            for name in algorithms]
-    out.append(f"(3) {k} steps a call\n\n" + table(
-        ["algorithm", f"median steps/s, {k} a call", "÷ 1 a call", "÷ faster plain loop (medians)",
-         "÷ faster plain loop (best rounds)", "÷ bare plain loop (medians)"], rows))
+    if all(in_every_run(f"{n} K={k}") for n in algorithms) and all(in_every_run(n) for n in plain):
+        rows = [[name, cells(runs, lambda run, n=name: rate(run, f"{n} K={k}"), 1),
+                 cells(runs, lambda run, n=name: rate(run, f"{n} K={k}") / rate(run, n)),
+                 cells(runs, lambda run, n=name: rate(run, f"{n} K={k}") / faster_plain(run, rate)),
+                 cells(runs, lambda run, n=name: best(run, f"{n} K={k}") / faster_plain(run, best)),
+                 cells(runs, lambda run, n=name: rate(run, f"{n} K={k}") / rate(run, "plain dense loop"))]
+                for name in algorithms]
+        out.append(f"(3) {k} steps a call\n\n" + table(
+            ["algorithm", f"median steps/s, {k} a call", "÷ 1 a call", "÷ faster plain loop (medians)",
+             "÷ faster plain loop (best rounds)", "÷ bare plain loop (medians)"], rows))
     return "\n\n".join(out)
 
 
