@@ -175,11 +175,11 @@ def console_scripts() -> dict[str, str]:
     return dict((part.strip() for part in line.split("=", 1)) for line in lines)
 
 
-def command_lines() -> list[tuple[str, str]]:
+def command_lines(paths: list[Path] = DOC_FILES) -> list[tuple[str, str]]:
     """(file, line) of every line of the non-python fenced blocks and of every inline `code`
     span that runs ``python …py`` or a ``keras-sparse-*`` command."""
     found = []
-    for path in DOC_FILES:
+    for path in paths:
         text = path.read_text()
         snippets = [code for info, code in fenced_blocks(path) if info.split(" ")[0] != "python"]
         snippets += re.findall(r"(?<!`)`([^`\n]+)`(?!`)", FENCE.sub("", text))
@@ -210,6 +210,24 @@ def test_command_lines_name_existing_programs():
                 problems.append(f"{doc}: `{line}` names {config}, which does not exist")
     assert not problems, "\n".join(problems)
     assert "binaries/train.py" in seen_files  # the scan found the command lines at all
+
+
+def test_benchmark_command_lines_use_existing_options():
+    """BENCHMARKS.md and the docs print the commands their figures came from: each names a
+    benchmark script that exists, and each of its ``--options`` is one the script defines."""
+    lines = [(doc, line) for doc, line in command_lines([*DOC_FILES, ROOT / "BENCHMARKS.md"])
+             if "python benchmarks/" in line]
+    problems = []
+    for doc, line in lines:
+        for script, arguments in re.findall(r"\bpython (benchmarks/\S+\.py)([^|;&#]*)", line):
+            if not (ROOT / script).is_file():
+                problems.append(f"{doc}: `{line}` runs {script}, which does not exist")
+                continue
+            source = (ROOT / script).read_text()
+            problems += [f"{doc}: `{line}` passes {option}, which {script} does not define"
+                         for option in re.findall(r"(?<!\S)(--[\w-]+)", arguments) if f'"{option}"' not in source]
+    assert not problems, "\n".join(problems)
+    assert len(lines) > 10  # the scan found BENCHMARKS.md's commands at all
 
 
 def test_console_scripts_point_at_functions():
