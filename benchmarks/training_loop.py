@@ -31,9 +31,10 @@ variants a round puts table 1's epochs closer together in time).
 
 ``--instances N`` builds N independent copies of every variant and times each of them every
 round; a variant's round time is the mean of its copies'. Copies of the same variant, with the
-same weights and programs, run at speeds up to ~3% apart for the whole life of a process
-(BENCHMARKS.md), as much as the mask-update overhead being measured: a ratio between two single
-trainers carries that luck, and a mean over copies averages it out.
+same weights and programs, run at speeds several percent apart and keep most of that difference
+through a run (0.1–9.4% between the slowest and fastest copy in BENCHMARKS.md's runs), as much
+as the mask-update overhead being measured: a ratio between two single trainers carries that
+luck, and a mean over copies averages it out.
 """
 
 from __future__ import annotations
@@ -144,8 +145,8 @@ def keras_fit_variant(data) -> Variant:
 
 def paired_ratio(seconds: dict[str, list[float]], name: str, baseline: str) -> float:
     """Median over rounds of ``name``'s steps/s ÷ ``baseline``'s in the same round: each ratio
-    compares two epochs run seconds apart, so a slow stretch of the machine that covers one
-    round slows both sides of its ratio (a ratio of medians lets it fall on one side only)."""
+    compares two epochs of one round, so a slow stretch of the machine that covers the round
+    slows both sides of its ratio (a ratio of medians lets it fall on one side only)."""
     return statistics.median(b / s for s, b in zip(seconds[name], seconds[baseline]))
 
 
@@ -162,7 +163,7 @@ def main() -> None:
                              "reference loops")
     parser.add_argument("--instances", type=int, default=1,
                         help="independent copies of every variant, each timed every round; a round's time is "
-                             "their mean (identical copies differ by up to ~3%% in one process)")
+                             "their mean (identical copies run several percent apart in one process)")
     parser.add_argument("--out", default="training_loop.json")
     args = parser.parse_args()
     k = args.steps_per_execution
@@ -187,7 +188,7 @@ def main() -> None:
     for _ in range(args.rounds):
         epochs: dict[str, list[float]] = {name: [] for name in seconds}
         # A new order every round: a variant that runs after a heavier one starts with colder
-        # caches (~1% of a 100-step epoch), and a fixed order would charge that to the same one.
+        # caches, and a fixed order would always charge that to the same variant.
         for v in order.sample(variants, len(variants)):
             epochs[v.name].append(v.run_epoch())
         for name, values in epochs.items():
