@@ -14,7 +14,7 @@ the update call minus a typical call, the later calls' excess over it, and the b
 divided by 100 typical steps, it is the overhead ``training_loop.py`` measures as RigL ÷ static.
 
 The per-call timing adds a result read-back to every call (a few µs); the epoch times it
-prints are therefore not comparable with ``training_loop.py``'s.
+saves are therefore not comparable with ``training_loop.py``'s.
 """
 
 from __future__ import annotations
