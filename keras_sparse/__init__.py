@@ -12,21 +12,24 @@ Quick use::
 """
 
 from keras_sparse import algorithms, distributions, schedules
-from keras_sparse.fit import SparseModel
-from keras_sparse.layers import MaskedWrapper
+from keras_sparse.callbacks import SparsityCallback
 from keras_sparse.masking import (
-                                  export_saved_model,
-                                  get_masks,
-                                  masked_kernels,
-                                  set_masks,
-                                  sparsity,
-                                  sparsity_report,
-                                  strip,
-                                  wrap,
+    export_saved_model,
+    get_masks,
+    load_model,
+    masked_kernels,
+    masked_weights,
+    set_masks,
+    sparsity,
+    sparsity_report,
+    strip,
+    wrap,
 )
+from keras_sparse.optimizer import SparseOptimizer
 from keras_sparse.trainer import Callback, Trainer
 
 __version__ = "0.1.0"
 
-__all__ = ["algorithms", "distributions", "schedules", "MaskedWrapper", "wrap", "get_masks", "set_masks",
-           "masked_kernels", "sparsity", "sparsity_report", "strip", "export_saved_model", "Trainer", "Callback", "SparseModel"]
+__all__ = ["algorithms", "distributions", "schedules", "wrap", "get_masks", "set_masks", "masked_weights",
+           "masked_kernels", "sparsity", "sparsity_report", "strip", "export_saved_model", "load_model",
+           "SparseOptimizer", "SparsityCallback", "Trainer", "Callback"]

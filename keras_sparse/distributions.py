@@ -47,13 +47,15 @@ def uniform(shapes: Shapes, sparsity: float, first_layer_dense: bool = False) ->
     return result
 
 
-def _erdos_renyi_family(shapes: Shapes, sparsity: float, use_all_dims: bool) -> dict[str, float]:
+def _erdos_renyi_family(shapes: Shapes, sparsity: float, use_all_dims: bool,
+                        first_layer_dense: bool = False) -> dict[str, float]:
     sizes = {name: float(np.prod(shape)) for name, shape in shapes.items()}
     raw = {}
     for name, shape in shapes.items():
         dims = list(shape) if use_all_dims else list(shape[-2:])
         raw[name] = float(np.sum(dims) / np.prod(dims))
-    dense: set[str] = set()
+    # A layer kept dense takes its weights out of the budget the others share (rigl's dense layers).
+    dense: set[str] = {next(iter(shapes))} if first_layer_dense and shapes else set()
     total_active = (1.0 - sparsity) * sum(sizes.values())
     while True:
         budget = total_active - sum(sizes[name] for name in dense)
@@ -69,15 +71,17 @@ def _erdos_renyi_family(shapes: Shapes, sparsity: float, use_all_dims: bool) -> 
 
 
 @_register("erdos_renyi")
-def erdos_renyi(shapes: Shapes, sparsity: float) -> dict[str, float]:
-    """Erdős–Rényi: density ∝ (n_in + n_out) / (n_in · n_out), from a kernel's last two dims."""
-    return _erdos_renyi_family(shapes, sparsity, use_all_dims=False)
+def erdos_renyi(shapes: Shapes, sparsity: float, first_layer_dense: bool = False) -> dict[str, float]:
+    """Erdős–Rényi: density ∝ (n_in + n_out) / (n_in · n_out), from a kernel's last two dims;
+    the first layer dense if asked, the others sharing the rest of the budget."""
+    return _erdos_renyi_family(shapes, sparsity, use_all_dims=False, first_layer_dense=first_layer_dense)
 
 
 @_register("erdos_renyi_kernel")
-def erdos_renyi_kernel(shapes: Shapes, sparsity: float) -> dict[str, float]:
-    """ERK: density ∝ sum of all kernel dims / product of them (Evci et al. 2020)."""
-    return _erdos_renyi_family(shapes, sparsity, use_all_dims=True)
+def erdos_renyi_kernel(shapes: Shapes, sparsity: float, first_layer_dense: bool = False) -> dict[str, float]:
+    """ERK: density ∝ sum of all kernel dims / product of them (Evci et al. 2020); the first
+    layer dense if asked, the others sharing the rest of the budget."""
+    return _erdos_renyi_family(shapes, sparsity, use_all_dims=True, first_layer_dense=first_layer_dense)
 
 
 def names() -> list[str]:
@@ -102,13 +106,17 @@ def layer_sparsities(shapes: Shapes, sparsity: float, distribution: Distribution
 
 
 def _explicit(shapes: Shapes, sparsity: float, per_layer: Mapping[str, float]) -> dict[str, float]:
-    layer_of = {key: key.rsplit("/", 1)[0] for key in shapes}
-    known = set(shapes) | set(layer_of.values())
-    unknown = sorted(set(per_layer) - known)
+    def names(pattern: str, key: str) -> bool:  # the weight's path, a layer path above it, or a layer name in it
+        return key == pattern or key.startswith(pattern + "/") or pattern in key.split("/")[:-1]
+
+    unknown = sorted(p for p in per_layer if not any(names(p, key) for key in shapes))
     if unknown:
-        raise ConfigError(f"Sparsity map names {unknown}, which are not masked layers: use names from {sorted(set(layer_of.values()))}.")
+        layers = sorted({key.rsplit("/", 1)[0] for key in shapes})
+        raise ConfigError(f"Sparsity map names {unknown}, which are not masked layers: use names from {layers}.")
     result = {}
     for key in shapes:
-        value = per_layer.get(key, per_layer.get(layer_of[key], sparsity))
+        # The most specific entry wins: the weight's own path, then the longest layer path.
+        chosen = max((p for p in per_layer if names(p, key)), key=lambda p: (p == key, len(p)), default=None)
+        value = per_layer[chosen] if chosen is not None else sparsity
         result[key] = check_sparsity(value, f"sparsity of {key}")
     return result

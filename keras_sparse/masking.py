@@ -1,221 +1,455 @@
-"""Model-level API: wrap a Keras model with masks, read and write masks, strip and export.
+"""Masks on a Keras model's weights, added in place: any model, no rebuilding.
 
-``wrap`` works on Sequential and functional models and recurses into nested ones. It reuses
-the model's own layers (and so their weights): use the returned model from then on.
+``wrap(model)`` gives boolean masks to the weights a user expects to be sparse, found at any
+depth of any Keras 3 model (Sequential, functional, ``Functional`` subclasses such as keras-hub
+backbones, subclassed models, custom layers): the kernels of Dense / EinsumDense / every Conv
+kind (those inside MultiHeadAttention and keras-hub's transformer layers included) and the
+``kernel`` and ``recurrent_kernel`` of LSTM / GRU / SimpleRNN cells (under ``Bidirectional``
+and ``TimeDistributed`` too). Embedding tables are masked only when asked (``embeddings=True``
+or by path): a lookup table's dense gradient is zero outside the batch's tokens, so RigL would
+grow there only by accident. Biases, normalisation and scalars are never masked.
+
+The model is not rebuilt and its layers are not replaced: the masks live in a ``MaskState``
+attached to the model object, which Keras saves with the model's weights (``model.save``,
+``save_weights``, ``ModelCheckpoint``, ``BackupAndRestore``). The invariant every code path keeps
+is *weight == 0 wherever its mask is off*, so the forward pass needs no multiply, the gradient of
+a stored kernel is the dense gradient RigL grows by (Evci et al. 2020), and a model with masks
+computes exactly what the same model without them computes.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import inspect
 import os
-from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Mapping, Union
+import sys
+import weakref
+import zipfile
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Mapping, Sequence, Union
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from keras_sparse.errors import ConfigError
-from keras_sparse.layers import (
-    MaskedWrapper,
-    holds_unsupported_kernel,
-    prunable_kernel_names,
-)
 
-Exclude = Union[None, Iterable[str], Callable[[keras.layers.Layer], bool]]
+#: Layer class -> names of the weights masked by default. Subclasses match too (keras-hub's
+#: ``ReversibleEmbedding`` is an ``Embedding``).
+MASKED_BY_DEFAULT: dict[type, tuple[str, ...]] = {
+    keras.layers.SeparableConv1D: ("depthwise_kernel", "pointwise_kernel"),
+    keras.layers.SeparableConv2D: ("depthwise_kernel", "pointwise_kernel"),
+    keras.layers.DepthwiseConv1D: ("kernel",),
+    keras.layers.DepthwiseConv2D: ("kernel",),
+    keras.layers.Conv1DTranspose: ("kernel",),
+    keras.layers.Conv2DTranspose: ("kernel",),
+    keras.layers.Conv3DTranspose: ("kernel",),
+    keras.layers.Conv1D: ("kernel",),
+    keras.layers.Conv2D: ("kernel",),
+    keras.layers.Conv3D: ("kernel",),
+    keras.layers.Dense: ("kernel",),
+    keras.layers.EinsumDense: ("kernel",),
+    keras.layers.SimpleRNNCell: ("kernel", "recurrent_kernel"),
+    keras.layers.LSTMCell: ("kernel", "recurrent_kernel"),
+    keras.layers.GRUCell: ("kernel", "recurrent_kernel"),
+}
+EMBEDDING_WEIGHTS = "embeddings"  # Embedding's table; keras-hub's PositionEmbedding has position_embeddings
+
+#: The attribute of a model that holds its ``MaskState``.
+STATE_ATTRIBUTE = "keras_sparse_masks"
+
+Selector = Union[None, str, Iterable[str], Callable[..., bool]]
 
 
 @dataclass(frozen=True)
-class MaskedKernel:
-    """One masked kernel of a wrapped model: its key, kernel variable and mask variable."""
+class MaskedWeight:
+    """One masked weight: its key (the variable's path), the variable, its mask and its layer."""
 
     key: str
-    kernel: keras.Variable
+    variable: keras.Variable
     mask: keras.Variable
-    wrapper: MaskedWrapper
+    layer: keras.layers.Layer
+    state: "MaskState" = field(repr=False, compare=False, default=None)
+
+    @property
+    def name(self) -> str:
+        """The weight's name within its layer (``kernel``, ``recurrent_kernel``, ``embeddings``, …)."""
+        return self.key.rsplit("/", 1)[-1]
+
+    # Kept for code written against the first API, where every masked weight was a kernel.
+    @property
+    def kernel(self) -> keras.Variable:
+        """The masked variable (alias of ``variable``)."""
+        return self.variable
 
 
-def _exclusion_predicate(exclude: Exclude) -> Callable[[keras.layers.Layer], bool]:
-    if exclude is None:
-        return lambda layer: False
-    if callable(exclude):
-        return exclude
-    if isinstance(exclude, str):
-        exclude = [exclude]
-    names = set(exclude)
-    return lambda layer: layer.name in names
+class MaskState(keras.layers.Layer):
+    """The masks of one model: a bool variable per masked weight, saved with the model.
+
+    Keras's saving walks a model's attributes, so this layer's variables go into every
+    ``.keras`` / ``.weights.h5`` file of the model, under ``keras_sparse_masks/vars/<key>``
+    (the variable path, ``/`` written as ``|``). It is not one of the model's layers: it takes
+    no part in the forward pass, in ``model.weights`` or in an exported SavedModel.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(name=kwargs.pop("name", STATE_ATTRIBUTE), **kwargs)
+        self.entries: list[MaskedWeight] = []
+        self.initialized = self.add_weight(shape=(), dtype="bool", initializer="zeros", trainable=False,
+                                           name="initialized", aggregation="only_first_replica")
+        self.built = True
+
+    def add(self, key: str, variable: keras.Variable, layer: keras.layers.Layer) -> MaskedWeight:
+        """Adds an all-ones mask for ``variable`` (the weights stay as they are)."""
+        self._tracker.unlock()
+        try:
+            mask = self.add_weight(shape=tuple(variable.shape), dtype="bool", initializer="ones", trainable=False,
+                                   name=_file_key(key), aggregation="only_first_replica")
+        finally:
+            self._tracker.lock()
+        entry = MaskedWeight(key, variable, mask, layer, self)
+        self.entries.append(entry)
+        _REGISTRY[id(variable)] = entry
+        return entry
+
+    def _file_keys(self) -> dict[str, MaskedWeight]:
+        """Each mask's name in a weights file: ``<position in model.weights>|<path, / as |>``.
+        A load matches by position (paths can change: a loaded TimeDistributed names its layer's
+        weights without its own prefix); the path is there for a reader."""
+        position = {id(v): i for i, v in enumerate(self.model_ref().weights)}
+        return {f"{position[id(e.variable)]}|{_file_key(e.key)}": e for e in self.entries}
+
+    def save_own_variables(self, store) -> None:
+        store["initialized"] = np.asarray(self.initialized.numpy())
+        for key, entry in self._file_keys().items():
+            store[key] = np.asarray(entry.mask.numpy())
+
+    def load_own_variables(self, store) -> None:
+        stored = {key.split("|", 1)[0]: key for key in store.keys() if key != "initialized"}
+        ours = {key.split("|", 1)[0]: entry for key, entry in self._file_keys().items()}
+        if set(stored) != set(ours):
+            missing = sorted(ours[p].key for p in set(ours) - set(stored))
+            extra = sorted(stored[p] for p in set(stored) - set(ours))
+            raise ConfigError(f"The saved masks do not fit this model (missing {missing}, unexpected {extra}): "
+                              "load the file into a model wrapped with the same selection.")
+        self.initialized.assign(bool(np.asarray(store["initialized"])))
+        for position, entry in ours.items():
+            entry.mask.assign(np.asarray(store[stored[position]], dtype=bool))
 
 
-def _check_cloneable(model: keras.Model) -> None:
+# id(variable) -> its MaskedWeight, for optimizers that see variables only. Weak: an entry
+# lives as long as the MaskState that holds it (and so the variable's id stays unique).
+_REGISTRY: "weakref.WeakValueDictionary[int, MaskedWeight]" = weakref.WeakValueDictionary()
+
+
+def mask_of(variable) -> MaskedWeight | None:
+    """The ``MaskedWeight`` of ``variable`` if some wrapped model masks it, else None."""
+    return _REGISTRY.get(id(variable))
+
+
+def mask_state_of(weight: MaskedWeight) -> "MaskState":
+    """The ``MaskState`` that holds ``weight``'s mask."""
+    return weight.state
+
+
+def _file_key(key: str) -> str:
+    return key.replace("/", "|")
+
+
+def mask_state(model: keras.Model) -> MaskState | None:
+    """The model's ``MaskState`` (None if ``wrap`` never ran on it)."""
+    return vars(model).get(STATE_ATTRIBUTE)
+
+
+# ---------------------------------------------------------------- selection
+@dataclass(frozen=True)
+class Candidate:
+    """A weight that could be masked: its path, variable, owning layer, and whether it is by default."""
+
+    key: str
+    variable: keras.Variable
+    layer: keras.layers.Layer
+    default: bool
+
+
+def _layers(model: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
+    """Every layer under ``model`` at any depth (sublayers of custom layers and cells of RNNs too)."""
+    return iter(model._flatten_layers(include_self=True, recursive=True))  # Keras's own walk
+
+
+def candidates(model: keras.Model, embeddings: bool = False) -> list[Candidate]:
+    """Every trainable weight of two or more dimensions but biases, with the layer that owns it."""
+    seen: set[int] = set()
+    result = []
+    for layer in _layers(model):
+        default_names = next((names for cls, names in MASKED_BY_DEFAULT.items() if isinstance(layer, cls)), ())
+        for variable in layer._trainable_variables:  # the layer's own, not its sublayers'
+            if id(variable) in seen or len(variable.shape) < 2:
+                continue
+            seen.add(id(variable))
+            name = variable.path.rsplit("/", 1)[-1]
+            if name.endswith("bias"):  # EinsumDense's biases can have two dimensions: never masked
+                continue
+            default = name in default_names or (embeddings and name.endswith(EMBEDDING_WEIGHTS))
+            result.append(Candidate(variable.path, variable, layer, default))
+    return result
+
+
+def _matcher(selector: Selector, what: str, keys: Sequence[str]) -> Callable[[Candidate], bool]:
+    """A test of candidates for ``include``/``exclude``: names and paths, or a predicate."""
+    if selector is None:
+        return lambda candidate: False
+    if callable(selector):
+        takes = len(inspect.signature(selector).parameters)
+        if takes == 1:  # predicate(layer), as the first API had it
+            return lambda candidate: bool(selector(candidate.layer))
+        return lambda candidate: bool(selector(candidate.layer, candidate.variable))
+    patterns = [selector] if isinstance(selector, str) else list(selector)
+    unknown = [p for p in patterns if not any(matches(p, key) for key in keys)]
+    if unknown:
+        raise ConfigError(f"{what}={unknown} matches no weight of the model: use layer names, layer paths or "
+                          f"variable paths such as {list(keys)[:4]} (ks.sparsity_report lists them).")
+    return lambda candidate: any(matches(p, candidate.key) for p in patterns)
+
+
+def matches(pattern: str, key: str) -> bool:
+    """Whether ``pattern`` names the weight ``key`` (a variable path such as
+    ``"encoder/block1/attention/query/kernel"``): the path itself, a layer path it lies under
+    (``"encoder/block1"``), a layer name in it (``"attention"``), or a glob (``"*/query/*"``)."""
+    pattern = pattern.strip("/")
+    layer_names = key.split("/")[:-1]
+    return (key == pattern or key.startswith(pattern + "/") or pattern in layer_names
+            or fnmatch.fnmatchcase(key, pattern))
+
+
+def wrap(model: keras.Model, include: Selector = None, exclude: Selector = None, embeddings: bool = False,
+         quiet: bool = False) -> keras.Model:
+    """Gives ``model``'s weights boolean masks, in place, and returns the same model.
+
+    Args:
+        model: any built Keras 3 model.
+        include: weights to mask instead of the defaults (any trainable weight of two or more
+            dimensions but a bias, custom layers' included): layer names, layer paths, variable paths,
+            globs, or a predicate ``(layer, variable) -> bool``.
+        exclude: weights to keep dense, selected the same way (a one-argument predicate gets
+            the layer).
+        embeddings: also mask embedding tables (Embedding, keras-hub token and position
+            embeddings).
+        quiet: do not print the line that says most parameters stay dense.
+
+    The masks start all on; an optimizer (``SparseOptimizer``, or ``Trainer``) sets the
+    algorithm's initial masks. Calling ``wrap`` again on a wrapped model changes nothing and
+    returns it.
+
+    Raises:
+        ConfigError: the model is a tf_keras model, is not built, has nothing to mask, or a
+            selector names no weight of it.
+    """
+    _check_model(model)
+    state = mask_state(model)
+    if state is not None:
+        return model
+    found = candidates(model, embeddings)
+    keys = [c.key for c in found]
+    duplicates = sorted({k for k in keys if keys.count(k) > 1})
+    if duplicates:
+        raise ConfigError(f"Weights share the paths {duplicates}: give the layers that hold them unique names.")
+    included = _matcher(include, "include", keys) if include is not None else (lambda c: c.default)
+    excluded = _matcher(exclude, "exclude", keys)
+    position = {id(v): i for i, v in enumerate(model.weights)}
+    chosen = sorted((c for c in found if included(c) and not excluded(c)), key=lambda c: position[id(c.variable)])
+    if not chosen:
+        raise ConfigError(f"Model {model.name!r} has no weight to mask: it needs a Dense, EinsumDense, Conv or "
+                          "RNN kernel that is not excluded (or include= a weight of two or more dimensions).")
+    _check_in_scope(model, chosen[0].variable)
+    state = MaskState()
+    for c in chosen:
+        state.add(c.key, c.variable, c.layer)
+    state.model_ref = weakref.ref(model)
+    object.__setattr__(model, STATE_ATTRIBUTE, state)  # outside Keras's tracking: not a layer of the model
+    if not quiet:
+        warning = dense_majority_warning(model)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
+    return model
+
+
+def _check_model(model) -> None:
     if type(model).__module__.startswith("tf_keras"):
         raise ConfigError(f"{type(model).__name__} {model.name!r} is a tf_keras (Keras 2) model: keras-sparse works "
                           "on Keras 3 models; build it with `import keras` (Keras 3), not tf_keras or tf.keras "
                           "with TF_USE_LEGACY_KERAS=1.")
-    if not isinstance(model, keras.Model) or not (
-        isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False)
-        or type(model).__name__ == "Functional"
-    ):
-        raise TypeError(
-            f"wrap() needs a Sequential or functional keras.Model, got {type(model).__name__}: "
-            "for a subclassed model, wrap its layers yourself with keras_sparse.MaskedWrapper."
-        )
+    if not isinstance(model, keras.layers.Layer):
+        raise ConfigError(f"wrap() needs a Keras 3 model, got {type(model).__name__}.")
+    if not model.built or not model.weights:
+        raise ConfigError(f"Model {model.name!r} is not built: give it an Input, call it on a batch or call "
+                          "model.build(shape) before wrap().")
 
 
-def wrap(model: keras.Model, exclude: Exclude = None) -> keras.Model:
-    """Returns ``model`` with a boolean mask on every prunable kernel.
+def _check_in_scope(model, variable) -> None:
+    strategy = tf.distribute.get_strategy()
+    if tf.distribute.has_strategy() and not strategy.extended.variable_created_in_scope(getattr(variable, "value", variable)):
+        raise ConfigError(f"Model {model.name!r} was built outside this strategy's scope: build and wrap it inside "
+                          "the same `with strategy.scope():`.")
+    if not tf.distribute.has_strategy():
+        value = getattr(variable, "value", variable)
+        if isinstance(value, tf.distribute.DistributedValues):
+            raise ConfigError(f"Model {model.name!r} was built under a tf.distribute strategy: call wrap() inside "
+                              "`with strategy.scope():` too.")
 
-    Args:
-        model: a Sequential or functional Keras model; nested models are wrapped too.
-        exclude: layer names, or a predicate ``layer -> bool``, of prunable layers to keep dense.
+
+def masked_weights(model: keras.Model) -> list[MaskedWeight]:
+    """All masked weights of a wrapped model, in the model's weight order.
 
     Raises:
-        ValueError: if a layer type that holds a kernel keras-sparse cannot mask (Embedding,
-            LSTM, MultiHeadAttention, …) is not excluded: it would otherwise stay dense silently.
+        ConfigError: if ``wrap`` never ran on the model.
     """
-    wrapped = _wrap(model, _exclusion_predicate(exclude))
-    if not masked_kernels(wrapped):
-        raise ConfigError(
-            f"Model {model.name!r} has no prunable layer left to mask: it needs a Dense, Conv or "
-            "EinsumDense layer that is not excluded."
-        )
-    return wrapped
+    state = mask_state(model)
+    if state is None:
+        raise ConfigError(f"Model {model.name!r} has no masks: call keras_sparse.wrap(model) first "
+                          "(a .keras file loads with its masks through keras_sparse.load_model).")
+    return list(state.entries)
 
 
-def _wrap(model: keras.Model, is_excluded: Callable[[keras.layers.Layer], bool]) -> keras.Model:
-    """``wrap`` without the final check, so a nested model with nothing to mask is allowed."""
-    _check_cloneable(model)
-    if not model.built:
-        raise ConfigError(f"Model {model.name!r} is not built: give it an Input (or call model.build(shape)) before wrap().")
-    unsupported = [
-        f"{layer.name} ({type(layer).__name__})"
-        for layer in _walk(model)
-        if holds_unsupported_kernel(layer) and not is_excluded(layer)
-    ]
-    if unsupported:
-        raise ConfigError(
-            f"Cannot mask the kernels of {', '.join(unsupported)}: keep them dense with "
-            f"wrap(model, exclude=[{', '.join(repr(u.split(' ')[0]) for u in unsupported)}])."
-        )
-
-    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
-        if isinstance(layer, MaskedWrapper):
-            return layer
-        if isinstance(layer, keras.Model):
-            return _wrap(layer, is_excluded)
-        if prunable_kernel_names(layer) is not None and not is_excluded(layer):
-            return MaskedWrapper(layer)
-        return layer
-
-    return keras.models.clone_model(model, clone_function=clone)
-
-
-def _walk(model: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
-    """Every layer inside ``model``, recursing into nested models but not into wrappers."""
-    for layer in getattr(model, "layers", []):
-        yield layer
-        if isinstance(layer, keras.Model):
-            yield from _walk(layer)
-
-
-def masked_kernels(model: keras.Model) -> list[MaskedKernel]:
-    """All masked kernels of a wrapped model, in layer order."""
-    result = []
-    for layer in _walk(model):
-        if isinstance(layer, MaskedWrapper):
-            for kernel_name in layer.kernel_names:
-                result.append(MaskedKernel(layer.mask_key(kernel_name), layer.kernel(kernel_name),
-                                           layer.masks[kernel_name], layer))
-    keys = [k.key for k in result]
-    duplicates = sorted({k for k in keys if keys.count(k) > 1})
-    if duplicates:
-        raise ConfigError(f"Masked layers share the names {duplicates}: give each layer a unique name.")
-    return result
+masked_kernels = masked_weights  # the first API's name
 
 
 def get_masks(model: keras.Model) -> dict[str, np.ndarray]:
-    """``{mask key: numpy bool array}`` for every masked kernel, e.g. ``{"dense/kernel": ...}``."""
-    return {k.key: np.asarray(k.mask.numpy(), dtype=bool) for k in masked_kernels(model)}
+    """``{variable path: numpy bool array}`` for every masked weight, e.g. ``{"dense/kernel": ...}``."""
+    return {w.key: np.asarray(w.mask.numpy(), dtype=bool) for w in masked_weights(model)}
 
 
 def set_masks(model: keras.Model, masks: Mapping[str, np.ndarray]) -> None:
-    """Sets the masks named in ``masks`` and zeroes the weights they prune.
+    """Sets the masks named in ``masks`` (by variable path) and zeroes the weights they prune.
 
     Raises:
-        ValueError: for a key that is not a masked kernel or an array of the wrong shape.
+        ConfigError: for a key that is not a masked weight or an array of the wrong shape.
     """
-    by_key = {k.key: k for k in masked_kernels(model)}
+    by_key = {w.key: w for w in masked_weights(model)}
     unknown = sorted(set(masks) - set(by_key))
     if unknown:
-        raise ConfigError(f"set_masks: {unknown} are not masked kernels of this model; known keys: {sorted(by_key)}.")
+        raise ConfigError(f"set_masks: {unknown} are not masked weights of this model; known keys: {sorted(by_key)}.")
+    for key, value in masks.items():  # every shape checked before any mask changes
+        if tuple(np.shape(value)) != tuple(by_key[key].mask.shape):
+            raise ConfigError(f"set_masks: mask for {key!r} has shape {tuple(np.shape(value))} but the weight has "
+                              f"shape {tuple(by_key[key].mask.shape)}.")
     for key, value in masks.items():
-        value = np.asarray(value)
+        value = np.asarray(value).astype(bool)
         target = by_key[key]
-        if tuple(value.shape) != tuple(target.mask.shape):
-            raise ConfigError(
-                f"set_masks: mask for {key!r} has shape {tuple(value.shape)} but the kernel has "
-                f"shape {tuple(target.mask.shape)}."
-            )
-        target.mask.assign(value.astype(bool))
-        target.kernel.assign(tf.where(value.astype(bool), target.kernel, tf.zeros_like(target.kernel)))
+        target.mask.assign(value)
+        target.variable.assign(np.where(value, target.variable.numpy(), 0).astype(target.variable.dtype))
+    mask_state(model).initialized.assign(True)
 
 
 def sparsity(model: keras.Model) -> float:
-    """Fraction of masked-kernel weights that are pruned, over all masked kernels together."""
-    kernels = masked_kernels(model)
-    total = sum(int(np.prod(k.mask.shape)) for k in kernels)
-    active = sum(int(np.count_nonzero(k.mask.numpy())) for k in kernels)
+    """Fraction of the masked weights that are pruned (``sparsity_report`` gives it over all parameters too)."""
+    weights = masked_weights(model)
+    total = sum(int(np.prod(w.mask.shape)) for w in weights)
+    active = sum(int(np.count_nonzero(w.mask.numpy())) for w in weights)
     return 1.0 - active / total
 
 
 def sparsity_report(model: keras.Model) -> dict[str, dict]:
-    """Per masked kernel: ``{"shape", "size", "active", "sparsity"}``."""
-    report = {}
-    for k in masked_kernels(model):
-        size = int(np.prod(k.mask.shape))
-        active = int(np.count_nonzero(k.mask.numpy()))
-        report[k.key] = {"shape": list(k.mask.shape), "size": size, "active": active,
-                         "sparsity": 1.0 - active / size}
+    """Per masked weight ``{"shape", "size", "active", "sparsity"}``, and under ``"total"``: the
+    sparsity of the masked weights and of all the model's parameters, with their counts."""
+    report: dict[str, dict] = {}
+    for w in masked_weights(model):
+        size = int(np.prod(w.mask.shape))
+        active = int(np.count_nonzero(w.mask.numpy()))
+        report[w.key] = {"shape": list(w.mask.shape), "size": size, "active": active, "sparsity": 1.0 - active / size}
+    masked_size = sum(r["size"] for r in report.values())
+    pruned = sum(r["size"] - r["active"] for r in report.values())
+    parameters = int(sum(np.prod(v.shape) for v in model.weights))
+    report["total"] = {"masked_size": masked_size, "parameters": parameters,
+                       "masked_sparsity": pruned / masked_size if masked_size else 0.0,
+                       "sparsity_of_all_parameters": pruned / parameters if parameters else 0.0,
+                       "masked_share_of_parameters": masked_size / parameters if parameters else 0.0}
     return report
 
 
-def strip(model: keras.Model) -> keras.Model:
-    """A plain Keras model of the original architecture: no wrappers, no mask variables.
+def dense_majority_warning(model: keras.Model) -> str | None:
+    """One line when the masked weights are under half of the model's parameters, naming the
+    largest weights left dense; None otherwise."""
+    masked = {id(w.variable) for w in masked_weights(model)}
+    total = sum(int(np.prod(v.shape)) for v in model.weights)
+    masked_size = sum(int(np.prod(w.variable.shape)) for w in masked_weights(model))
+    if total == 0 or masked_size >= total / 2:
+        return None
+    dense = sorted((v for v in model.weights if id(v) not in masked), key=lambda v: -int(np.prod(v.shape)))[:3]
+    names = ", ".join(f"{v.path} ({int(np.prod(v.shape)):,})" for v in dense)
+    return (f"keras-sparse: only {masked_size:,} of {total:,} parameters ({100 * masked_size / total:.1f}%) of "
+            f"{model.name!r} are masked; the largest dense ones: {names}. Select more with wrap(include=...) "
+            "or embeddings=True.")
 
-    Pruned weights are exactly 0.0. The result owns fresh copies of all weights.
+
+# ----------------------------------------------------------- save, strip, export
+def load_model(path: str, **kwargs) -> keras.Model:
+    """``keras.models.load_model`` for a ``.keras`` file of a wrapped model, masks included.
+
+    ``keras.models.load_model`` alone loads the same model with its pruned weights at exactly
+    zero but without masks (they are not part of the model's config); this re-attaches them
+    from the file. ``kwargs`` go to ``keras.models.load_model``.
     """
-    _check_cloneable(model)
-    copies: list[tuple[keras.layers.Layer, keras.layers.Layer, dict]] = []
+    model = keras.models.load_model(path, **kwargs)
+    stored = _stored_masks(path)
+    if stored is None:
+        return model
+    weights = model.weights
+    chosen = {id(weights[int(key.split("|", 1)[0])]) for key in stored if key != "initialized"}
+    wrap(model, include=lambda layer, variable: id(variable) in chosen, quiet=True)
+    mask_state(model).load_own_variables(stored)
+    return model
 
-    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
-        if isinstance(layer, keras.Model):
-            return strip(layer)
-        source = layer.layer if isinstance(layer, MaskedWrapper) else layer
-        fresh = source.__class__.from_config(source.get_config())
-        masks = {}
-        if isinstance(layer, MaskedWrapper):
-            masks = {layer.kernel(name).path: layer.masks[name].numpy() for name in layer.kernel_names}
-        copies.append((source, fresh, masks))
-        return fresh
 
-    stripped = keras.models.clone_model(model, clone_function=clone)
-    for source, fresh, masks in copies:
-        values = [np.where(masks[w.path], w.numpy(), 0.0).astype(w.dtype) if w.path in masks else w.numpy()
-                  for w in source.weights]
-        fresh.set_weights(values)
-    return stripped
+def _stored_masks(path: str) -> dict[str, np.ndarray] | None:
+    import h5py  # a Keras dependency
+
+    with zipfile.ZipFile(path) as archive, archive.open("model.weights.h5") as raw:
+        with h5py.File(raw, "r") as weights:
+            group = weights.get(f"{STATE_ATTRIBUTE}/vars")
+            if group is None:
+                return None
+            return {key: np.asarray(group[key]) for key in group.keys()}
+
+
+def strip(model: keras.Model) -> keras.Model:
+    """A plain copy of ``model``: the same class and config, no masks, pruned weights exactly 0.0.
+
+    Works for every model Keras can rebuild from its config (Sequential, functional, keras-hub
+    models, subclassed models that define ``get_config``). The masked model itself is already
+    exact (weights are 0 wherever masks are off): ``export_saved_model`` and TFLite conversion
+    work on it directly.
+    """
+    masks = {id(w.variable): w.mask.numpy() for w in masked_weights(model)} if mask_state(model) else {}
+    try:
+        if isinstance(model, keras.Sequential) or type(model).__name__ == "Functional":
+            fresh = keras.models.clone_model(model)
+        else:
+            fresh = model.__class__.from_config(model.get_config())
+    except NotImplementedError:
+        raise ConfigError(f"{type(model).__name__} {model.name!r} cannot be rebuilt from its config (no get_config): "
+                          "export it as it is with ks.export_saved_model(model, path); its pruned weights are "
+                          "exactly 0.") from None
+    if not fresh.built:
+        fresh.build_from_config(model.get_build_config())
+    values = [np.where(masks[id(v)], v.numpy(), 0).astype(v.dtype) if id(v) in masks else v.numpy()
+              for v in model.weights]
+    fresh.set_weights(values)
+    return fresh
 
 
 def export_saved_model(model: keras.Model, path: str) -> str:
-    """Strips ``model`` and exports it as a TensorFlow SavedModel with a ``serving_default`` signature.
+    """Exports ``model`` as a TensorFlow SavedModel with a ``serving_default`` signature.
 
-    The export is written next to ``path`` and moved into place, so a crash never leaves a
-    half-written SavedModel at ``path``. An existing export at ``path`` is replaced.
+    The masks take no part in the forward pass, so the export is the plain model, pruned weights
+    exactly 0.0. It is written next to ``path`` and moved into place, so a crash never leaves a
+    half-written SavedModel at ``path``; an existing export at ``path`` is replaced.
     """
-    plain = strip(model)
     path = os.fspath(path)
     tmp = f"{path.rstrip(os.sep)}.tmp-{os.getpid()}"
     if tf.io.gfile.exists(tmp):
         tf.io.gfile.rmtree(tmp)
-    plain.export(tmp, format="tf_saved_model", verbose=False)
+    model.export(tmp, format="tf_saved_model", verbose=False)
     if tf.io.gfile.exists(path):
         old = f"{path.rstrip(os.sep)}.old-{os.getpid()}"
         tf.io.gfile.rename(path, old)
@@ -224,4 +458,3 @@ def export_saved_model(model: keras.Model, path: str) -> str:
     else:
         tf.io.gfile.rename(tmp, path)
     return path
-

@@ -5,6 +5,8 @@
 - ``lenet5``: two conv + pool layers and three dense layers (LeCun et al. 1998).
 - ``resnet``: the CIFAR ResNet of He et al. 2016 (depth 6n+2, ``resnet20`` by default) with a
   width multiplier, giving WideResNets (Zagoruyko & Komodakis 2016) for ``width`` > 1.
+- ``mnist1d_transformer``: a small pre-norm transformer encoder over patches of the sequence
+  (Vaswani et al. 2017; patches as in Dosovitskiy et al. 2021), for MNIST-1D.
 """
 
 from __future__ import annotations
@@ -97,6 +99,68 @@ def resnet(input_shape: Sequence[int], num_classes: int, depth: int = 20, width:
             x = layers.ReLU()(layers.Add()([x, y]))
     x = layers.GlobalAveragePooling2D()(x)
     return keras.Model(inputs, layers.Dense(num_classes, name="logits")(x), name=f"resnet{depth}_{width}")
+
+
+@keras.saving.register_keras_serializable(package="keras_sparse")
+class PositionEmbedding(layers.Layer):
+    """Adds a learned embedding of shape ``(tokens, dim)`` to inputs of shape ``(batch, tokens, dim)``.
+
+    Its one weight is named ``embeddings``, as in ``keras.layers.Embedding``.
+    """
+
+    def __init__(self, initializer="random_normal", **kwargs):
+        super().__init__(**kwargs)
+        self.initializer = keras.initializers.get(initializer)
+
+    def build(self, input_shape):
+        self.embeddings = self.add_weight(shape=tuple(input_shape[-2:]), initializer=self.initializer,
+                                          name="embeddings")
+
+    def call(self, inputs):
+        return inputs + keras.ops.cast(self.embeddings, inputs.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "initializer": keras.initializers.serialize(self.initializer)}
+
+
+@_register("mnist1d_transformer")
+def mnist1d_transformer(input_shape: Sequence[int], num_classes: int, patch_size: int = 4, dim: int = 64,
+                        heads: int = 4, depth: int = 2, mlp_dim: int = 128, dropout: float = 0.0) -> keras.Model:
+    """A small pre-norm transformer encoder (Vaswani et al. 2017) over patches (Dosovitskiy et al. 2021).
+
+    The sequence of shape ``(length, channels)`` is cut into ``length // patch_size``
+    non-overlapping patches (10 patches of 4 values for MNIST-1D), each projected to ``dim``
+    by a Dense layer (``patch_embedding``), plus a learned position embedding
+    (``position_embedding``). Then ``depth`` pre-norm blocks ``blockN``:
+    ``x += MultiHeadAttention(LayerNorm(x))`` (``blockN_attention``, ``heads`` heads of size
+    ``dim // heads``) and ``x += Dense(GELU Dense(LayerNorm(x)))`` (``blockN_ffn1`` of
+    ``mlp_dim`` units, ``blockN_ffn2``). Mean-pooled tokens, LayerNorm, Dense ``logits``.
+    ``dropout`` applies to the attention weights and after each residual branch.
+    """
+    length, channels = input_shape[0], (input_shape[1] if len(input_shape) > 1 else 1)
+    if len(input_shape) > 2 or length % patch_size:
+        raise ConfigError(f"model.patch_size={patch_size} must divide the length of inputs of shape "
+                          f"{tuple(input_shape)} (length, channels).")
+    if dim % heads:
+        raise ConfigError(f"model.dim={dim} must be a multiple of model.heads={heads}.")
+    inputs = keras.Input(input_shape)
+    x = layers.Reshape((length // patch_size, patch_size * channels), name="patches")(inputs)
+    x = layers.Dense(dim, name="patch_embedding")(x)
+    x = PositionEmbedding(keras.initializers.RandomNormal(stddev=0.02), name="position_embedding")(x)
+    for block in range(1, depth + 1):
+        name = f"block{block}"
+        y = layers.LayerNormalization(epsilon=1e-6, name=f"{name}_norm1")(x)
+        y = layers.MultiHeadAttention(heads, dim // heads, dropout=dropout, name=f"{name}_attention")(y, y)
+        y = layers.Dropout(dropout, name=f"{name}_dropout1")(y)
+        x = layers.Add(name=f"{name}_add1")([x, y])
+        y = layers.LayerNormalization(epsilon=1e-6, name=f"{name}_norm2")(x)
+        y = layers.Dense(mlp_dim, activation="gelu", name=f"{name}_ffn1")(y)
+        y = layers.Dense(dim, name=f"{name}_ffn2")(y)
+        y = layers.Dropout(dropout, name=f"{name}_dropout2")(y)
+        x = layers.Add(name=f"{name}_add2")([x, y])
+    x = layers.GlobalAveragePooling1D(name="pool")(x)
+    x = layers.LayerNormalization(epsilon=1e-6, name="norm")(x)
+    return keras.Model(inputs, layers.Dense(num_classes, name="logits")(x), name="mnist1d_transformer")
 
 
 @gin.configurable("model", denylist=["input_shape", "num_classes"])

@@ -1,9 +1,10 @@
 """``Trainer``: the custom training loop for masked models.
 
-One train step is one ``tf.function`` compiled with XLA: forward, gradients, gradients masked,
-optimizer step, kernels re-masked, so pruned weights are exactly zero after every step. Steps
-at which the algorithm changes masks run a second compiled program (the same step plus the
-algorithm's ``updated_masks``), so neither program is ever retraced. With
+One train step is one ``tf.function`` compiled with XLA: forward, gradients, then the
+``SparseOptimizer``'s step (the core ``model.fit`` uses too): gradients masked, optimizer step,
+weights re-masked, so pruned weights are exactly zero after every step. Steps at which the
+algorithm changes masks run a second compiled program (the optimizer's mask update, decided
+while tracing), so neither program is ever retraced. With
 ``steps_per_execution=K`` the loop stages K batches at a time and runs them in one compiled
 program (an XLA while loop), ending a call at each mask-update step, which that program runs
 in-graph. The loop asks the algorithm only through its hooks; it never branches on which
@@ -28,7 +29,8 @@ import tensorflow as tf
 from keras_sparse import flops as flops_lib
 from keras_sparse.algorithms.base import SparseAlgorithm
 from keras_sparse.errors import ConfigError, TrainingDivergedError
-from keras_sparse.masking import masked_kernels, sparsity_report
+from keras_sparse.masking import mask_state, masked_weights, sparsity_report
+from keras_sparse.optimizer import SparseOptimizer
 
 
 class Callback:
@@ -50,7 +52,8 @@ class Trainer:
     Args:
         model: a wrapped model (``keras_sparse.wrap``).
         algorithm: the sparse-training algorithm, e.g. ``algorithms.RigL(sparsity=0.9)``.
-        optimizer: a Keras 3 optimizer.
+        optimizer: a Keras 3 optimizer; the trainer wraps it in a ``SparseOptimizer`` with
+            ``algorithm`` (or give a ``SparseOptimizer`` of that algorithm).
         loss: a Keras loss (or callable ``loss(y_true, y_pred)``).
         jit_compile: compile the train step with XLA (default on).
         logdir: if set, checkpoints (``logdir/checkpoints``) and TensorBoard events go there,
@@ -79,7 +82,13 @@ class Trainer:
                  log_every_steps: int = 20, checkpoints_to_keep: int = 3,
                  strategy: tf.distribute.Strategy | None = None, steps_per_execution: int = 1):
         self.model = model
-        self.algorithm = algorithm
+        if isinstance(optimizer, SparseOptimizer):
+            if algorithm is not None and algorithm is not optimizer.algorithm:
+                raise ConfigError("Trainer: the SparseOptimizer runs another algorithm than the one given: pass "
+                                  "the plain optimizer, or algorithm=None.")
+        else:
+            optimizer = SparseOptimizer(optimizer, algorithm)
+        self.algorithm = optimizer.algorithm
         self.optimizer = optimizer
         self.loss = keras.losses.get(loss) if isinstance(loss, str) else loss
         self.strategy = strategy or tf.distribute.get_strategy()
@@ -94,9 +103,7 @@ class Trainer:
             raise ConfigError(f"steps_per_execution={steps_per_execution} needs a single device, but the strategy "
                               f"has {self._replicas} replicas: use steps_per_execution=1 with a distribution strategy.")
         self.steps_per_execution = int(steps_per_execution)
-        self.kernels = masked_kernels(model)
-        if not self.kernels:
-            raise ConfigError("The model has no masked kernels: pass it through keras_sparse.wrap(model) first.")
+        self.kernels = masked_weights(model)
 
         if strategy is not None and not all(self.strategy.extended.variable_created_in_scope(getattr(v, "value", v))
                                             for v in model.weights):
@@ -108,26 +115,24 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         with self.strategy.scope():  # the trainer's variables are mirrored like the model's
             self._state = {
-                "step": tf.Variable(0, dtype=tf.int64, trainable=False, name="step"),
                 "dense_gradient_steps": tf.Variable(0, dtype=tf.int64, trainable=False),
                 "training_flops": tf.Variable(0.0, dtype=tf.float64, trainable=False),
             }
             self._variables = list(model.trainable_variables)
-            mask_of = {id(k.kernel): k.mask for k in self.kernels}
-            self._masks_by_variable = [mask_of.get(id(v)) for v in self._variables]
-            self._kernel_index = {k.key: next(i for i, v in enumerate(self._variables) if v is k.kernel)
-                                  for k in self.kernels}
             self.optimizer.build(self._variables)
+            self.optimizer.bind(self.kernels)
             # First step whose loss was NaN/inf (-1: none). Not checkpointed: it only stops this process.
             self._nonfinite_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
         # Outside the scope: strategies cannot mirror strings (collectives broadcast numbers only).
         self._state["history"] = tf.Variable("[]", dtype=tf.string, trainable=False)
-        self._slots = {k.key: self._optimizer_slots(k.kernel) for k in self.kernels}
         self._forward_flops: dict[str, float] | None = None
         self._densities: dict[str, float] = {}
         self._set_up = False
         self._configured: tuple[int, int] | None = None
-        self._checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **self._state)
+        # The masks are not among the model's tracked variables (``MaskState``): name them.
+        self._checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
+                                               masks=[k.mask for k in self.kernels],
+                                               masks_initialized=mask_state(model).initialized, **self._state)
         self._manager = None  # opened by restore(): the logdir may change until training starts
         self._checkpoints_to_keep = checkpoints_to_keep
         self._writer = None  # created at the first summary: a failed start leaves the logdir alone
@@ -159,12 +164,6 @@ class Trainer:
             return value
         return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, value)
 
-    def _optimizer_slots(self, kernel) -> list:
-        """The optimizer variables (momentum, Adam moments, …) that belong to ``kernel``."""
-        prefix = kernel.path.replace("/", "_") + "_"
-        return [v for v in self.optimizer.variables
-                if v.name.startswith(prefix) and tuple(v.shape) == tuple(kernel.shape)]
-
     def _gradients(self, x, y, replicas: int = 1):
         """The loss (mean over the batch), the predictions, and the gradients of this replica's
         share of the global batch.
@@ -182,59 +181,19 @@ class Trainer:
                 loss = loss + tf.add_n(self.model.losses) / replicas
         return loss * replicas, predictions, tape.gradient(loss, self._variables)
 
-    def _apply(self, gradients) -> None:
-        masked = [g if m is None else tf.where(m, g, tf.zeros_like(g))
-                  for g, m in zip(gradients, self._masks_by_variable)]
-        self.optimizer.apply(masked, self._variables)
-        # Momentum of a just-dropped weight would move it off zero: re-mask after the step.
-        for k in self.kernels:
-            k.kernel.assign(tf.where(k.mask, k.kernel, tf.zeros_like(k.kernel)))
-        self._state["step"].assign_add(1)
-
     def _watch_loss(self, loss) -> None:
         """Records the first step with a NaN/inf loss (read by the loop at its next check)."""
         loss = self._all_reduce(loss)  # the same verdict on every replica
         first = tf.logical_and(tf.logical_not(tf.math.is_finite(loss)), self._nonfinite_step < 0)
-        self._nonfinite_step.assign(tf.where(first, self._state["step"], self._nonfinite_step))
-
-    def _plain_step(self, x, y):
-        """One training step without a mask update (traced into the compiled programs): masked
-        gradients, optimizer update, re-masking. Returns the loss, the predictions, and the
-        dense gradients of the masked kernels (in ``self.kernels`` order) for a mask update."""
-        loss, predictions, gradients = self._gradients(x, y, self._replicas)
-        self._watch_loss(loss)
-        self._apply(gradients)
-        return loss, predictions, [gradients[self._kernel_index[k.key]] for k in self.kernels]
+        self._nonfinite_step.assign(tf.where(first, tf.cast(self.optimizer.iterations, tf.int64), self._nonfinite_step))
 
     def _step(self, x, y, update_masks: bool | tf.Tensor):
-        """One training step and, with ``update_masks`` (a Python bool, or a boolean tensor
-        decided in-graph) the algorithm's mask update, computed from this step's dense
-        gradients. Returns the loss, the predictions and what ``_update_masks_if`` returns."""
-        loss, predictions, kernel_gradients = self._plain_step(x, y)
-        return loss, predictions, self._update_masks_if(update_masks, kernel_gradients)
-
-    def _update_masks_if(self, update: bool | tf.Tensor, kernel_gradients: list) -> tf.Tensor | None:
-        """``_update_masks`` if ``update``: decided while tracing for a Python bool (None if
-        False), in-graph (a conditional) for a boolean tensor (zero counts if it is false)."""
-        if isinstance(update, bool):
-            return self._update_masks(kernel_gradients) if update else None
-        return tf.cond(update, lambda: self._update_masks(kernel_gradients),
-                       lambda: tf.zeros([len(self.kernels)], tf.int64))
-
-    def _update_masks(self, kernel_gradients: list) -> tf.Tensor:
-        """The algorithm's mask update at the step just taken, from that step's dense gradients
-        of the masked kernels (``self.kernels`` order). Returns each new mask's active count,
-        for the host's FLOPs count: counting here saves a compiled call of its own after every
-        update (0.2 ms on LeNet-300-100, BENCHMARKS.md)."""
-        step = self._state["step"] - 1
-        weights = {k.key: tf.convert_to_tensor(k.kernel) for k in self.kernels}
-        masks = {k.key: tf.convert_to_tensor(k.mask) for k in self.kernels}
-        # All-reduced, so every replica computes the same new masks from the global gradient.
-        dense_gradients = {k.key: self._all_reduce(g) for k, g in zip(self.kernels, kernel_gradients)}
-        new_masks = self.algorithm.updated_masks(step, weights, masks, dense_gradients)
-        for k in self.kernels:
-            self._assign_mask(k, masks[k.key], new_masks[k.key])
-        return _active_counts([new_masks[k.key] for k in self.kernels])
+        """One training step: gradients, then the optimizer's step with the mask update decided
+        (a Python bool while tracing, or a boolean tensor in-graph). Returns the loss, the
+        predictions and the masks' active counts after an update (see ``sparse_apply``)."""
+        loss, predictions, gradients = self._gradients(x, y, self._replicas)
+        self._watch_loss(loss)
+        return loss, predictions, self.optimizer.sparse_apply(gradients, self._variables, update=update_masks)
 
     def _train_step_fn(self, x, y):
         return self._step(x, y, update_masks=False)[0]
@@ -246,32 +205,24 @@ class Trainer:
 
     def _multi_step_fn(self, xs, ys, start, count, update_last):
         """Steps ``start .. start + count - 1`` of a staged chunk (``xs``/``ys`` hold batches
-        stacked on a new leading axis) in one while loop; after the last one, the masks are
-        updated from its gradients if ``update_last``. Returns the chunk's losses (zeros where
-        no step ran) and the masks' active counts after the update (zeros without one)."""
+        stacked on a new leading axis) in one while loop; the last one updates the masks if
+        ``update_last``. Returns the chunk's losses (zeros where no step ran) and the masks'
+        active counts after the update (zeros without one)."""
         size = tf.nest.flatten(ys)[0].shape[0]
 
-        def body(i, losses, _):
+        def one_step(i, losses, update):
             x, y = (tf.nest.map_structure(lambda t: t[i], staged) for staged in (xs, ys))
-            loss, _, kernel_gradients = self._plain_step(x, y)
-            return i + 1, tf.tensor_scatter_nd_update(losses, [[i]], [tf.cast(loss, tf.float32)]), kernel_gradients
+            loss, _, counts = self._step(x, y, update)
+            return tf.tensor_scatter_nd_update(losses, [[i]], [tf.cast(loss, tf.float32)]), counts
 
-        no_gradients = [tf.zeros_like(k.kernel) for k in self.kernels]
-        _, losses, kernel_gradients = tf.while_loop(lambda i, *_: i < start + count, body,
-                                                    (start, tf.zeros([size], tf.float32), no_gradients))
-        # The update sits after the loop, on the gradients the loop carries out, rather than in
-        # the loop body: XLA copies a conditional's operands every time it runs, which cost ~7%
-        # of every LeNet-300-100 step when the conditional ran once a step.
-        return losses, self._update_masks_if(update_last, kernel_gradients)
+        def body(i, losses):
+            return i + 1, one_step(i, losses, False)[0]
 
-    def _assign_mask(self, kernel, old_mask, new_mask) -> None:
-        """Sets a mask, zeroes pruned weights, and resets the optimizer slots of grown ones."""
-        grown = tf.logical_and(new_mask, tf.logical_not(old_mask))
-        kernel.mask.assign(new_mask)
-        # Weights that stay active keep their value; dropped and grown ones are zero.
-        kernel.kernel.assign(tf.where(new_mask & old_mask, kernel.kernel, tf.zeros_like(kernel.kernel)))
-        for slot in self._slots[kernel.key]:
-            slot.assign(tf.where(grown, tf.zeros_like(slot), slot))
+        last = start + count - 1
+        _, losses = tf.while_loop(lambda i, _: i < last, body, (start, tf.zeros([size], tf.float32)))
+        # The step that may update runs after the loop, not in its body: XLA copies a
+        # conditional's operands every time it runs, which cost every step when the loop held one.
+        return one_step(last, losses, update_last)
 
     def _eval_step_fn(self, x, y):
         predictions = self.model(x, training=False)
@@ -288,10 +239,9 @@ class Trainer:
         before anything is read from or written to the logdir."""
         if self._configured == (epochs, steps_per_epoch):
             return
-        shapes = {k.key: tuple(k.mask.shape) for k in self.kernels}
-        self.algorithm.setup(shapes, epochs * steps_per_epoch, steps_per_epoch)
-        self._forward_flops = {k.key: 2.0 * flops_lib.forward_macs(k.wrapper, k.key.rsplit("/", 1)[1])
-                               for k in self.kernels}
+        self.optimizer.set_schedule(epochs * steps_per_epoch, steps_per_epoch)
+        self.optimizer.prepare(initialize=False)
+        self._forward_flops = {k.key: 2.0 * macs for k, macs in zip(self.kernels, flops_lib.forward_macs(self.model, self.kernels))}
         self._configured = (epochs, steps_per_epoch)
 
     def setup(self, train_data: tf.data.Dataset | Callable[[int], tf.data.Dataset], epochs: int,
@@ -303,31 +253,29 @@ class Trainer:
             return
         first_epoch = train_data(0) if callable(train_data) else train_data
         self.configure(epochs, steps_per_epoch or _cardinality(first_epoch))
-        if not self.restore() and self.step == 0:
+        if not self.restore() and self.step == 0 and not self.optimizer.masks_initialized:
             self._initialize_masks(first_epoch)
         self._refresh_densities()
         self._set_up = True
 
     def _initialize_masks(self, train_data) -> None:
-        weights = {k.key: k.kernel.numpy() for k in self.kernels}
         n = self.algorithm.scoring_batches
 
         def dense_gradients() -> dict[str, np.ndarray]:
             total = {k.key: np.zeros(k.kernel.shape, np.float32) for k in self.kernels}
+            index = {id(v): i for i, v in enumerate(self._variables)}
             # Scoring runs in training mode (batch statistics), but must not move BatchNorm's
             # moving averages: that would be training on the scoring batches.
             saved = [v.numpy() for v in self.model.non_trainable_variables]
             for x, y in train_data.take(n):
                 _, _, gradients = self._gradients(x, y)
                 for k in self.kernels:
-                    total[k.key] += gradients[self._kernel_index[k.key]].numpy()
+                    total[k.key] += gradients[index[id(k.kernel)]].numpy()
             for variable, value in zip(self.model.non_trainable_variables, saved):
                 variable.assign(value)
             return total
 
-        masks = self.algorithm.initial_masks(weights, dense_gradients if n else None)
-        for k in self.kernels:
-            self._assign_mask(k, tf.ones_like(k.mask), masks[k.key])
+        self.optimizer.initialize_masks(gradients=dense_gradients if n else None)
         self.dense_gradient_steps += n
         self.training_flops += n  # a dense forward + backward per scoring batch: one dense step each
 
@@ -341,7 +289,7 @@ class Trainer:
     def _active_counts_fn(self) -> tf.Tensor:
         # One compiled call and one read-back for all masks (one eager count per mask cost
         # ~0.3 ms more after every LeNet-300-100 mask update).
-        return _active_counts([k.mask for k in self.kernels])
+        return tf.stack([tf.math.count_nonzero(k.mask, dtype=tf.int64) for k in self.kernels])
 
     def _host_masks(self) -> dict[str, np.ndarray]:
         return {k.key: k.mask.numpy() for k in self.kernels}
@@ -379,7 +327,7 @@ class Trainer:
             raise ConfigError(f"No readable checkpoint in {os.path.dirname(self._manager.checkpoints[-1])} "
                               f"(newest: {self._manager.checkpoints[-1]}): restore it from a backup, or use "
                               "another logdir / --overwrite to start again.")
-        self.step = int(self._state["step"].numpy())
+        self.step = int(self.optimizer.iterations.numpy())
         self.dense_gradient_steps = int(self._state["dense_gradient_steps"].numpy())
         self.training_flops = float(self._state["training_flops"].numpy())
         self.history = json.loads(self._state["history"].numpy().decode())
@@ -548,12 +496,14 @@ class Trainer:
 
     def summary(self) -> dict[str, Any]:
         """Counters for ``metrics.json``: steps, dense-gradient steps, FLOPs, per-layer sparsity."""
+        report = sparsity_report(self.model)
         return {
             "steps": self.step,
             "dense_gradient_steps": self.dense_gradient_steps,
             "training_flops_relative_to_dense": self.training_flops / max(self.step, 1),
             "sparsity": self.sparsity(),
-            "layer_sparsity": {key: value["sparsity"] for key, value in sparsity_report(self.model).items()},
+            "layer_sparsity": {key: value["sparsity"] for key, value in report.items() if key != "total"},
+            "sparsity_of_all_parameters": report["total"]["sparsity_of_all_parameters"],
             "algorithm": self.algorithm.config(),
         }
 
@@ -665,11 +615,6 @@ def _stacked(batches: tf.data.Dataset, size: int):
         chunk.append(batch)
     if chunk:
         yield stack(chunk)
-
-
-def _active_counts(masks: Sequence) -> tf.Tensor:
-    """The number of True entries of each mask, stacked (int64)."""
-    return tf.stack([tf.math.count_nonzero(mask, dtype=tf.int64) for mask in masks])
 
 
 def without_autotune(data: tf.data.Dataset) -> tf.data.Dataset:

@@ -118,7 +118,8 @@ class StepRecorder:
         original = algorithm.is_update_step
 
         def spy(step: int) -> bool:
-            if step == trainer.step and step not in self.snapshots:
+            # The optimizer also asks while tabulating its schedule, before the initial masks.
+            if step == trainer.step and step not in self.snapshots and trainer.optimizer.masks_initialized:
                 self.snapshots[step] = snapshot(trainer.model)
             return original(step)
 

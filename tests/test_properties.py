@@ -205,7 +205,7 @@ def test_dynamic_update_steps_follow_frequency_end_and_freeze(name, total, frequ
     algo.setup({"a/kernel": (4, 4)}, total_steps=total, steps_per_epoch=steps_per_epoch)
     last = end if end is not None else int(0.75 * total)
     for step in range(total + 2):
-        expected = 0 < step < last and step % frequency == 0 and (freeze_at is None or step < freeze_at)
+        expected = 0 <= step < last and step % frequency == 0 and (freeze_at is None or step < freeze_at)
         assert algo.is_update_step(step) == expected, step
         # RigL needs the dense gradient exactly at its updates (none after a freeze); SET never.
         assert algo.uses_dense_gradient(step) == (expected and name == "rigl"), step
@@ -350,7 +350,7 @@ def test_trainer_keeps_pruned_weights_zero_and_counts_exact(name, seed, sparsity
     recorder = Recorder()
     trainer.fit(data, epochs=EPOCHS, callbacks=[recorder])
     check_run(name, algo, recorder, STEPS_PER_EPOCH * EPOCHS)
-    expected_updates = {"magnitude": [1, 3, 5, 7], "set": [2, 4, 6], "rigl": [2, 4, 6], "rigl_frozen": [2, 4]}
+    expected_updates = {"magnitude": [1, 3, 5, 7], "set": [0, 2, 4, 6], "rigl": [0, 2, 4, 6], "rigl_frozen": [0, 2, 4]}
     assert recorder.update_steps == expected_updates.get(name, [])
 
 

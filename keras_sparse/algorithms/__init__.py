@@ -7,6 +7,8 @@ classes, so gin bindings apply to objects built in Python too.
 
 from __future__ import annotations
 
+import inspect
+
 import gin
 
 from keras_sparse.algorithms import dynamic, magnitude, snip, static
@@ -40,5 +42,13 @@ def get(name: str) -> type[SparseAlgorithm]:
         raise ConfigError(f"Unknown algorithm {name!r}: use one of {sorted(REGISTRY)}.") from None
 
 
-__all__ = ["SparseAlgorithm", "FixedMask", "Dense", "StaticSparse", "MagnitudePruning", "SNIP", "SET", "RigL",
+def from_config(config: dict) -> SparseAlgorithm:
+    """The algorithm ``config()`` describes (``{"name": "rigl", "sparsity": 0.9, …}``)."""
+    settings = dict(config)
+    cls = get(settings.pop("name"))
+    accepted = inspect.signature(cls.__init__).parameters
+    return cls(**{k: v for k, v in settings.items() if k in accepted})
+
+
+__all__ = ["from_config", "SparseAlgorithm", "FixedMask", "Dense", "StaticSparse", "MagnitudePruning", "SNIP", "SET", "RigL",
            "REGISTRY", "register", "get"]

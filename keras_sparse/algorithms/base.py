@@ -12,6 +12,7 @@ The ``Trainer`` calls these hooks and never asks which algorithm it runs.
 
 from __future__ import annotations
 
+import weakref
 from typing import Callable, ClassVar, Mapping
 
 import numpy as np
@@ -30,7 +31,8 @@ class SparseAlgorithm:
         sparsity: global fraction of masked-kernel weights to prune, in [0, 1).
         distribution: ``"uniform"``, ``"erdos_renyi"``, ``"erdos_renyi_kernel"`` or a dict
             ``{layer name: sparsity}`` (see ``keras_sparse.distributions``).
-        first_layer_dense: with ``"uniform"``, keep the first masked kernel dense.
+        first_layer_dense: keep the first masked weight dense (with ``"uniform"``,
+            ``"erdos_renyi"`` and ``"erdos_renyi_kernel"``; the others share the rest).
         seed: seeds the random initial masks and any random growth.
     """
 
@@ -38,6 +40,9 @@ class SparseAlgorithm:
     name: ClassVar[str] = "base"
     #: Number of batches whose dense gradients ``initial_masks`` needs (SNIP); 0 for none.
     scoring_batches: int = 0
+    #: Whether a mask-update step replaces that step's optimizer update (RigL's Algorithm 1)
+    #: rather than following it.
+    skips_optimizer_step: ClassVar[bool] = False
 
     def __init__(self, sparsity: float = 0.9, distribution: distributions.Distribution = "erdos_renyi_kernel",
                  first_layer_dense: bool = False, seed: int = 0):
@@ -47,22 +52,43 @@ class SparseAlgorithm:
         self.distribution = distribution
         self.first_layer_dense = first_layer_dense
         self.seed = int(seed)
-        self.total_steps = 0
-        self.steps_per_epoch = 0
+        if first_layer_dense and not isinstance(distribution, str):
+            raise ConfigError(f"{type(self).__name__}: first_layer_dense=True does not apply to an explicit "
+                              "per-layer map: give the first layer sparsity 0.0 in the map instead.")
+        self.total_steps: int | None = 0
+        self.steps_per_epoch: int | None = 0
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.targets: dict[str, float] = {}
+        self._owner = None
 
     # ----------------------------------------------------------------- set-up
-    def setup(self, shapes: Mapping[str, tuple[int, ...]], total_steps: int, steps_per_epoch: int) -> None:
-        """Called once by the trainer before training, with the masked kernels' shapes."""
+    def claim(self, owner: object) -> None:
+        """Ties the algorithm to one optimizer: its schedule and masks belong to one model."""
+        if self._owner is not None and self._owner() is not None and self._owner() is not owner:
+            raise ConfigError(f"This {type(self).__name__} already trains another model: make one algorithm "
+                              "object per model (and per SparseOptimizer).")
+        self._owner = weakref.ref(owner)
+
+    def setup(self, shapes: Mapping[str, tuple[int, ...]], total_steps: int | None,
+              steps_per_epoch: int | None) -> None:
+        """Called once before training, with the masked weights' shapes and, where known, the
+        length of training (``None`` where not: an algorithm that needs it says so)."""
         self.shapes = {key: tuple(int(d) for d in shape) for key, shape in shapes.items()}
-        self.total_steps = int(total_steps)
-        self.steps_per_epoch = int(steps_per_epoch)
+        self.total_steps = None if total_steps is None else int(total_steps)
+        self.steps_per_epoch = None if steps_per_epoch is None else int(steps_per_epoch)
         self.targets = self.layer_sparsities()
+
+    def required_total_steps(self, what: str) -> int:
+        """``total_steps``, or a ``ConfigError`` saying that ``what`` needs it."""
+        if self.total_steps is None:
+            raise ConfigError(f"{type(self).__name__}: {what} needs the length of training: pass "
+                              "total_steps=epochs*steps_per_epoch to SparseOptimizer (or add "
+                              "keras_sparse.SparsityCallback() to fit's callbacks), or set it explicitly.")
+        return self.total_steps
 
     def layer_sparsities(self) -> dict[str, float]:
         """Hook: final target sparsity of each masked kernel."""
-        options = {"first_layer_dense": self.first_layer_dense} if self.distribution == "uniform" else {}
+        options = {"first_layer_dense": self.first_layer_dense} if isinstance(self.distribution, str) else {}
         return distributions.layer_sparsities(self.shapes, self.sparsity, self.distribution, **options)
 
     def target_active(self, key: str) -> int:
@@ -81,8 +107,12 @@ class SparseAlgorithm:
         return {key: mask_ops.random_mask(self.shapes[key], self.target_active(key), rng) for key in self.shapes}
 
     def is_update_step(self, step: int) -> bool:
-        """Hook: whether masks change at (the end of) training step ``step``. Default: never."""
+        """Hook: whether masks change at training step ``step``. Default: never."""
         return False
+
+    def update_horizon(self) -> int:
+        """Hook: a step from which on ``is_update_step`` is always False. Default: 0 (no updates)."""
+        return 0
 
     def updated_masks(self, step: tf.Tensor, weights: Gradients, masks: Gradients,
                       gradients: Gradients) -> dict[str, tf.Tensor]:
@@ -99,5 +129,6 @@ class SparseAlgorithm:
 
     def config(self) -> dict:
         """The algorithm's settings, for ``metrics.json``."""
-        public = {k: v for k, v in vars(self).items() if not k.startswith("_") and k not in ("shapes", "targets")}
+        skip = ("shapes", "targets", "total_steps", "steps_per_epoch")
+        public = {k: v for k, v in vars(self).items() if not k.startswith("_") and k not in skip}
         return {"name": self.name, **public}

@@ -1,10 +1,13 @@
 """Dynamic sparse training: SET (Mocanu et al. 2018) and RigL (Evci et al. 2020).
 
-Every ``update_frequency`` steps until ``end_step`` (default 75% of training), each layer
+At steps 0, ΔT, 2ΔT, … before ``end_step`` (default 75% of training), each layer
 drops the fraction f(t) = α/2 (1 + cos(π t / T_end)) of its active weights with the smallest
 magnitude and grows as many inactive ones. SET grows at random; RigL grows where the dense
-gradient is largest. Grown weights start at zero (the trainer also resets their optimizer
-slots), so every layer keeps its number of active weights.
+gradient is largest. Grown weights start at zero (the optimizer also resets their slots), so
+every layer keeps its number of active weights. As in the RigL paper's Algorithm 1,
+google-research/rigl and jaxpruner, an update step replaces that step's optimizer update.
+The drop count rounds f(t)·n to the nearest whole number (jaxpruner rounds the kept count the
+same way; google-research/rigl floors it).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class SET(SparseAlgorithm):
     """
 
     name = "set"
+    skips_optimizer_step = True
 
     def __init__(self, sparsity: float = 0.9, distribution="erdos_renyi_kernel", first_layer_dense: bool = False,
                  drop_fraction: float = 0.3, update_frequency: int = 100, end_step: int | None = None,
@@ -49,13 +53,17 @@ class SET(SparseAlgorithm):
         self.freeze_step = freeze_step
         self.freeze_epoch = freeze_epoch
 
-    def setup(self, shapes, total_steps: int, steps_per_epoch: int) -> None:
+    def setup(self, shapes, total_steps: int | None, steps_per_epoch: int | None) -> None:
         super().setup(shapes, total_steps, steps_per_epoch)
-        self._end = self.end_step if self.end_step is not None else int(0.75 * total_steps)
+        self._end = (self.end_step if self.end_step is not None
+                     else int(0.75 * self.required_total_steps("end_step's default (75% of training)")))
         freeze = self.freeze_step
         if self.freeze_epoch is not None:
+            if not steps_per_epoch:
+                raise ConfigError(f"{type(self).__name__}.freeze_epoch needs the steps per epoch: pass "
+                                  "steps_per_epoch to SparseOptimizer, or use freeze_step.")
             freeze = int(round(self.freeze_epoch * steps_per_epoch))
-        if freeze is not None and not 0 <= freeze <= total_steps:
+        if freeze is not None and total_steps is not None and not 0 <= freeze <= total_steps:
             raise ConfigError(
                 f"{type(self).__name__}: freeze step {freeze} is outside training (0..{total_steps} steps): "
                 "lower freeze_step/freeze_epoch or train longer.")
@@ -64,7 +72,10 @@ class SET(SparseAlgorithm):
     def is_update_step(self, step: int) -> bool:
         if self._freeze is not None and step >= self._freeze:
             return False
-        return 0 < step < self._end and step % self.update_frequency == 0
+        return 0 <= step < self._end and step % self.update_frequency == 0
+
+    def update_horizon(self) -> int:
+        return self._end if self._freeze is None else min(self._end, self._freeze)
 
     def grow_scores(self, step: tf.Tensor, key: str, weight: tf.Tensor, gradient: tf.Tensor) -> tf.Tensor:
         """Hook: score of each position for growing; SET's is uniform noise, a function of

@@ -32,10 +32,12 @@ class MagnitudePruning(SparseAlgorithm):
         if self.frequency < 1:
             raise ConfigError(f"MagnitudePruning.frequency={frequency} must be a positive number of steps.")
 
-    def setup(self, shapes, total_steps: int, steps_per_epoch: int) -> None:
+    def setup(self, shapes, total_steps: int | None, steps_per_epoch: int | None) -> None:
         super().setup(shapes, total_steps, steps_per_epoch)
-        self._begin = self.begin_step if self.begin_step is not None else int(0.1 * total_steps)
-        self._end = self.end_step if self.end_step is not None else int(0.75 * total_steps)
+        self._begin = (self.begin_step if self.begin_step is not None
+                       else int(0.1 * self.required_total_steps("begin_step's default (10% of training)")))
+        self._end = (self.end_step if self.end_step is not None
+                     else int(0.75 * self.required_total_steps("end_step's default (75% of training)")))
         if not 0 <= self._begin <= self._end:
             raise ConfigError(f"MagnitudePruning: begin_step={self._begin} must be in [0, end_step={self._end}].")
         self._schedule = schedules.polynomial_decay(self.initial_sparsity, self.sparsity, self._begin,
@@ -46,6 +48,9 @@ class MagnitudePruning(SparseAlgorithm):
 
     def is_update_step(self, step: int) -> bool:
         return schedules.periodic_update_step(step, self.frequency, self._begin, self._end)
+
+    def update_horizon(self) -> int:
+        return self._end + 1
 
     def uses_dense_gradient(self, step: int) -> bool:
         return step < self._begin

@@ -1,0 +1,52 @@
+"""``SparsityCallback``: what ``model.fit`` with a ``SparseOptimizer`` cannot know by itself."""
+
+from __future__ import annotations
+
+import sys
+
+import keras
+
+from keras_sparse.errors import ConfigError
+from keras_sparse.optimizer import SparseOptimizer, find_sparse_optimizer
+
+
+class SparsityCallback(keras.callbacks.Callback):
+    """A Keras callback for ``model.fit`` with a ``SparseOptimizer``.
+
+    * Takes the schedule's length from the first ``fit`` call (epochs × steps per epoch) when the
+      optimizer was given no ``total_steps``; later calls continue that schedule.
+    * Says once, in one line, when a ``fit`` call trains past the schedule's end: from there on
+      the masks stay as they are (the algorithm's final state), as they do without this callback.
+    * Adds ``sparsity`` (of the masked weights) to every epoch's logs, for ``CSVLogger``,
+      ``TensorBoard`` and ``EarlyStopping``.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._said_past_end = False
+
+    def _optimizer(self) -> SparseOptimizer:
+        optimizer = find_sparse_optimizer(getattr(self.model, "optimizer", None))
+        if optimizer is None:
+            raise ConfigError("SparsityCallback needs the model compiled with a keras_sparse.SparseOptimizer.")
+        return optimizer
+
+    def on_train_begin(self, logs=None):
+        optimizer = self._optimizer()
+        steps, epochs = self.params.get("steps"), self.params.get("epochs")
+        if not optimizer.prepared and optimizer.total_steps is None:
+            if not steps:
+                raise ConfigError("SparsityCallback: this fit call's data has no known length: pass steps_per_epoch "
+                                  "to fit, or total_steps to SparseOptimizer.")
+            optimizer.set_schedule(epochs * steps, steps)
+        step = int(optimizer.iterations.numpy())
+        end = optimizer.total_steps
+        planned = step + (epochs or 0) * (steps or 0)
+        if end is not None and planned > end and not self._said_past_end:
+            self._said_past_end = True
+            print(f"keras-sparse: this fit call runs to step {planned}, past the schedule's {end} steps: from step "
+                  f"{end} on the masks stay as they are.", file=sys.stderr, flush=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["sparsity"] = self._optimizer().sparsity()

@@ -1,0 +1,361 @@
+"""``SparseOptimizer``: sparse training as an optimizer, so any training loop trains sparse.
+
+Like google-research/rigl's sparse optimizers and jaxpruner's ``wrap_optax``, it wraps any Keras
+optimizer and adds an algorithm (``keras_sparse.algorithms``). Every ``apply`` is one training
+step of the algorithm on a model whose weights ``keras_sparse.wrap`` masked:
+
+* a plain step masks the gradients, lets the wrapped optimizer update the weights, and
+  re-masks them (momentum would otherwise move a pruned weight off zero);
+* at the algorithm's mask-update steps it changes the masks from that step's dense gradients
+  instead: RigL and SET skip the optimizer step there, as the RigL paper's Algorithm 1,
+  google-research/rigl and jaxpruner do; gradual magnitude pruning takes the step, then prunes.
+  Grown weights start at zero with their optimizer slots (momentum, Adam moments) reset.
+
+``model.compile(optimizer=SparseOptimizer(...))`` and plain ``model.fit`` then train sparse;
+so does a ``GradientTape`` loop calling ``optimizer.apply``, and ``keras_sparse.Trainer``.
+Whether a step updates the masks is decided inside the compiled step, from a table of the
+algorithm's update steps, so ``jit_compile`` and ``steps_per_execution`` work.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, Callable, Mapping, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_sparse import algorithms as algorithms_lib
+from keras_sparse import masking
+from keras_sparse.algorithms.base import SparseAlgorithm
+from keras_sparse.errors import ConfigError
+
+
+@keras.saving.register_keras_serializable(package="keras_sparse")
+class SparseOptimizer(keras.optimizers.Optimizer):
+    """Wraps ``optimizer`` so that every step also runs ``algorithm`` on the masked weights.
+
+    Args:
+        optimizer: any Keras 3 optimizer (SGD, Adam, AdamW, …) with its own settings.
+        algorithm: e.g. ``keras_sparse.algorithms.RigL(sparsity=0.9)``; one optimizer each.
+        total_steps: the length of training in steps, which places the algorithm's schedule
+            (RigL's end at 75%, magnitude pruning's begin and end). Needed unless the algorithm
+            has no schedule or all its steps are explicit; ``keras_sparse.SparsityCallback``
+            can set it from the first ``fit`` call instead. Steps past the schedule's end keep
+            the masks as they are.
+        steps_per_epoch: for settings given in epochs (``RigL(freeze_epoch=1)``).
+        model: the model to train; wrapped (``keras_sparse.wrap``) here if it is not yet.
+            Without it, the masks are found from the variables when the optimizer is built.
+            Either way the algorithm's initial masks are set at the first step (``prepare``).
+
+    The step counter is ``iterations`` (every step, mask updates included); the wrapped
+    optimizer's own ``iterations`` (and so a learning-rate schedule) counts the steps it took.
+    SNIP scores weights on data: call ``initialize_masks(data)`` once, after ``compile``.
+    """
+
+    def __init__(self, optimizer: keras.optimizers.Optimizer, algorithm: SparseAlgorithm,
+                 total_steps: int | None = None, steps_per_epoch: int | None = None,
+                 model: keras.Model | None = None, name: str | None = None, **kwargs: Any):
+        if kwargs:
+            raise ConfigError(f"SparseOptimizer takes no {sorted(kwargs)}: set them on the optimizer it wraps.")
+        if isinstance(optimizer, str):
+            optimizer = keras.optimizers.get(optimizer)
+        if not isinstance(optimizer, keras.optimizers.Optimizer):
+            raise ConfigError(f"SparseOptimizer wraps a Keras 3 optimizer, got {type(optimizer).__name__}.")
+        if isinstance(algorithm, Mapping):  # from_config
+            algorithm = algorithms_lib.from_config(algorithm)
+        if not isinstance(algorithm, SparseAlgorithm):
+            raise ConfigError(f"SparseOptimizer needs a keras_sparse algorithm, got {type(algorithm).__name__}: "
+                              "e.g. keras_sparse.algorithms.RigL(sparsity=0.9).")
+        super().__init__(learning_rate=0.0, name=name or f"sparse_{optimizer.name}")
+        self.inner_optimizer = optimizer
+        self.algorithm = algorithm
+        self.total_steps = None if total_steps is None else int(total_steps)
+        self.steps_per_epoch = None if steps_per_epoch is None else int(steps_per_epoch)
+        # Plain containers, set past Keras's attribute tracking: they refer to the model's masks
+        # and the wrapped optimizer's slots, which are saved with those, not as this optimizer's.
+        object.__setattr__(self, "weights_", [])
+        object.__setattr__(self, "_slots", {})
+        self._state_ref = None  # weakref to the model's MaskState
+        self._ready = False  # algorithm set up and masks bound
+        self._update_table: tf.Tensor | None = None
+        if model is not None:
+            masking.wrap(model)
+            self.bind(masking.masked_weights(model))
+
+    # ------------------------------------------------------------- set-up
+    @property
+    def prepared(self) -> bool:
+        """Whether the algorithm is set up (``prepare``): the schedule can no longer change."""
+        return self._ready
+
+    def set_schedule(self, total_steps: int | None, steps_per_epoch: int | None = None) -> None:
+        """Sets the length of training before the first step (``SparsityCallback`` calls it)."""
+        if self._ready and (total_steps, steps_per_epoch) != (self.total_steps, self.steps_per_epoch):
+            raise ConfigError(f"SparseOptimizer: the schedule ({self.total_steps} steps) is already in use: "
+                              "set total_steps before training starts.")
+        self.total_steps = total_steps
+        self.steps_per_epoch = steps_per_epoch
+
+    def bind(self, weights: Sequence[masking.MaskedWeight]) -> None:
+        """Ties the optimizer to one model's masked weights (``build`` finds them from its variables)."""
+        weights = list(weights)
+        if self.weights_:
+            if len(weights) != len(self.weights_) or any(a.variable is not b.variable for a, b in zip(weights, self.weights_)):
+                raise ConfigError(f"This SparseOptimizer was built for another model's weights "
+                                  f"({[w.key for w in self.weights_][:3]}…): make one optimizer per model.")
+            return
+        if len({id(masking.mask_state_of(w)) for w in weights}) != 1:
+            raise ConfigError("SparseOptimizer: the masked weights come from several wrapped models: "
+                              "wrap the outer model only.")
+        self.algorithm.claim(self)
+        self.weights_[:] = weights
+        self._state_ref = weakref.ref(masking.mask_state_of(weights[0]))
+
+    @property
+    def masks_initialized(self) -> bool:
+        """Whether the model's masks were set (by ``initialize_masks``, ``set_masks`` or a load)."""
+        self._require_bound()
+        with tf.init_scope():
+            return bool(self._state_ref().initialized.numpy())
+
+    def prepare(self, initialize: bool = True) -> None:
+        """Sets the algorithm up for the bound weights and the schedule, and (``initialize``) sets
+        its initial masks unless the model has them already. The first step calls it; call it
+        earlier to see a configuration error earlier."""
+        self._require_bound()
+        with tf.init_scope():  # eager, also while the first step is being traced
+            if not self._ready:
+                shapes = {w.key: tuple(int(d) for d in w.variable.shape) for w in self.weights_}
+                self.algorithm.setup(shapes, self.total_steps, self.steps_per_epoch)
+                horizon = self.algorithm.update_horizon()
+                self._update_table = tf.constant([self.algorithm.is_update_step(s) for s in range(horizon)] + [False])
+                self._ready = True
+            if initialize and not self.masks_initialized:
+                if self.algorithm.scoring_batches:
+                    raise ConfigError(f"{type(self.algorithm).__name__} scores weights on training batches: call "
+                                      "optimizer.initialize_masks(train_data) once, after compile and before fit.")
+                self.initialize_masks()
+
+    def build(self, var_list) -> None:
+        """Builds the wrapped optimizer on ``var_list`` and finds the masks of its variables."""
+        var_list = list(var_list)
+        self.inner_optimizer.build(var_list)
+        super().build(var_list)
+        weights = [masking.mask_of(v) for v in var_list]
+        weights = [w for w in weights if w is not None]
+        if weights:
+            self.bind(weights)
+
+    @property
+    def variables(self) -> list:
+        return self._variables[:] + self.inner_optimizer.variables
+
+    @property
+    def learning_rate(self):
+        return self.inner_optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, learning_rate):
+        if hasattr(self, "inner_optimizer"):
+            self.inner_optimizer.learning_rate = learning_rate
+
+    def _require_bound(self) -> None:
+        if not self.weights_ and self.built:  # the model may have been wrapped after the build (a load)
+            found = [masking.mask_of(v) for v in self._trainable_variables]
+            if any(w is not None for w in found):
+                self.bind([w for w in found if w is not None])
+        if not self.weights_:
+            raise ConfigError("None of the variables this SparseOptimizer updates has a mask: call "
+                              "keras_sparse.wrap(model) before compile/fit, or pass model= to SparseOptimizer "
+                              "(a .keras file loads with its masks through keras_sparse.load_model).")
+
+    def initialize_masks(self, data=None, gradients: Callable[[], dict[str, np.ndarray]] | None = None) -> None:
+        """Sets the algorithm's initial masks (once: a model that has them, saved or loaded, keeps them).
+
+        Args:
+            data: for algorithms that score weights on data (SNIP): batches ``(x, y)`` of the
+                training data; the model must be compiled with its loss.
+            gradients: instead of ``data``, a function returning the dense gradients summed over
+                the scoring batches, ``{key: array}`` (``Trainer`` passes its own).
+        """
+        self.prepare(initialize=False)
+        if self.masks_initialized:
+            return
+        scoring = self.algorithm.scoring_batches
+        if scoring and gradients is None:
+            if data is None:
+                raise ConfigError(f"{type(self.algorithm).__name__} scores weights on training batches: call "
+                                  "optimizer.initialize_masks(train_data) once, after compile and before fit.")
+            gradients = lambda: _summed_gradients(self._state_ref().model_ref(), self.weights_, data, scoring)
+        weights = {w.key: w.variable.numpy() for w in self.weights_}
+        masks = self.algorithm.initial_masks(weights, gradients if scoring else None)
+        for w in self.weights_:
+            mask = np.asarray(masks[w.key], dtype=bool)
+            w.mask.assign(mask)
+            w.variable.assign(np.where(mask, weights[w.key], 0).astype(w.variable.dtype))
+        self._state_ref().initialized.assign(True)
+
+    # -------------------------------------------------------------- steps
+    def apply(self, grads, trainable_variables=None):
+        """One training step (Keras's ``Optimizer.apply``); mask updates decided in-graph."""
+        variables = list(trainable_variables) if trainable_variables is not None else self._trainable_variables
+        if not self.built:
+            self.build(variables)
+        self.prepare()
+        if not tf.distribute.has_strategy() or tf.__internal__.distribute.strategy_supports_no_merge_call():
+            self.sparse_apply(grads, variables, update=None)
+            return
+        # MirroredStrategy: a synchronization (the wrapped optimizer's gradient all-reduce) may not
+        # sit inside a conditional in replica context, so decide in cross-replica context.
+        def cross_replica(distribution, grads, variables):
+            def step(update: bool):
+                def run():
+                    distribution.extended.call_for_each_replica(
+                        lambda g: self.sparse_apply(g, variables, update=update, count=False), args=(grads,))
+                return run
+
+            tf.cond(self.is_update_now(), step(True), step(False))
+            self.iterations.assign_add(1)
+
+        tf.distribute.get_replica_context().merge_call(cross_replica, args=(list(grads), variables))
+
+    def is_update_now(self) -> tf.Tensor:
+        """Whether the current step (``iterations``) updates the masks, as a boolean tensor."""
+        last = tf.cast(tf.shape(self._update_table)[0] - 1, self.iterations.dtype)
+        # tf.gather, not table[step]: XLA compiles a slice's start as a constant, which would
+        # recompile the step at every step.
+        return tf.gather(self._update_table, tf.minimum(tf.convert_to_tensor(self.iterations), last))
+
+    def sparse_apply(self, grads, variables, update: bool | tf.Tensor | None = None,
+                     count: bool = True) -> tf.Tensor | None:
+        """One training step with the mask-update decision given: ``True``/``False`` decided while
+        tracing (``Trainer`` compiles each its own program), a boolean tensor decided in-graph,
+        or None for the schedule's decision at ``iterations``.
+
+        Returns the new masks' active counts (int64, one per masked weight) at a decided mask
+        update, zeros from a tensor decision that did not update, None without an update.
+        """
+        self.prepare()
+        grads = list(grads)
+        variables = list(variables)
+        index = {id(v): i for i, v in enumerate(variables)}
+        missing = [w.key for w in self.weights_ if id(w.variable) not in index]
+        if missing:
+            raise ConfigError(f"SparseOptimizer: the masked weights {missing[:3]} are not among the variables "
+                              "being trained: this optimizer was built for another model.")
+        positions = [index[id(w.variable)] for w in self.weights_]
+        dense = [grads[i] if grads[i] is not None else tf.zeros_like(w.variable) for i, w in zip(positions, self.weights_)]
+        if update is None:
+            update = self.is_update_now()
+        if isinstance(update, bool):
+            counts = self._update_masks(dense, grads, variables, positions) if update else self._step(grads, variables, positions)
+        else:
+            counts = tf.cond(update, lambda: self._update_masks(dense, grads, variables, positions),
+                             lambda: self._step(grads, variables, positions, zeros=True))
+        if count:
+            self.iterations.assign_add(1)
+        return counts
+
+    def _step(self, grads, variables, positions, zeros: bool = False):
+        """A plain step: masked gradients, the wrapped optimizer's update, weights re-masked."""
+        # Every gradient made in this graph (a conditional's branch): the wrapped optimizer's
+        # all-reduce needs all of its inputs from one graph.
+        masked = [g if g is None else tf.identity(g) for g in grads]
+        for i, w in zip(positions, self.weights_):
+            if masked[i] is not None:
+                masked[i] = tf.where(w.mask, masked[i], tf.zeros_like(masked[i]))
+        self.inner_optimizer.apply(masked, variables)
+        for w in self.weights_:
+            w.variable.assign(tf.where(w.mask, w.variable, tf.zeros_like(w.variable)))
+        return tf.zeros([len(self.weights_)], tf.int64) if zeros else None
+
+    def _update_masks(self, dense, grads, variables, positions) -> tf.Tensor:
+        """The algorithm's mask update at this step, from its dense gradients (all-reduced over
+        replicas, so every replica computes the same masks)."""
+        if not self.algorithm.skips_optimizer_step:
+            self._step(grads, variables, positions)
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            dense = [context.all_reduce(tf.distribute.ReduceOp.SUM, g) for g in dense]
+        step = tf.convert_to_tensor(self.iterations)
+        weights = {w.key: tf.convert_to_tensor(w.variable) for w in self.weights_}
+        masks = {w.key: tf.convert_to_tensor(w.mask) for w in self.weights_}
+        new_masks = self.algorithm.updated_masks(step, weights, masks, dict(zip((w.key for w in self.weights_), dense)))
+        for w in self.weights_:
+            old, new = masks[w.key], new_masks[w.key]
+            w.mask.assign(new)
+            # Weights that stay active keep their value; dropped and grown ones are zero.
+            w.variable.assign(tf.where(new & old, w.variable, tf.zeros_like(w.variable)))
+            grown = new & ~old
+            for slot in self.slots(w):
+                slot.assign(tf.where(grown, tf.zeros_like(slot), slot))
+        return tf.stack([tf.math.count_nonzero(new_masks[w.key], dtype=tf.int64) for w in self.weights_])
+
+    def slots(self, weight: masking.MaskedWeight) -> list:
+        """The wrapped optimizer's variables that belong to ``weight`` (momentum, Adam moments, …)."""
+        if weight.key not in self._slots:
+            prefix = weight.variable.path.replace("/", "_") + "_"
+            self._slots[weight.key] = [v for v in self.inner_optimizer.variables
+                                       if v.name.startswith(prefix) and tuple(v.shape) == tuple(weight.variable.shape)]
+        return self._slots[weight.key]
+
+    def sparsity(self) -> float:
+        """Fraction of the masked weights that are pruned now."""
+        sizes = [int(np.prod(w.mask.shape)) for w in self.weights_]
+        active = [int(np.count_nonzero(w.mask.numpy())) for w in self.weights_]
+        return 1.0 - sum(active) / max(sum(sizes), 1)
+
+    # ------------------------------------------------------------- Keras API
+    def scale_loss(self, loss):
+        return self.inner_optimizer.scale_loss(loss)
+
+    def finalize_variable_values(self, var_list):
+        self.inner_optimizer.finalize_variable_values(var_list)
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "optimizer": keras.saving.serialize_keras_object(self.inner_optimizer),
+                "algorithm": self.algorithm.config(), "total_steps": self.total_steps,
+                "steps_per_epoch": self.steps_per_epoch}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        optimizer = keras.saving.deserialize_keras_object(config.pop("optimizer"), custom_objects=custom_objects)
+        return cls(optimizer, **config)
+
+
+def find_sparse_optimizer(optimizer) -> SparseOptimizer | None:
+    """``optimizer`` if it is a ``SparseOptimizer``, or the one it wraps (Keras wraps the compiled
+    optimizer in a ``LossScaleOptimizer`` under ``mixed_float16``); None if there is none."""
+    while optimizer is not None and not isinstance(optimizer, SparseOptimizer):
+        optimizer = getattr(optimizer, "inner_optimizer", None)
+    return optimizer
+
+
+def _summed_gradients(model: keras.Model, weights: Sequence[masking.MaskedWeight], data, batches: int):
+    """Dense gradients of the compiled loss summed over ``batches`` batches of ``data``, for
+    scoring at initialization. Runs in training mode (batch statistics) but puts BatchNorm's
+    moving averages back: scoring must not train."""
+    if model is None or getattr(model, "compiled_loss", None) is None and getattr(model, "loss", None) is None:
+        raise ConfigError("initialize_masks(data) needs the model compiled with its loss first.")
+    if not isinstance(data, tf.data.Dataset):
+        data = tf.data.Dataset.from_tensor_slices(data).batch(32) if isinstance(data, tuple) else data
+    saved = [v.numpy() for v in model.non_trainable_variables]
+    total = {w.key: np.zeros(w.variable.shape, np.float32) for w in weights}
+    taken = 0
+    for x, y in data:
+        with tf.GradientTape() as tape:
+            predictions = model(x, training=True)
+            loss = model.compute_loss(x=x, y=y, y_pred=predictions)
+        gradients = tape.gradient(loss, [w.variable for w in weights])
+        for w, g in zip(weights, gradients):
+            if g is not None:
+                total[w.key] += np.asarray(g, np.float32)
+        taken += 1
+        if taken == batches:
+            break
+    for variable, value in zip(model.non_trainable_variables, saved):
+        variable.assign(value)
+    return total

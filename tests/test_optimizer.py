@@ -1,0 +1,282 @@
+"""``SparseOptimizer``: sparse training with a line in plain ``model.compile`` / ``model.fit``.
+
+The reference is ``ks.Trainer``, which runs the same optimizer step in its own loop: for every
+algorithm ``model.fit`` must give the same masks and weights. Then the Keras features a user
+already relies on: jit on and off, steps_per_execution, numpy / tf.data / generators, string
+losses, mixed precision, several fit calls, callbacks, and a GradientTape loop.
+"""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_sparse as ks
+from keras_sparse import algorithms
+
+from conftest import SMALL_RUN_ALGORITHMS, build_mlp, build_small_convnet, loss_fn, make_arrays, small_convnet_data
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 12  # small_convnet_data: 6 steps an epoch, 2 epochs
+
+
+def _sparse_optimizer(name, model=None, **kwargs):
+    return ks.SparseOptimizer(keras.optimizers.SGD(0.05, momentum=0.9), SMALL_RUN_ALGORITHMS[name](),
+                              total_steps=STEPS, steps_per_epoch=6, model=model, **kwargs)
+
+
+def _check_exact_zeros(model):
+    for w in ks.masked_weights(model):
+        assert np.all(w.variable.numpy()[~w.mask.numpy()] == 0), w.key
+
+
+@pytest.mark.parametrize("name, jit, steps_per_execution", [(name, name in ("rigl", "magnitude", "set"), 1)
+                                                            for name in sorted(SMALL_RUN_ALGORITHMS)]
+                         + [("rigl", True, 4), ("rigl", False, 3)])
+def test_fit_matches_trainer(name, jit, steps_per_execution):
+    reference = ks.wrap(build_small_convnet())
+    trainer = ks.Trainer(reference, SMALL_RUN_ALGORITHMS[name](), keras.optimizers.SGD(0.05, momentum=0.9), loss_fn(),
+                         jit_compile=jit, progress=False)
+    trainer.fit(small_convnet_data(), epochs=2)
+
+    model = build_small_convnet()
+    optimizer = _sparse_optimizer(name, model=model)
+    if optimizer.algorithm.scoring_batches:
+        model.compile(optimizer=optimizer, loss=loss_fn())
+        optimizer.initialize_masks(small_convnet_data())  # SNIP: the one extra call
+    model.compile(optimizer=optimizer, loss=loss_fn(), metrics=["accuracy"], jit_compile=jit,
+                  steps_per_execution=steps_per_execution)
+    history = model.fit(small_convnet_data(), epochs=2, verbose=0)
+
+    masks, expected = ks.get_masks(model), ks.get_masks(reference)
+    for key in expected:
+        np.testing.assert_array_equal(masks[key], expected[key], err_msg=key)
+    for a, b in zip(model.weights, reference.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
+    _check_exact_zeros(model)
+    assert int(optimizer.iterations.numpy()) == STEPS == trainer.step
+    assert len(history.history["loss"]) == 2 and np.isfinite(history.history["loss"]).all()
+
+
+def test_rigl_updates_at_step_zero_and_skips_the_optimizer_step_there():
+    """RigL's Algorithm 1 (and google-research/rigl, jaxpruner): updates at t = 0, ΔT, 2ΔT, …,
+    and an update step changes masks instead of taking an optimizer step."""
+    model = build_small_convnet()
+    optimizer = ks.SparseOptimizer(keras.optimizers.SGD(0.05), algorithms.RigL(sparsity=0.8, update_frequency=3,
+                                                                              end_step=7), model=model)
+    model.compile(optimizer=optimizer, loss=loss_fn())
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    x, y = next(iter(small_convnet_data()))
+    model.train_on_batch(x, y)  # step 0: a mask update
+    masks = ks.get_masks(model)
+    for w, old in zip(model.trainable_variables, before):
+        mask = masks.get(w.path)
+        if mask is None:
+            np.testing.assert_array_equal(w.numpy(), old, err_msg=w.path)  # no optimizer step: biases unchanged
+        else:
+            np.testing.assert_array_equal(w.numpy(), np.where(mask, old, 0), err_msg=w.path)  # kept, or zero
+    assert int(optimizer.inner_optimizer.iterations.numpy()) == 0 and int(optimizer.iterations.numpy()) == 1
+    model.train_on_batch(x, y)  # step 1: a plain step
+    assert int(optimizer.inner_optimizer.iterations.numpy()) == 1
+    assert [s for s in range(10) if optimizer.algorithm.is_update_step(s)] == [0, 3, 6]
+
+
+def test_magnitude_pruning_takes_the_step_then_prunes():
+    algo = algorithms.MagnitudePruning(sparsity=0.5, begin_step=0, end_step=0, frequency=1)
+    assert not algo.skips_optimizer_step
+    model = build_small_convnet()
+    optimizer = ks.SparseOptimizer(keras.optimizers.SGD(0.05), algo, model=model)
+    model.compile(optimizer=optimizer, loss=loss_fn())
+    x, y = next(iter(small_convnet_data()))
+    model.train_on_batch(x, y)
+    assert int(optimizer.inner_optimizer.iterations.numpy()) == 1
+    assert ks.sparsity(model) == pytest.approx(0.5, abs=0.01)
+    _check_exact_zeros(model)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "generator", "dataset"])
+def test_data_kinds_and_string_losses(kind):
+    x, y = make_arrays(64, (8,), 2, seed=1)
+    y = y.astype("float32")[:, None]
+    model = build_mlp(n_in=8, n_out=1)
+    model.compile(optimizer=ks.SparseOptimizer(keras.optimizers.SGD(0.1), algorithms.RigL(sparsity=0.7, update_frequency=2),
+                                               total_steps=16, model=model),
+                  loss="binary_crossentropy", jit_compile=True)
+    if kind == "numpy":
+        model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    elif kind == "generator":
+        def batches():
+            for _ in range(2):
+                for i in range(0, 64, 8):
+                    yield x[i:i + 8], y[i:i + 8]
+        model.fit(batches(), steps_per_epoch=8, epochs=2, verbose=0)
+    else:
+        model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8), epochs=2, verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == 16
+    assert ks.sparsity(model) == pytest.approx(0.7, abs=0.02)
+    _check_exact_zeros(model)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_learns_like_float32(policy):
+    """Under mixed_float16 Keras wraps the optimizer in a LossScaleOptimizer, which scales the
+    loss and unscales the gradients: a step that ignored the scale would learn nothing."""
+    x, y = make_arrays(256, (8,), 4, seed=2)
+    y = (x[:, 0] > 0).astype("int64") + 2 * (x[:, 1] > 0).astype("int64")
+    losses = {}
+    for name in ("float32", policy):
+        keras.mixed_precision.set_global_policy(name)
+        try:
+            model = build_mlp(seed=3, n_in=8, hidden=(32,), n_out=4)
+            model.compile(optimizer=ks.SparseOptimizer(keras.optimizers.SGD(0.1, momentum=0.9),
+                                                       algorithms.RigL(sparsity=0.5, update_frequency=8),
+                                                       total_steps=160, model=model),
+                          loss=loss_fn())
+            history = model.fit(x, y, batch_size=32, epochs=20, verbose=0)
+            losses[name] = history.history["loss"]
+            _check_exact_zeros(model)
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+    assert losses[policy][-1] < 0.6 * losses[policy][0]  # it learns
+    np.testing.assert_allclose(losses[policy], losses["float32"], rtol=0.15, atol=0.05)
+
+
+def test_gradient_tape_loop():
+    model = build_mlp(n_in=8, n_out=3)
+    optimizer = ks.SparseOptimizer(keras.optimizers.Adam(1e-2), algorithms.SET(sparsity=0.6, update_frequency=2),
+                                   total_steps=6, model=model)
+    x, y = make_arrays(16, (8,), 3)
+
+    @tf.function(jit_compile=True)
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_fn()(y, model(x, training=True))
+        optimizer.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
+        return loss
+
+    first = ks.get_masks(model)
+    for _ in range(6):
+        step(x, y)
+    assert int(optimizer.iterations.numpy()) == 6
+    assert any(not np.array_equal(first[k], m) for k, m in ks.get_masks(model).items())  # SET moved some
+    assert ks.sparsity(model) == pytest.approx(0.6, abs=0.02)
+    _check_exact_zeros(model)
+
+
+def test_several_fit_calls_continue_one_schedule_and_say_when_past_its_end(capsys):
+    model = build_small_convnet()
+    optimizer = ks.SparseOptimizer(keras.optimizers.SGD(0.05), algorithms.RigL(sparsity=0.8, update_frequency=2))
+    model.compile(optimizer=optimizer, loss=loss_fn())
+    ks.wrap(model)
+    callback = ks.SparsityCallback()
+    model.fit(small_convnet_data(), epochs=2, verbose=0, callbacks=[callback])  # the schedule: 12 steps
+    assert optimizer.total_steps == 12 and "past" not in capsys.readouterr().err
+    masks = ks.get_masks(model)
+    for _ in range(2):
+        history = model.fit(small_convnet_data(), epochs=1, verbose=0, callbacks=[callback])
+    assert capsys.readouterr().err.count("past the schedule's 12 steps") == 1
+    assert int(optimizer.iterations.numpy()) == 24
+    for key, mask in ks.get_masks(model).items():  # no update after the end (75% of 12 steps)
+        np.testing.assert_array_equal(mask, masks[key])
+    assert history.history["sparsity"] == [pytest.approx(ks.sparsity(model))]
+
+
+def test_keras_callbacks(tmp_path):
+    model = build_small_convnet()
+    model.compile(optimizer=_sparse_optimizer("rigl", model=model), loss=loss_fn(), metrics=["accuracy"])
+    callbacks = [ks.SparsityCallback(), keras.callbacks.EarlyStopping(monitor="loss", patience=5),
+                 keras.callbacks.ModelCheckpoint(str(tmp_path / "best.keras")),
+                 keras.callbacks.ModelCheckpoint(str(tmp_path / "w.weights.h5"), save_weights_only=True),
+                 keras.callbacks.TensorBoard(str(tmp_path / "tb")), keras.callbacks.CSVLogger(str(tmp_path / "log.csv"))]
+    model.fit(small_convnet_data(), epochs=2, verbose=0, callbacks=callbacks)
+    assert "sparsity" in (tmp_path / "log.csv").read_text().splitlines()[0]
+    assert os.listdir(tmp_path / "tb")
+    loaded = ks.load_model(str(tmp_path / "best.keras"))
+    for key, mask in ks.get_masks(model).items():
+        np.testing.assert_array_equal(ks.get_masks(loaded)[key], mask)
+    fresh = ks.wrap(build_small_convnet(seed=9))
+    fresh.load_weights(str(tmp_path / "w.weights.h5"))
+    for key, mask in ks.get_masks(model).items():
+        np.testing.assert_array_equal(ks.get_masks(fresh)[key], mask)
+    # The loaded model continues training from its optimizer state and masks.
+    loaded.fit(small_convnet_data(), epochs=1, verbose=0)
+    _check_exact_zeros(loaded)
+
+
+BACKUP = r"""
+import os, sys
+import keras, numpy as np
+import keras_sparse as ks
+sys.path.insert(0, "tests")
+from conftest import SMALL_RUN_ALGORITHMS, build_small_convnet, loss_fn, small_convnet_data
+mode, out, backup = sys.argv[1:4]
+model = build_small_convnet()
+optimizer = ks.SparseOptimizer(keras.optimizers.SGD(0.05, momentum=0.9), SMALL_RUN_ALGORITHMS["rigl"](),
+                               total_steps=24, model=model)
+model.compile(optimizer=optimizer, loss=loss_fn(), jit_compile=True)
+
+class Kill(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if mode == "kill" and int(self.model.optimizer.iterations.numpy()) == 15:
+            os._exit(3)  # as a preemption would: no clean-up, mid-epoch
+
+model.fit(small_convnet_data(), epochs=4, verbose=0,
+          callbacks=[keras.callbacks.BackupAndRestore(backup), Kill()])
+np.savez(out, *[v.numpy() for v in model.weights], *ks.get_masks(model).values())
+"""
+
+
+def test_backup_and_restore_after_a_kill_gives_the_uninterrupted_run(tmp_path):
+    def run(mode, name):
+        return subprocess.run([sys.executable, "-c", BACKUP, mode, str(tmp_path / name), str(tmp_path / f"backup-{name}")],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300,
+                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+
+    assert run("plain", "straight.npz").returncode == 0
+    killed = run("kill", "resumed.npz")
+    assert killed.returncode == 3, killed.stderr[-3000:]
+    resumed = run("resume", "resumed.npz")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    straight, again = np.load(tmp_path / "straight.npz"), np.load(tmp_path / "resumed.npz")
+    assert len(straight.files) == len(again.files)
+    for key in straight.files:
+        np.testing.assert_array_equal(straight[key], again[key], err_msg=key)
+
+
+def test_bad_input_gets_one_clear_line():
+    model = build_small_convnet()
+    with pytest.raises(ks.errors.ConfigError, match="has a mask|wrap"):
+        model.compile(optimizer=ks.SparseOptimizer(keras.optimizers.SGD(0.1), algorithms.StaticSparse(0.5)),
+                      loss=loss_fn())
+        model.fit(small_convnet_data(), epochs=1, verbose=0)
+    with pytest.raises(ks.errors.ConfigError, match="length of training"):
+        other = build_small_convnet()
+        other.compile(optimizer=ks.SparseOptimizer(keras.optimizers.SGD(0.1), algorithms.RigL(0.5), model=other),
+                      loss=loss_fn())
+        other.fit(small_convnet_data(), epochs=1, verbose=0)
+    algo = algorithms.StaticSparse(0.5)
+    first, second = build_small_convnet(), build_small_convnet(seed=1)
+    ks.SparseOptimizer(keras.optimizers.SGD(0.1), algo, model=first)
+    with pytest.raises(ks.errors.ConfigError, match="one algorithm object per model"):
+        ks.SparseOptimizer(keras.optimizers.SGD(0.1), algo, model=second)
+    optimizer = ks.SparseOptimizer(keras.optimizers.SGD(0.1), algorithms.StaticSparse(0.5), model=first)
+    with pytest.raises(ks.errors.ConfigError, match="another model"):
+        second.compile(optimizer=optimizer, loss=loss_fn())
+        second.fit(small_convnet_data(), epochs=1, verbose=0)
+    snip_model = build_small_convnet()
+    snip_model.compile(optimizer=ks.SparseOptimizer(keras.optimizers.SGD(0.1), algorithms.SNIP(0.5), model=snip_model),
+                       loss=loss_fn())
+    with pytest.raises(ks.errors.ConfigError, match="initialize_masks"):
+        snip_model.fit(small_convnet_data(), epochs=1, verbose=0)
+
+
+def test_optimizer_round_trips_through_its_config():
+    optimizer = _sparse_optimizer("rigl")
+    again = ks.SparseOptimizer.from_config(optimizer.get_config())
+    assert type(again.inner_optimizer) is keras.optimizers.SGD
+    assert again.algorithm.config() == optimizer.algorithm.config()
+    assert (again.total_steps, again.steps_per_epoch) == (STEPS, 6)
