@@ -1,20 +1,36 @@
-"""Steps/s of the masked train step against a plain dense Keras 3 step, same model, same loop.
+"""Steps/s of the masked train step against the same dense step: same model, same step body.
 
-    python benchmarks/mask_overhead.py [--models lenet_300_100 lenet5 resnet] [--rounds 7] [--no-xla]
+    python benchmarks/mask_overhead.py [--models lenet_300_100 mnist1d_transformer lenet5 resnet]
+                                       [--rounds 21] [--batch N] [--watch-loss] [--no-xla]
+                                       [--out mask_overhead.json]
 
-Models: LeNet-300-100 and LeNet-5 on 28×28×1 inputs, ResNet-20 on 32×32×3, batch 128.
+Models (``common.MODELS``): LeNet-300-100 and LeNet-5 on 28×28×1 inputs and ResNet-20 on
+32×32×3, batch 128, SGD(0.01, momentum 0.9); the MNIST-1D transformer
+(``mnist1d_transformer``, 40×1 inputs), batch 64, AdamW(1e-3). ``--batch`` sets one batch for all.
 
-Every step is one ``tf.function(jit_compile=True)``: forward, gradients, SGD-momentum update.
+Every variant is one ``tf.function`` (``jit_compile=True`` unless ``--no-xla``) with the same
+body, written here (``common.train_step``): forward, gradients, optimizer update.
 
-- ``masked``: ``keras_sparse.Trainer``'s step on the model wrapped at 90% static sparsity
-  (gradients masked, kernels re-masked after the update, a step counter, a NaN watch).
-- ``dense``: a plain Keras 3 step on the unwrapped model with the same step counter and NaN
-  watch, i.e. the same loop without masking: the baseline of the ratio.
-- ``plain``: the bare plain Keras 3 step (no counter, no watch). On LeNet-300-100 on CPU it is
-  slower than ``dense`` although it does less; see BENCHMARKS.md.
+- ``dense``: the plain, unwrapped model with the plain optimizer (``optimizer.apply``): the
+  baseline of the ratios.
+- ``masked``: the same architecture and initial weights, ``ks.wrap``-ped (every default weight
+  masked) at 90% static sparsity, trained through ``ks.SparseOptimizer(optimizer,
+  StaticSparse(0.9))`` with ``optimizer.sparse_apply(grads, variables, update=False)``: gradients
+  masked, the optimizer's update, weights re-masked. This is the program ``ks.Trainer`` compiles
+  for its plain steps.
+- ``masked_cond``: the same model and optimizer through ``optimizer.apply(grads, variables)``,
+  which decides in-graph, with a ``tf.cond`` over the algorithm's update table, whether the
+  step updates the masks: the program ``model.fit`` (and a ``GradientTape`` loop) runs. For
+  static sparsity the condition is always false; the difference to ``masked`` is the cost of
+  the conditional.
 
-The variants alternate, and the median over rounds is reported, because the machines here are
-shared and noisy.
+``--watch-loss`` adds ``ks.Trainer``'s step counter and NaN record to every variant (on
+LeNet-300-100 it made the plain step faster in earlier sessions, see BENCHMARKS.md).
+
+The machine is shared and noisy: the variants take turns within each round (the order rotating
+from round to round), and the script reports, per model, the median over rounds of each
+round's ratio (masked ÷ dense, both timed in the same round), with the ratios' min–max and
+quartiles, beside the ratio of the medians.
 """
 
 from __future__ import annotations
@@ -22,70 +38,75 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras_sparse as ks  # noqa: E402
 
 import common  # noqa: E402
-import keras_sparse as ks  # noqa: E402
-from keras_sparse import models  # noqa: E402
 
-
-MODELS = {  # name: (input shape, steps a round) — fewer steps for the bigger model
-    "lenet_300_100": ((28, 28, 1), 200),
-    "lenet5": ((28, 28, 1), 100),
-    "resnet": ((32, 32, 3), 10),
+STEPS = {  # steps a round per model: about 0.2 s of the step on 2 CPU cores (fewer for ResNet-20)
+    "lenet_300_100": 200,
+    "lenet5": 100,
+    "resnet": 10,
+    "mnist1d_transformer": 40,
 }
+RATIOS = (("masked", "dense"), ("masked_cond", "dense"), ("masked_cond", "masked"))
 
 
-def measure(name: str, batch: int, rounds: int, jit: bool) -> dict:
-    """Alternates the dense and masked steps of model ``name``; returns medians and their ratio."""
-    shape, steps = MODELS[name]
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    rng = np.random.default_rng(0)
-    x = tf.constant(rng.normal(size=(batch, *shape)).astype("float32"))
-    y = tf.constant(rng.integers(0, 10, size=batch))
-
-    def plain(watch_loss: bool):
-        keras.utils.set_random_seed(0)
-        return common.plain_step(models.build(shape, 10, name=name), keras.optimizers.SGD(0.01, momentum=0.9),
-                                 loss_fn, jit, watch_loss=watch_loss)
-
-    keras.utils.set_random_seed(0)
-    masked = ks.wrap(models.build(shape, 10, name=name))
-    trainer = ks.Trainer(masked, ks.algorithms.StaticSparse(sparsity=0.9), keras.optimizers.SGD(0.01, momentum=0.9),
-                         loss_fn, jit_compile=jit, progress=False)
-    trainer.fit(tf.data.Dataset.from_tensors((x, y)), epochs=1)  # initial masks + one compiled step
-    # The step's tf.function, dispatched like the dense one (the Trainer's own faster dispatch aside).
-    masked_step = trainer._train_step.function
-
-    variants = {"plain": plain(False), "dense": plain(True), "masked": masked_step}
-    rates, medians = common.alternate(variants, x, y, steps, rounds)
-    return {"model": name, "batch": batch, "xla": jit, "steps": steps, "rounds": rounds, "steps_per_second": rates,
-            "median": medians, "masked_over_dense": medians["masked"] / medians["dense"],
-            "masked_over_plain": medians["masked"] / medians["plain"], "sparsity": ks.sparsity(masked)}
+def measure(name: str, batch: int | None, rounds: int, jit: bool, watch_loss: bool) -> dict:
+    """Alternates the dense and the two masked steps of model ``name``; returns the rates of
+    every round, their medians, and the per-round ratios."""
+    started = time.perf_counter()
+    x, y = common.batch_of(name, batch)
+    loss = common.loss_fn()
+    dense = common.plain_step(common.build(name), common.optimizer_for(name), loss, jit, watch_loss)
+    model = common.build(name)  # the same initial weights
+    optimizer = common.sparse_optimizer(model, ks.algorithms.StaticSparse(sparsity=0.9), common.optimizer_for(name))
+    variants = {"dense": dense,
+                "masked": common.sparse_step(model, optimizer, loss, jit, update=False, watch_loss=watch_loss),
+                "masked_cond": common.sparse_step(model, optimizer, loss, jit, update=None, watch_loss=watch_loss)}
+    for step in variants.values():
+        step(x, y).numpy()  # compile
+    steps = STEPS[name]
+    names = list(variants)
+    rates: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            rates[n].append(common.steps_per_second(variants[n], x, y, steps))
+    medians = {n: statistics.median(v) for n, v in rates.items()}
+    ratios = {f"{a}/{b}": common.round_ratios(rates, a, b) for a, b in RATIOS}
+    return {"model": name, "batch": int(x.shape[0]), "optimizer": type(common.optimizer_for(name)).__name__,
+            "xla": jit, "watch_loss": watch_loss, "steps": steps, "rounds": rounds, "steps_per_second": rates,
+            "median": medians, "ratios": ratios,
+            "masked_over_dense": ratios["masked/dense"]["median"],
+            "masked_over_dense_of_medians": medians["masked"] / medians["dense"],
+            "sparsity": ks.sparsity(model), "seconds": time.perf_counter() - started}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--models", nargs="+", default=["lenet_300_100", "mnist1d_transformer", "lenet5", "resnet"],
+                        choices=list(STEPS))
+    parser.add_argument("--rounds", type=int, default=21)
+    parser.add_argument("--batch", type=int, default=None, help="one batch size for every model (default: per model)")
+    parser.add_argument("--watch-loss", action="store_true")
     parser.add_argument("--no-xla", action="store_true")
     parser.add_argument("--out", default="mask_overhead.json")
     args = parser.parse_args()
-    results = [measure(name, args.batch, args.rounds, not args.no_xla) for name in args.models]
-    print(f"batch {args.batch}, XLA {'on' if not args.no_xla else 'off'}, static 90% masks, "
-          f"median of {args.rounds} alternating rounds")
-    print("| model | steps a round | plain steps/s | dense steps/s | masked steps/s | masked / dense | masked / plain |")
-    print("|---|---|---|---|---|---|---|")
+    results = [measure(name, args.batch, args.rounds, not args.no_xla, args.watch_loss) for name in args.models]
+    print(f"XLA {'on' if not args.no_xla else 'off'}, static 90% masks, {args.rounds} rounds, variants alternating; "
+          f"ratios: median of per-round ratios (min–max){', NaN watch in every step' if args.watch_loss else ''}\n")
+    print("| model | batch, optimizer | steps a round | dense steps/s | masked steps/s | masked_cond steps/s "
+          "| masked ÷ dense | masked_cond ÷ dense | masked_cond ÷ masked |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         m = r["median"]
-        print(f"| {r['model']} | {r['steps']} | {m['plain']:.1f} | {m['dense']:.1f} | {m['masked']:.1f} "
-              f"| {r['masked_over_dense']:.3f} | {r['masked_over_plain']:.3f} |")
+        cells = " | ".join(f"{q['median']:.3f} ({q['min']:.3f}–{q['max']:.3f})" for q in r["ratios"].values())
+        print(f"| {r['model']} | {r['batch']}, {r['optimizer']} | {r['steps']} | {m['dense']:.1f} | {m['masked']:.1f} "
+              f"| {m['masked_cond']:.1f} | {cells} |")
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1)
 

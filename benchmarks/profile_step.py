@@ -3,21 +3,32 @@
     python benchmarks/profile_step.py [--rounds 5] [--out profile_step.json]
 
 LeNet-300-100, batch 128, SGD with momentum, 90% sparsity, XLA on and off. Each row is one
-program called back to back (median over rounds of the mean time a call):
+program called back to back (median over rounds of the mean time a call). The sparse programs
+are written here around ``ks.SparseOptimizer``'s public step (``common.sparse_step``), as
+``ks.Trainer`` and ``model.fit`` compile it:
 
 - ``empty program``: an XLA program that returns a scalar: TensorFlow's per-call floor.
 - ``empty program, concrete call``: the same called through its concrete function, as the
   Trainer calls its programs (``tf.function`` itself matches the arguments' signature each call).
 - ``plain step`` / ``plain step + NaN watch``: a plain Keras 3 dense step, without and with the
   step counter and NaN record the Trainer's step carries.
-- ``train step (static)``: ``ks.Trainer``'s step, masks applied, called as the Trainer calls it.
-- ``update step (<algorithm>)``: the Trainer's mask-update program (a train step plus the
-  algorithm's ``updated_masks``), for RigL, SET and magnitude pruning. Runs every ΔT steps.
-  ``..., counting search``: the same program traced with the previous top-k (below).
-- ``active-weight count, own call``: the compiled call that counts every mask's active weights,
-  read back each time: what the loop ran after every mask update before the update programs
-  returned the counts themselves (commit f93e1c8); the Trainer still runs it at set-up.
-- ``20 staged steps (static)``: ``steps_per_execution=20``: one call running 20 steps.
+- ``masked step (static), sparse_apply(update=False)``: forward, gradients and
+  ``optimizer.sparse_apply(..., update=False)`` on the wrapped model: the Trainer's plain step.
+  ``+ NaN watch, concrete call``: the same with the watch, called as the Trainer calls it.
+- ``masked step (static), optimizer.apply (in-graph tf.cond)``: the same step through
+  ``optimizer.apply``, which decides mask updates with a ``tf.cond`` on the update table: the
+  step ``model.fit`` runs.
+- ``update step (<algorithm>)``: ``sparse_apply(..., update=True)``: a train step plus the
+  algorithm's ``updated_masks`` (RigL and SET skip the optimizer update there), for RigL, SET
+  and magnitude pruning. Runs every ΔT steps. ``..., counting search``: the same program traced
+  with the previous top-k (below).
+- ``active-weight count, own call``: a compiled call that counts every mask's active weights,
+  read back each time (what the Trainer's loop ran after every mask update before its update
+  programs returned the counts, commit f93e1c8).
+- ``20 staged steps (static), per step``: one XLA program running 20 steps over stacked
+  batches in a ``tf.while_loop`` of ``sparse_apply(update=False)`` steps, as
+  ``ks.Trainer(steps_per_execution=20)`` does; ``..., optimizer.apply``: the same loop with the
+  in-graph ``tf.cond`` in every step.
 - ``topk_mask 784x300, ...``: keras-sparse's exact top-k mask (a radix select over the float
   bit patterns) on the largest kernel's shape: normal scores with k = 10%, and RigL's drop and
   grow selections at 90% sparsity. ``counting search``: the same selections by the search

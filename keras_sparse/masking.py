@@ -177,6 +177,13 @@ def _layers(model: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
     return iter(model._flatten_layers(include_self=True, recursive=True))  # Keras's own walk
 
 
+def weight_key(model: keras.Model, variable) -> str:
+    """A weight's key: its variable path without the model's own name in front (a Sequential or
+    subclassed model puts it there), so that two builds of one architecture share keys."""
+    prefix = model.name + "/"
+    return variable.path[len(prefix):] if variable.path.startswith(prefix) else variable.path
+
+
 def candidates(model: keras.Model, embeddings: bool = False) -> list[Candidate]:
     """Every trainable weight of two or more dimensions but biases, with the layer that owns it."""
     seen: set[int] = set()
@@ -191,7 +198,7 @@ def candidates(model: keras.Model, embeddings: bool = False) -> list[Candidate]:
             if name.endswith("bias"):  # EinsumDense's biases can have two dimensions: never masked
                 continue
             default = name in default_names or (embeddings and name.endswith(EMBEDDING_WEIGHTS))
-            result.append(Candidate(variable.path, variable, layer, default))
+            result.append(Candidate(weight_key(model, variable), variable, layer, default))
     return result
 
 

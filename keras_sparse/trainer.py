@@ -489,6 +489,12 @@ class Trainer:
             loss_sum, correct, count = loss_sum + float(loss), correct + float(right), count + float(batch)
         return {"loss": loss_sum / count, "accuracy": correct / count}
 
+    def trace_counts(self) -> dict[str, int]:
+        """How often each compiled program was traced: once per input signature, else every call
+        would pay for compiling (tests and benchmarks check it)."""
+        programs = {"train": self._train_step, "update": self._update_step, "staged": self._multi_step}
+        return {name: getattr(p, "function", p).experimental_get_tracing_count() for name, p in programs.items()}
+
     def sparsity(self) -> float:
         """Current overall sparsity of the masked kernels."""
         sizes = {k.key: float(np.prod(k.mask.shape)) for k in self.kernels}

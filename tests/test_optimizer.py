@@ -69,16 +69,19 @@ def test_rigl_updates_at_step_zero_and_skips_the_optimizer_step_there():
     optimizer = ks.SparseOptimizer(keras.optimizers.SGD(0.05), algorithms.RigL(sparsity=0.8, update_frequency=3,
                                                                               end_step=7), model=model)
     model.compile(optimizer=optimizer, loss=loss_fn())
+    optimizer.prepare()  # the initial masks, which the first step then updates
     before = [v.numpy().copy() for v in model.trainable_variables]
+    masks_before = {w.variable.path: w.mask.numpy() for w in ks.masked_weights(model)}
     x, y = next(iter(small_convnet_data()))
     model.train_on_batch(x, y)  # step 0: a mask update
-    masks = ks.get_masks(model)
+    masks = {w.variable.path: w.mask.numpy() for w in ks.masked_weights(model)}
+    assert any(not np.array_equal(masks[k], masks_before[k]) for k in masks)
     for w, old in zip(model.trainable_variables, before):
-        mask = masks.get(w.path)
-        if mask is None:
+        if w.path not in masks:
             np.testing.assert_array_equal(w.numpy(), old, err_msg=w.path)  # no optimizer step: biases unchanged
-        else:
-            np.testing.assert_array_equal(w.numpy(), np.where(mask, old, 0), err_msg=w.path)  # kept, or zero
+        else:  # kept weights unchanged; dropped and grown ones zero
+            np.testing.assert_array_equal(w.numpy(), np.where(masks[w.path] & masks_before[w.path], old, 0),
+                                          err_msg=w.path)
     assert int(optimizer.inner_optimizer.iterations.numpy()) == 0 and int(optimizer.iterations.numpy()) == 1
     model.train_on_batch(x, y)  # step 1: a plain step
     assert int(optimizer.inner_optimizer.iterations.numpy()) == 1
@@ -260,7 +263,7 @@ def test_bad_input_gets_one_clear_line():
         other.fit(small_convnet_data(), epochs=1, verbose=0)
     algo = algorithms.StaticSparse(0.5)
     first, second = build_small_convnet(), build_small_convnet(seed=1)
-    ks.SparseOptimizer(keras.optimizers.SGD(0.1), algo, model=first)
+    kept = ks.SparseOptimizer(keras.optimizers.SGD(0.1), algo, model=first)  # noqa: F841 (alive: it owns algo)
     with pytest.raises(ks.errors.ConfigError, match="one algorithm object per model"):
         ks.SparseOptimizer(keras.optimizers.SGD(0.1), algo, model=second)
     optimizer = ks.SparseOptimizer(keras.optimizers.SGD(0.1), algorithms.StaticSparse(0.5), model=first)

@@ -1,0 +1,200 @@
+"""Epoch wall time of Keras's ``model.fit`` with a ``ks.SparseOptimizer`` against ``ks.Trainer.fit``
+at the same steps per compiled call.
+
+    python benchmarks/fit_vs_trainer.py [--models lenet_300_100 mnist1d_transformer] [--rounds 15]
+        [--steps 100] [--steps-per-execution 1 20] [--algorithms static rigl] [--no-reference]
+        [--diagnose] [--out fit_vs_trainer.json]
+
+Models, batches and optimizers as ``mask_overhead.py`` (``common.MODELS``): LeNet-300-100,
+batch 128, SGD(0.01, momentum 0.9); the MNIST-1D transformer, batch 64, AdamW(1e-3). Every
+variant reads the same ``--steps`` fixed random in-memory batches (tf.data autotuning off, as
+the Trainer runs its data), one epoch a round, XLA on, 90% sparsity (ERK):
+
+- ``fit <algorithm> K=<k>``: ``ks.wrap(model)``; ``model.compile(optimizer=ks.SparseOptimizer(
+  optimizer, algorithm, total_steps=...), loss, jit_compile=True, steps_per_execution=k)``; one
+  ``model.fit(data, epochs=1, verbose=0)`` a round. Mask updates are decided in-graph.
+- ``trainer <algorithm> K=<k>``: ``ks.Trainer(model, algorithm, optimizer, loss,
+  jit_compile=True, steps_per_execution=k)``; round r runs ``trainer.fit(data, epochs=...)``
+  one epoch further.
+- ``fit dense K=<k>`` (reference, unless ``--no-reference``): plain Keras 3 ``model.fit`` of the
+  unwrapped model with the plain optimizer: Keras's own loop, without keras-sparse.
+- ``--diagnose`` adds ``fit static-no-cond K=<k>``: ``model.fit`` with a ``SparseOptimizer``
+  subclass (written here) whose ``apply`` calls ``sparse_apply(update=False)``, i.e. without the
+  in-graph ``tf.cond`` that decides mask updates (valid for static sparsity only).
+
+Algorithms: ``static`` = StaticSparse(0.9); ``rigl`` = RigL(0.9, update_frequency=100,
+``end_step`` past the last round), so each 100-step round holds one mask update. Two untimed
+warm-up epochs (compilation, the updates at steps 0 and 100) precede the rounds.
+
+The machine is shared and noisy: every round runs each variant once, in a new seeded random
+order, and the script reports medians over rounds and, for each (algorithm, K), the median of
+the per-round ratios ``fit ÷ trainer`` in steps/s (both epochs of a ratio from the same round),
+with their min–max.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import time
+from typing import Callable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras_sparse as ks  # noqa: E402
+
+import common  # noqa: E402
+
+SPARSITY, UPDATE_EVERY, WARMUP_EPOCHS = 0.9, 100, 2
+
+
+class NoCondSparseOptimizer(ks.SparseOptimizer):
+    """A ``SparseOptimizer`` whose ``apply`` never updates masks, decided while tracing
+    (``sparse_apply(update=False)``) instead of by the in-graph ``tf.cond``: the diagnostic
+    variant of ``--diagnose``; right for static sparsity only."""
+
+    def apply(self, grads, trainable_variables=None):
+        variables = list(trainable_variables)  # Keras's apply_gradients always passes them
+        if not self.built:
+            self.build(variables)
+        self.prepare()
+        self.sparse_apply(grads, variables, update=False)
+
+
+def algorithm(name: str, last_step: int) -> ks.algorithms.SparseAlgorithm:
+    if name == "rigl":
+        return ks.algorithms.RigL(sparsity=SPARSITY, update_frequency=UPDATE_EVERY, end_step=last_step)
+    return ks.algorithms.StaticSparse(sparsity=SPARSITY)
+
+
+class Variant:
+    """One loop that runs one epoch a call (``run``), its epoch times, and how it ended."""
+
+    def __init__(self, name: str, epoch: Callable[[int], None], state: Callable[[], dict]):
+        self.name, self._epoch, self.state, self.seconds = name, epoch, state, []
+        started = time.perf_counter()
+        for done in range(WARMUP_EPOCHS):
+            self._epoch(done)
+        self.setup_seconds = time.perf_counter() - started
+
+    def run(self) -> None:
+        start = time.perf_counter()
+        self._epoch(WARMUP_EPOCHS + len(self.seconds))
+        self.seconds.append(time.perf_counter() - start)
+
+
+def fit_variant(model_name: str, algo: str, k: int, data, last_step: int) -> Variant:
+    """``model.fit`` with a ``SparseOptimizer`` (``algo`` "dense": the plain model and optimizer)."""
+    model = common.build(model_name)
+    if algo == "dense":
+        optimizer = common.optimizer_for(model_name)
+    else:
+        kind = NoCondSparseOptimizer if algo == "static-no-cond" else ks.SparseOptimizer
+        optimizer = kind(common.optimizer_for(model_name), algorithm(algo, last_step), total_steps=last_step,
+                         model=model)
+    model.compile(optimizer=optimizer, loss=common.loss_fn(), jit_compile=True, steps_per_execution=k)
+
+    def state() -> dict:
+        return {"steps": int(model.optimizer.iterations.numpy()),
+                "sparsity": ks.sparsity(model) if algo != "dense" else 0.0}
+
+    return Variant(f"fit {algo} K={k}", lambda done: model.fit(data, epochs=1, verbose=0, shuffle=False), state)
+
+
+def trainer_variant(model_name: str, algo: str, k: int, data, last_step: int) -> Variant:
+    model = ks.wrap(common.build(model_name), quiet=True)
+    trainer = ks.Trainer(model, algorithm(algo, last_step), common.optimizer_for(model_name), common.loss_fn(),
+                         jit_compile=True, progress=False, steps_per_execution=k)
+
+    def state() -> dict:
+        return {"steps": trainer.step, "sparsity": ks.sparsity(model)}
+
+    return Variant(f"trainer {algo} K={k}", lambda done: trainer.fit(data, epochs=done + 1), state)
+
+
+def measure(model_name: str, args) -> dict:
+    shape, batch, _ = common.MODELS[model_name]
+    data = common.dataset(shape, args.steps, batch)
+    last_step = args.steps * (WARMUP_EPOCHS + args.rounds + 1)
+    started = time.perf_counter()
+    variants = []
+    for k in args.steps_per_execution:
+        for algo in args.algorithms:
+            variants += [fit_variant(model_name, algo, k, data, last_step),
+                         trainer_variant(model_name, algo, k, data, last_step)]
+        if args.diagnose:
+            variants.append(fit_variant(model_name, "static-no-cond", k, data, last_step))
+        if args.reference:
+            variants.append(fit_variant(model_name, "dense", k, data, last_step))
+    order = random.Random(0)
+    for _ in range(args.rounds):
+        for v in order.sample(variants, len(variants)):
+            v.run()
+    seconds = {v.name: v.seconds for v in variants}
+    rates = {name: [args.steps / s for s in values] for name, values in seconds.items()}
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    ratios = {}
+    for k in args.steps_per_execution:
+        for algo in args.algorithms:
+            ratios[f"fit {algo} K={k} / trainer {algo} K={k}"] = common.round_ratios(
+                rates, f"fit {algo} K={k}", f"trainer {algo} K={k}")
+        others = ([f"fit static-no-cond K={k}"] if args.diagnose else []) + \
+                 ([f"fit dense K={k}"] if args.reference else [])
+        for name in others:
+            if "static" in args.algorithms:
+                ratios[f"{name} / trainer static K={k}"] = common.round_ratios(rates, name, f"trainer static K={k}")
+                ratios[f"fit static K={k} / {name}"] = common.round_ratios(rates, f"fit static K={k}", name)
+    expected = args.steps * (WARMUP_EPOCHS + args.rounds)
+    states = {v.name: v.state() for v in variants}
+    problems = [f"{name}: trained {s['steps']} steps, expected {expected}" for name, s in states.items()
+                if s["steps"] != expected]
+    problems += [f"{name}: sparsity {s['sparsity']:.4f}" for name, s in states.items()
+                 if "dense" not in name and abs(s["sparsity"] - SPARSITY) > 0.005]
+    return {"model": model_name, "batch": batch, "optimizer": type(common.optimizer_for(model_name)).__name__,
+            "steps": args.steps, "rounds": args.rounds, "seconds": seconds, "steps_per_second": rates,
+            "median": medians, "ratios": ratios, "state": states, "problems": problems,
+            "setup_seconds": {v.name: v.setup_seconds for v in variants},
+            "wall_seconds": time.perf_counter() - started}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["lenet_300_100", "mnist1d_transformer"],
+                        choices=list(common.MODELS))
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=100, help="steps an epoch (one epoch a round)")
+    parser.add_argument("--steps-per-execution", nargs="+", type=int, default=[1, 20])
+    parser.add_argument("--algorithms", nargs="+", default=["static", "rigl"], choices=["static", "rigl"])
+    parser.add_argument("--no-reference", dest="reference", action="store_false",
+                        help="leave out the plain Keras model.fit reference")
+    parser.add_argument("--diagnose", action="store_true",
+                        help="add model.fit with a SparseOptimizer that skips the in-graph tf.cond (static only)")
+    parser.add_argument("--out", default="fit_vs_trainer.json")
+    args = parser.parse_args()
+    if any(args.steps % k for k in args.steps_per_execution):
+        parser.error("--steps must be a multiple of every --steps-per-execution")
+    results = []
+    for name in args.models:
+        r = measure(name, args)
+        results.append(r)
+        print(f"\n{name}, batch {r['batch']}, {r['optimizer']}, {args.steps} steps a round, {args.rounds} rounds in "
+              f"random order, XLA on ({r['wall_seconds']:.0f} s)\n")
+        print("| variant | median steps/s | min–max |\n|---|---|---|")
+        for variant, values in r["steps_per_second"].items():
+            print(f"| {variant} | {r['median'][variant]:.1f} | {min(values):.1f}–{max(values):.1f} |")
+        print("\n| ratio (steps/s) | median of per-round ratios | min–max | ratio of medians |\n|---|---|---|---|")
+        for label, q in r["ratios"].items():
+            a, b = label.split(" / ")
+            print(f"| {label} | {q['median']:.3f} | {q['min']:.3f}–{q['max']:.3f} "
+                  f"| {r['median'][a] / r['median'][b]:.3f} |")
+        for problem in r["problems"]:
+            print(f"warning: {problem}")
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
