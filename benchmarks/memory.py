@@ -6,14 +6,15 @@ a training run against dense training.
         [--steps 50] [--batch 128] [--repeats 3] [--out memory.json]
 
 (a) Mask state ÷ kernel bytes, per model: LeNet-300-100 and LeNet-5 (28×28×1), ResNet-20
-(32×32×3), the MNIST-1D CNN (40×1). Counted from the variables themselves (bytes = dtype size ×
-elements): the ``mask`` variables of ``keras_sparse.wrap(model)`` against their ``kernel``
-variables; as a check, all weight bytes of the wrapped model minus those of the model before
-wrapping (wrapping must add nothing but the masks). ``keras_sparse.Trainer`` allocates no other
-per-kernel state: its other variables are scalars, the optimizer slots it touches (momentum) are
-the optimizer's own, the same in dense training, and it keeps no host copy of the masks (it
-counts active weights on the device after each update; TensorBoard's mask summaries read the
-masks when they are written).
+(32×32×3), the MNIST-1D CNN and the MNIST-1D transformer (40×1). Counted from the variables
+themselves (bytes = dtype size × elements): the ``mask`` of every weight ``keras_sparse.wrap``
+masks (``ks.masked_weights``) against the weight itself; and, as checks, all bytes of the mask
+state wrap attaches to the model (``keras_sparse.masking.mask_state(model).weights``: the masks
+and one ``initialized`` flag), and the bytes of ``model.weights`` after wrapping minus before
+(wrapping masks in place: it must add nothing to the model's own weights).
+``keras_sparse.Trainer`` and ``ks.SparseOptimizer`` allocate no other per-weight state: their
+other variables are scalars, the optimizer slots they touch (momentum) are the optimizer's own,
+the same in dense training, and they keep no host copy of the masks.
 
 (b) Peak resident memory of a training run: each run is a fresh process
 (``python benchmarks/memory.py --worker MODEL VARIANT``) that builds the model and its trainer,
@@ -48,7 +49,7 @@ import tensorflow as tf  # noqa: E402
 import common  # noqa: E402
 import keras_sparse as ks  # noqa: E402
 from keras_sparse import models  # noqa: E402
-from keras_sparse.masking import masked_kernels  # noqa: E402
+from keras_sparse.masking import mask_state as state_of  # noqa: E402
 
 MIB = 1024.0 * 1024.0
 
@@ -57,6 +58,7 @@ STATE_MODELS = {  # name: (builder name, input shape)
     "lenet5": ("lenet5", (28, 28, 1)),
     "resnet": ("resnet", (32, 32, 3)),
     "mnist1d_cnn": ("mnist1d_cnn", (40, 1)),
+    "mnist1d_transformer": ("mnist1d_transformer", (40, 1)),
 }
 
 TRAIN_MODELS = {  # name: (input shape, builder options)
@@ -91,21 +93,22 @@ def batch_of(shape: tuple[int, ...], batch: int) -> tuple[tf.Tensor, tf.Tensor]:
 
 # ----------------------------------------------------------------- (a) mask state
 def mask_state(name: str) -> dict:
-    """Mask-state bytes of model ``name`` against the bytes of the kernels they mask."""
+    """Mask-state bytes of model ``name`` against the bytes of the weights they mask."""
     builder, shape = STATE_MODELS[name]
     keras.utils.set_random_seed(0)
     model = models.build(shape, 10, name=builder)
     unwrapped_bytes = sum(variable_bytes(v) for v in model.weights)
-    wrapped = ks.wrap(model)
-    kernels = masked_kernels(wrapped)
-    kernel_bytes = sum(variable_bytes(k.kernel) for k in kernels)
-    mask_bytes = sum(variable_bytes(k.mask) for k in kernels)
-    added_by_wrap = sum(variable_bytes(v) for v in wrapped.weights) - unwrapped_bytes
-    return {"model": name, "input_shape": list(shape), "masked_kernels": len(kernels),
-            "kernel_elements": sum(int(np.prod(k.kernel.shape)) for k in kernels),
-            "kernel_dtypes": sorted({keras.backend.standardize_dtype(k.kernel.dtype) for k in kernels}),
-            "mask_dtypes": sorted({keras.backend.standardize_dtype(k.mask.dtype) for k in kernels}),
-            "kernel_bytes": kernel_bytes, "mask_variable_bytes": mask_bytes, "bytes_added_by_wrap": added_by_wrap,
+    wrapped = ks.wrap(model, quiet=True)
+    weights = ks.masked_weights(wrapped)
+    kernel_bytes = sum(variable_bytes(w.variable) for w in weights)
+    mask_bytes = sum(variable_bytes(w.mask) for w in weights)
+    return {"model": name, "input_shape": list(shape), "masked_kernels": len(weights),
+            "kernel_elements": sum(int(np.prod(w.variable.shape)) for w in weights),
+            "kernel_dtypes": sorted({keras.backend.standardize_dtype(w.variable.dtype) for w in weights}),
+            "mask_dtypes": sorted({keras.backend.standardize_dtype(w.mask.dtype) for w in weights}),
+            "kernel_bytes": kernel_bytes, "mask_variable_bytes": mask_bytes,
+            "mask_state_bytes": sum(variable_bytes(v) for v in state_of(wrapped).weights),
+            "bytes_added_to_model_weights": sum(variable_bytes(v) for v in wrapped.weights) - unwrapped_bytes,
             "mask_over_kernel": mask_bytes / kernel_bytes}
 
 
@@ -191,12 +194,13 @@ def main() -> None:
 
     state = [mask_state(name) for name in args.models]
     print("(a) mask state ÷ bytes of the kernels it masks (a float32 mask per weight would be 1.0; target ≤ 0.25)\n")
-    print("| model | masked kernels | kernel elements | kernel bytes | mask variable bytes | added by wrap "
-          "| mask ÷ kernel |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | masked weights | their elements | their bytes | mask variable bytes | mask state bytes "
+          "| added to model.weights | mask ÷ kernel |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in state:
         print(f"| {r['model']} | {r['masked_kernels']} | {r['kernel_elements']:,} | {r['kernel_bytes']:,} "
-              f"| {r['mask_variable_bytes']:,} | {r['bytes_added_by_wrap']:,} | {r['mask_over_kernel']:.3f} |")
+              f"| {r['mask_variable_bytes']:,} | {r['mask_state_bytes']:,} | {r['bytes_added_to_model_weights']:,} "
+              f"| {r['mask_over_kernel']:.3f} |")
 
     peaks = peak_memory(args.train_models, args.variants, args.steps, args.batch, args.repeats)
     print(f"\n(b) peak RSS of a training run, fresh process each: {args.steps} steps, batch {args.batch}, XLA on, "

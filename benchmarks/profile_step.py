@@ -58,11 +58,20 @@ from keras_sparse import algorithms, mask_ops  # noqa: E402
 SHAPE, BATCH, SPARSITY = (28, 28, 1), 128, 0.9
 
 
+def sortable_keys(values: tf.Tensor) -> tf.Tensor:
+    """int32 keys in the order of the float32 ``values`` (zeros and subnormals as +0.0): a copy
+    of keras-sparse's private helper, for the baseline below."""
+    values = tf.cast(values, tf.float32)
+    values = tf.where(tf.abs(values) < np.finfo(np.float32).tiny, tf.zeros_like(values), values)
+    bits = tf.bitcast(values, tf.int32)
+    return tf.where(bits < 0, tf.bitwise.bitwise_xor(bits, tf.constant(0x7FFFFFFF, tf.int32)), bits)
+
+
 def counting_search_topk_mask(scores: tf.Tensor, k: tf.Tensor) -> tf.Tensor:
     """``topk_mask`` as it was before the radix select (before commit 72c9433): a search for the
     k-th largest key by counting the keys at or above a guess, alternating secant and bisection
     guesses, 8–26 passes over a LeNet-300-100 kernel. Kept here only as the baseline of its row."""
-    keys = mask_ops._sortable_keys(tf.reshape(scores, [-1]))
+    keys = sortable_keys(tf.reshape(scores, [-1]))
     k = tf.clip_by_value(tf.cast(k, tf.int32), 0, tf.size(keys))
 
     def count_at_least(threshold):
@@ -96,12 +105,35 @@ def counting_search_topk_mask(scores: tf.Tensor, k: tf.Tensor) -> tf.Tensor:
     return tf.reshape(tf.logical_and(mask, k > 0), tf.shape(scores))
 
 
-def trainer(algorithm: algorithms.SparseAlgorithm, jit: bool, x, y, steps_per_execution: int = 1) -> ks.Trainer:
-    t = ks.Trainer(ks.wrap(common.lenet_300_100()), algorithm, keras.optimizers.SGD(0.01, momentum=0.9),
-                   keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit, progress=False,
-                   steps_per_execution=steps_per_execution)
-    t.setup(tf.data.Dataset.from_tensors((x, y)), epochs=1)
-    return t
+def sparse_model(algorithm: algorithms.SparseAlgorithm) -> tuple[keras.Model, ks.SparseOptimizer]:
+    """LeNet-300-100 wrapped, with a built ``SparseOptimizer`` (SGD + momentum) and its initial masks."""
+    model = common.lenet_300_100()
+    return model, common.sparse_optimizer(model, algorithm, keras.optimizers.SGD(0.01, momentum=0.9))
+
+
+def staged_steps(model: keras.Model, optimizer: ks.SparseOptimizer, loss: Callable, jit: bool,
+                 update: bool | None = False) -> Callable:
+    """``run(xs, ys) -> losses``: one compiled call that runs a step for each batch stacked on the
+    leading axis of ``xs``/``ys``, in a ``tf.while_loop`` (``ks.Trainer(steps_per_execution=K)``'s
+    shape of program); ``update`` as in ``common.sparse_step``."""
+    variables = model.trainable_variables
+
+    @tf.function(jit_compile=jit)
+    def run(xs, ys):
+        def body(i, losses):
+            with tf.GradientTape() as tape:
+                value = loss(ys[i], model(xs[i], training=True))
+            grads = tape.gradient(value, variables)
+            if update is None:
+                optimizer.apply(grads, variables)
+            else:
+                optimizer.sparse_apply(grads, variables, update=update)
+            return i + 1, tf.tensor_scatter_nd_update(losses, [[i]], [value])
+
+        count = tf.shape(ys)[0]
+        return tf.while_loop(lambda i, _: i < count, body, (tf.constant(0), tf.zeros([ys.shape[0]])))[1]
+
+    return run
 
 
 def programs(jit: bool) -> dict[str, tuple[Callable[[], tf.Tensor], int]]:
@@ -113,10 +145,13 @@ def programs(jit: bool) -> dict[str, tuple[Callable[[], tf.Tensor], int]]:
     empty = tf.function(lambda v: tf.reduce_sum(v), jit_compile=jit)
     plain = common.plain_step(common.lenet_300_100(), keras.optimizers.SGD(0.01, momentum=0.9), loss, jit)
     watched = common.plain_step(common.lenet_300_100(), keras.optimizers.SGD(0.01, momentum=0.9), loss, jit, watch_loss=True)
-    static = trainer(algorithms.StaticSparse(SPARSITY), jit, x, y)
-    staged = trainer(algorithms.StaticSparse(SPARSITY), jit, x, y, steps_per_execution=20)
+    static_model, static = sparse_model(algorithms.StaticSparse(SPARSITY))
+    masked = common.sparse_step(static_model, static, loss, jit, update=False)
+    masked_cond = common.sparse_step(static_model, static, loss, jit, update=None)
+    masked_watched = common.sparse_step(static_model, static, loss, jit, update=False, watch_loss=True)
     xs, ys = tf.stack([x] * 20), tf.stack([y] * 20)
-    start, count, no = tf.constant(0), tf.constant(20), tf.constant(False)
+    staged = staged_steps(static_model, static, loss, jit)
+    staged_cond = staged_steps(static_model, static, loss, jit, update=None)
     updates = {
         "rigl": lambda: algorithms.RigL(SPARSITY, update_frequency=100, end_step=10**6),
         "set": lambda: algorithms.SET(SPARSITY, update_frequency=100, end_step=10**6),
@@ -136,25 +171,32 @@ def programs(jit: bool) -> dict[str, tuple[Callable[[], tf.Tensor], int]]:
     topk = tf.function(mask_ops.topk_mask, jit_compile=jit)
     counting = tf.function(counting_search_topk_mask, jit_compile=jit)
     full_sort = tf.function(lambda s: tf.math.top_k(tf.reshape(s, [-1]), k=784 * 300).indices, jit_compile=jit)
+    counts = common.active_counts(static_model, jit)
     table = {
         "empty program": (lambda: empty(y), 1000),
         "empty program, concrete call": (lambda c=empty.get_concrete_function(y): c(y), 1000),
         "plain step": (lambda: plain(x, y), 200),
         "plain step + NaN watch": (lambda: watched(x, y), 200),
-        "train step (static)": (lambda: static._train_step(x, y), 200),
-        "20 staged steps (static), per step": (lambda: staged._multi_step(xs, ys, start, count, no)[0], 10),
-        "active-weight count, own call": (lambda: tf.constant(static._active_counts().numpy()), 200),
+        "masked step (static), sparse_apply(update=False)": (lambda: masked(x, y), 200),
+        "masked step (static), optimizer.apply (in-graph tf.cond)": (lambda: masked_cond(x, y), 200),
+        "masked step + NaN watch, concrete call (as ks.Trainer)":
+            (lambda c=masked_watched.get_concrete_function(x, y): c(x, y), 200),
+        "20 staged steps (static), per step": (lambda: staged(xs, ys), 10),
+        "20 staged steps (static), optimizer.apply, per step": (lambda: staged_cond(xs, ys), 10),
+        "active-weight count, own call": (lambda: tf.constant(counts().numpy()), 200),
     }
     for name, make in updates.items():
-        t = trainer(make(), jit, x, y)
-        table[f"update step ({name})"] = (lambda t=t: t._update_step(x, y)[0], 20)
+        model, optimizer = sparse_model(make())
+        step = common.sparse_step(model, optimizer, loss, jit, update=True)
+        table[f"update step ({name})"] = (lambda s=step: s(x, y), 20)
     for name in ("rigl", "magnitude"):
-        # The same update step traced with the previous top-k: the library looks topk_mask up
+        # The same update step traced with the previous top-k: the algorithms look topk_mask up
         # in mask_ops when the step is traced, on its first call.
-        t = trainer(updates[name](), jit, x, y)
+        model, optimizer = sparse_model(updates[name]())
+        step = common.sparse_step(model, optimizer, loss, jit, update=True)
         with mock.patch.object(mask_ops, "topk_mask", counting_search_topk_mask):
-            t._update_step(x, y)
-        table[f"update step ({name}), counting search"] = (lambda t=t: t._update_step(x, y)[0], 20)
+            step(x, y)
+        table[f"update step ({name}), counting search"] = (lambda s=step: s(x, y), 20)
     for name, (values, keep) in selections.items():
         table[f"topk_mask 784x300, {name}"] = (lambda v=values, c=keep: topk(v, c), 20)
         table[f"counting search 784x300, {name}"] = (lambda v=values, c=keep: counting(v, c), 20)
@@ -174,7 +216,9 @@ def main() -> None:
         for _ in range(args.rounds):
             for name, (call, calls) in table.items():
                 times[name].append(1000 * common.seconds_per_call(call, calls))
-        times["20 staged steps (static), per step"] = [t / 20 for t in times["20 staged steps (static), per step"]]
+        for name in times:
+            if name.startswith("20 staged steps"):
+                times[name] = [t / 20 for t in times[name]]
         results["xla" if jit else "no_xla"] = {name: {"ms": statistics.median(v), "rounds": v} for name, v in times.items()}
     print(f"LeNet-300-100, batch {BATCH}, ms per call, median of {args.rounds} rounds\n")
     print("| program | XLA on ms | XLA off ms |\n|---|---|---|")

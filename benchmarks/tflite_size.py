@@ -7,7 +7,8 @@ For each model of ``keras_sparse.models`` (on 28×28×1 inputs, 10 classes, as f
 
 - dense: the model as initialized (seeded);
 - sparse: the same weights wrapped with ``ks.wrap``, each masked kernel pruned to ``--sparsity``
-  by magnitude (uniform per layer), then ``ks.export_saved_model`` (strip + SavedModel).
+  by magnitude (uniform per layer, ``ks.set_masks``), then ``ks.export_saved_model`` (the model
+  as it is, pruned weights exactly zero; the masks take no part in the export).
 
 Both go through ``tf.lite.TFLiteConverter.from_saved_model`` in four variants: plain float32
 (the default converter), float32 with ``Optimize.EXPERIMENTAL_SPARSITY`` (the flatbuffer stores
@@ -83,20 +84,20 @@ def tflite_predict(model_content: bytes, x: np.ndarray, xnnpack: bool = True) ->
 
 
 def magnitude_masks(model: keras.Model, sparsity: float) -> dict[str, np.ndarray]:
-    """Per masked kernel, keep the largest-|w| (1 - sparsity) fraction (ties broken by index)."""
+    """Per masked weight, keep the largest-|w| (1 - sparsity) fraction (ties broken by index)."""
     masks = {}
-    for k in ks.masked_kernels(model):
-        w = np.abs(k.kernel.numpy()).ravel()
+    for weight in ks.masked_weights(model):
+        w = np.abs(weight.variable.numpy()).ravel()
         keep = int(round((1.0 - sparsity) * w.size))
         mask = np.zeros(w.size, bool)
         mask[np.argsort(-w, kind="stable")[:keep]] = True
-        masks[k.key] = mask.reshape(k.kernel.shape)
+        masks[weight.key] = mask.reshape(weight.variable.shape)
     return masks
 
 
 def measure(group: str, label: str, wrapped: keras.Model, x: np.ndarray, workdir: str, labels=None) -> list[dict]:
-    """Exports ``wrapped`` (stripped) and measures every converter variant. ``label`` "dense"
-    marks the reference of its ``group``."""
+    """Exports ``wrapped`` (``ks.export_saved_model``) and measures every converter variant.
+    ``label`` "dense" marks the reference of its ``group``."""
     export = ks.export_saved_model(wrapped, os.path.join(workdir, f"{group} {label}".replace(" ", "_")))
     reference = np.asarray(ks.strip(wrapped)(x))
     rows = []

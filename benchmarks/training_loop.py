@@ -139,8 +139,8 @@ def plain_loop_variant(data, watch_loss: bool) -> Variant:
 def keras_fit_variant(data) -> Variant:
     model = common.lenet_300_100()
     model.compile(optimizer=optimizer(), loss=loss_fn(), jit_compile=True)
-    model.fit(data, epochs=1, verbose=0)
-    return Variant("keras fit dense", lambda _: model.fit(data, epochs=1, verbose=0))
+    model.fit(data, epochs=1, verbose=0, shuffle=False)
+    return Variant("keras fit dense", lambda _: model.fit(data, epochs=1, verbose=0, shuffle=False))
 
 
 def paired_ratio(seconds: dict[str, list[float]], name: str, baseline: str) -> float:

@@ -28,14 +28,16 @@ Variants (each measured as the wall time of one ``fit`` call of ``--steps`` step
 - ``ks_trainer``: ``ks.Trainer(ks.wrap(model), MagnitudePruning(...), jit_compile=True).fit``.
 - ``ks_trainer_spe``: the same with ``steps_per_execution=K`` (skipped with a note where this
   version of ``ks.Trainer`` does not take that argument).
-- ``ks_sparse_model``, ``ks_sparse_model_spe``: ``ks.SparseModel`` compiled with
-  ``jit_compile=True`` (and ``steps_per_execution=K``), ``fit(epochs=1)`` a round. Its first
-  ``fit`` lays the algorithm's update steps out over that call's epochs only, and later calls
-  reuse the table's last entry for every later step; so the warm-up calls
-  ``fit(epochs=rounds + 1, initial_epoch=rounds)``: one epoch run, the whole run's schedule laid out.
+- ``keras_fit_sparse_optimizer``, ``keras_fit_sparse_optimizer_spe``: Keras 3 ``model.fit`` of
+  the wrapped model compiled with ``optimizer=ks.SparseOptimizer(SGD, MagnitudePruning(...),
+  total_steps=<the whole run>)``, ``jit_compile=True`` (and ``steps_per_execution=K``),
+  ``fit(epochs=1)`` a round, on data with autotuning off (as the Trainer runs it; Keras leaves
+  the data as given). The optimizer decides each step's mask update in-graph from the whole
+  run's schedule. (These replace the ``ks_sparse_model*`` variants of the code before the
+  any-model core, where ``ks.SparseModel`` wrapped the model for ``fit``.)
 - ``keras_dense``, ``keras_dense_spe``: reference, plain Keras 3 ``model.fit`` of the dense
   model, ``jit_compile=True`` (and ``steps_per_execution=K``), on data with autotuning off: the
-  loop ``ks.SparseModel.fit`` runs in.
+  loop ``keras_fit_sparse_optimizer*`` runs in.
 
 tfmot needs tf_keras (``TF_USE_LEGACY_KERAS=1`` before TensorFlow is imported), which must not
 leak into the Keras 3 side: every variant runs in its own persistent worker process (this file
@@ -78,9 +80,10 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], str]] = {
                               "tfmot, tf_keras fit, steps_per_execution=K, tf.data autotuning off"),
     "ks_trainer": ("ks_trainer", {"spe": False}, "keras-sparse Trainer, XLA"),
     "ks_trainer_spe": ("ks_trainer", {"spe": True}, "keras-sparse Trainer, XLA, steps_per_execution=K"),
-    "ks_sparse_model": ("ks_sparse_model", {"spe": False}, "keras-sparse SparseModel.fit, XLA"),
-    "ks_sparse_model_spe": ("ks_sparse_model", {"spe": True},
-                            "keras-sparse SparseModel.fit, XLA, steps_per_execution=K"),
+    "keras_fit_sparse_optimizer": ("keras_fit_sparse_optimizer", {"spe": False},
+                                   "Keras 3 fit with ks.SparseOptimizer, XLA"),
+    "keras_fit_sparse_optimizer_spe": ("keras_fit_sparse_optimizer", {"spe": True},
+                                       "Keras 3 fit with ks.SparseOptimizer, XLA, steps_per_execution=K"),
     "keras_dense": ("keras_dense", {"spe": False}, "Keras 3 dense fit, XLA, no pruning, tf.data autotuning off (reference)"),
     "keras_dense_spe": ("keras_dense", {"spe": True},
                         "Keras 3 dense fit, XLA, steps_per_execution=K, no pruning, tf.data autotuning off (reference)"),
@@ -95,7 +98,7 @@ class Skip(Exception):
 def _dataset(steps: int, seed: int = 0, autotune: bool | None = None):
     """The same batches on both sides: a fixed random array, cached, repeated to ``steps``
     batches; ``autotune`` sets tf.data's ``options.autotune.enabled`` (None: TensorFlow's
-    default, on, which ``ks.Trainer`` and ``ks.SparseModel`` turn off themselves)."""
+    default, on, which ``ks.Trainer`` turns off itself)."""
     import numpy as np
     import tensorflow as tf
 
@@ -215,26 +218,26 @@ class TrainerRunner(Runner):
         return {"steps": int(self.trainer.step), "sparsity": self.ks.sparsity(self.model)}
 
 
-class SparseModelRunner(Runner):
-    """``ks.SparseModel`` compiled with XLA; ``fit(epochs=1)`` a round."""
+class SparseOptimizerFitRunner(Runner):
+    """Keras 3 ``model.fit`` with a ``ks.SparseOptimizer``, XLA; ``fit(epochs=1)`` a round."""
 
     def __init__(self, config: dict[str, Any], spe: bool):
         ks, build, optimizer, loss = _keras3_parts()
         self.ks = ks
-        self.wrapped = ks.wrap(build())
-        self.model = ks.SparseModel(self.wrapped, _magnitude_pruning(ks, config))
-        self.model.compile(optimizer=optimizer(), loss=loss, jit_compile=True,
+        self.model = build()
+        total_steps = config["steps"] * (config["rounds"] + 1)  # warm-up round + timed rounds
+        sparse = ks.SparseOptimizer(optimizer(), _magnitude_pruning(ks, config), total_steps=total_steps,
+                                    model=self.model)
+        self.model.compile(optimizer=sparse, loss=loss, jit_compile=True,
                            steps_per_execution=config["spe"] if spe else 1)
-        self.data = _dataset(config["steps"])
-        # The first fit lays out the update steps over its own epochs: make those the whole run.
-        rounds = config["rounds"]
-        self.model.fit(self.data, epochs=rounds + 1, initial_epoch=rounds, verbose=0)
+        self.data = _dataset(config["steps"], autotune=False)
+        self.run_round()  # warm-up
 
     def run_round(self) -> None:
-        self.model.fit(self.data, epochs=1, verbose=0)
+        self.model.fit(self.data, epochs=1, verbose=0, shuffle=False)
 
     def state(self) -> dict[str, Any]:
-        return {"steps": int(self.model.optimizer.iterations.numpy()), "sparsity": self.ks.sparsity(self.wrapped)}
+        return {"steps": int(self.model.optimizer.iterations.numpy()), "sparsity": self.ks.sparsity(self.model)}
 
 
 class DenseRunner(Runner):
@@ -249,7 +252,7 @@ class DenseRunner(Runner):
         self.run_round()  # warm-up
 
     def run_round(self) -> None:
-        self.model.fit(self.data, epochs=1, verbose=0)
+        self.model.fit(self.data, epochs=1, verbose=0, shuffle=False)
 
     def state(self) -> dict[str, Any]:
         kernels = [layer.kernel.numpy() for layer in self.model.layers if hasattr(layer, "kernel")]
@@ -262,8 +265,8 @@ def _make_runner(variant: str, config: dict[str, Any]) -> Runner:
         return TfmotRunner(config, **options)
     if framework == "ks_trainer":
         return TrainerRunner(config, **options)
-    if framework == "ks_sparse_model":
-        return SparseModelRunner(config, **options)
+    if framework == "keras_fit_sparse_optimizer":
+        return SparseOptimizerFitRunner(config, **options)
     return DenseRunner(config, **options)
 
 

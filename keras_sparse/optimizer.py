@@ -109,6 +109,10 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         if len({id(masking.mask_state_of(w)) for w in weights}) != 1:
             raise ConfigError("SparseOptimizer: the masked weights come from several wrapped models: "
                               "wrap the outer model only.")
+        mirrored = isinstance(getattr(weights[0].variable, "value", None), tf.distribute.DistributedValues)
+        if mirrored != isinstance(getattr(self.iterations, "value", None), tf.distribute.DistributedValues):
+            raise ConfigError("The SparseOptimizer and the model were made under different tf.distribute strategies: "
+                              "create both (and wrap the model) inside the same `with strategy.scope():`.")
         self.algorithm.claim(self)
         self.weights_[:] = weights
         self._state_ref = weakref.ref(masking.mask_state_of(weights[0]))

@@ -87,7 +87,8 @@ class Trainer:
                 raise ConfigError("Trainer: the SparseOptimizer runs another algorithm than the one given: pass "
                                   "the plain optimizer, or algorithm=None.")
         else:
-            optimizer = SparseOptimizer(optimizer, algorithm)
+            with (strategy or tf.distribute.get_strategy()).scope():  # its step counter is mirrored like the model
+                optimizer = SparseOptimizer(optimizer, algorithm)
         self.algorithm = optimizer.algorithm
         self.optimizer = optimizer
         self.loss = keras.losses.get(loss) if isinstance(loss, str) else loss

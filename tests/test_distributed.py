@@ -1,5 +1,6 @@
 """tf.distribute: MirroredStrategy over 2 logical CPU devices gives the same masks and (within
-float tolerance) the same weights as one device with the same global batch, for each algorithm;
+float tolerance) the same weights as one device with the same global batch, for each algorithm,
+in ``ks.Trainer`` and in plain ``model.fit`` with a ``SparseOptimizer``;
 MultiWorkerMirroredStrategy runs with two local worker processes.
 
 TensorFlow fixes its logical devices when it starts, so each check runs in a fresh process.
@@ -70,3 +71,45 @@ def test_mirrored_matches_one_device(names):
                             env=ENV, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-4000:]
     assert [line.split()[1] for line in result.stdout.splitlines() if line.startswith("OK")] == names + ["refused"]
+
+
+COMPARE_FIT = r"""
+import sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras, numpy as np
+import keras_sparse as ks
+sys.path.insert(0, "tests")
+from conftest import SMALL_RUN_ALGORITHMS as ALGORITHMS, build_small_convnet, small_convnet_data
+
+def train(name, strategy):
+    with strategy.scope():
+        model = build_small_convnet()
+        optimizer = ks.SparseOptimizer(keras.optimizers.SGD(0.05, momentum=0.9), ALGORITHMS[name](), total_steps=12,
+                                       model=model)
+        model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(small_convnet_data(), epochs=2, verbose=0)
+    assert int(optimizer.iterations.numpy()) == 12, int(optimizer.iterations.numpy())
+    return model
+
+mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+for name in sys.argv[1:]:
+    one, two = train(name, tf.distribute.get_strategy()), train(name, mirrored)
+    masks_one, masks_two = ks.get_masks(one), ks.get_masks(two)
+    for key in masks_one:
+        assert np.array_equal(masks_one[key], masks_two[key]), (name, key)
+    for a, b in zip(one.weights, two.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5, err_msg=f"{name} {a.path}")
+    for w in ks.masked_weights(two):
+        assert np.all(w.variable.numpy()[~w.mask.numpy()] == 0), (name, w.key)
+    print("OK", name, ks.sparsity(two))
+"""
+
+
+def test_mirrored_model_fit_matches_one_device():
+    names = ["static", "magnitude", "rigl"]
+    result = subprocess.run([sys.executable, "-c", COMPARE_FIT, *names], capture_output=True, text=True, timeout=600,
+                            env=ENV, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert [line.split()[1] for line in result.stdout.splitlines() if line.startswith("OK")] == names

@@ -55,7 +55,7 @@ def train(logdir_path, *bindings, overwrite=False):
     (["RigL.distribution = 'erdos'"], "Unknown sparsity distribution 'erdos'"),
     (["RigL.distribution = {'conv9': 0.5}"], "not masked layers"),
     (["RigL.freeze_step = 100000"], "outside training"),
-    (["training.exclude = ['conv1', 'conv2', 'conv3', 'conv4', 'logits']"], "no prunable layer"),
+    (["training.exclude = ['conv1', 'conv2', 'conv3', 'conv4', 'logits']"], "no weight to mask"),
     (["data.name = 'no_such_data_set'"], "Unknown data set 'no_such_data_set'"),
     (["training.optimizer = 'sgdd'"], "Unknown training.optimizer"),
 ])

@@ -46,9 +46,9 @@ def test_dense_gradient_counts_per_config(tmp_path):
         gin.clear_config()
         experiment.parse_gin([os.path.join(ROOT, "gin_configs", f"{config}.gin")], SHORT + ["training.export = False"])
         counts[config] = experiment.train(str(tmp_path / config), seed=0)["dense_gradient_steps"]
-    # RigL updates every 15 steps until 75% of 124 steps (steps 15..90); frozen RigL stops at
-    # the end of epoch 1 (step 62): updates at 15, 30, 45, 60.
-    assert counts == {"dense": 124, "rigl": 6, "rigl_frozen": 4, "static": 0}
+    # RigL updates every 15 steps from step 0 until 75% of 124 steps (steps 0..90); frozen RigL
+    # stops at the end of epoch 1 (step 62): updates at 0, 15, 30, 45, 60.
+    assert counts == {"dense": 124, "rigl": 7, "rigl_frozen": 5, "static": 0}
 
 
 def _run_binary(*args, cwd=ROOT):

@@ -62,10 +62,10 @@ def test_structure_study(tmp_path):
     assert overall[-1][1] == 1.0  # the last snapshot is the final mask
     variants = {r["variant"]: r for r in rows if "variant" in r}
     assert set(variants) == {"rigl (full)", "rigl frozen @ 0.5 epoch", "rigl frozen @ 1 epoch", "static"}
-    # RigL updates at steps 2, 4, 6, …, 10 (< 75% of 16 = 12): frozen at step 4 keeps only step 2.
-    assert variants["rigl frozen @ 0.5 epoch"]["dense_gradient_steps"] == 1
-    assert variants["rigl frozen @ 1 epoch"]["dense_gradient_steps"] == 3
-    assert variants["rigl (full)"]["dense_gradient_steps"] == 5
+    # RigL updates at steps 0, 2, 4, …, 10 (< 75% of 16 = 12): frozen at step 4 keeps steps 0 and 2.
+    assert variants["rigl frozen @ 0.5 epoch"]["dense_gradient_steps"] == 2
+    assert variants["rigl frozen @ 1 epoch"]["dense_gradient_steps"] == 4
+    assert variants["rigl (full)"]["dense_gradient_steps"] == 6
     assert variants["static"]["dense_gradient_steps"] == 0
     assert variants["static"]["training_flops"] < variants["rigl (full)"]["training_flops"]
     assert "Early-frozen RigL" in markdown

@@ -46,7 +46,7 @@ def test_learning_curves_sparsity_and_counters(rigl_run):
                 "epoch/training_flops_relative_to_dense", "sparsity/conv2/kernel", "sparsity/logits/kernel"):
         assert tag in scalars, tag
     assert [step for step, _ in scalars["epoch/val_accuracy"]] == [8, 16]
-    assert scalars["epoch/dense_gradient_steps"][-1][1] == 5  # RigL updates at 2, 4, …, 10 (< 75% of 16)
+    assert scalars["epoch/dense_gradient_steps"][-1][1] == 6  # RigL updates at 0, 2, …, 10 (< 75% of 16)
 
 
 def test_drop_fraction_and_overlap_at_each_update(rigl_run):
@@ -56,7 +56,7 @@ def test_drop_fraction_and_overlap_at_each_update(rigl_run):
               key=lambda k: scalars[f"sparsity/{k}"][-1][1])
     assert scalars[f"sparsity/{key}"][-1][1] > 0.5
     drops = scalars[f"drop_fraction/{key}"]
-    assert [step for step, _ in drops] == [2, 4, 6, 8, 10]  # RigL's update steps (end: 75% of 16 = 12)
+    assert [step for step, _ in drops] == [0, 2, 4, 6, 8, 10]  # RigL's update steps (end: 75% of 16 = 12)
     for step, value in drops:
         scheduled = 0.5 * 0.3 * (1 + math.cos(math.pi * step / 12))
         # Weights that leave the mask (a just-dropped weight grown back does not count), rounded
