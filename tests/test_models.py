@@ -1,4 +1,4 @@
-"""Tests for keras_sparse.models: every registered model builds and runs; all but the transformer wrap."""
+"""Tests for keras_sparse.models: every registered model builds, runs and wraps."""
 
 import keras
 import numpy as np
@@ -9,16 +9,13 @@ from keras_sparse import models
 
 SHAPES = {"mnist1d_cnn": (40, 1), "mlp": (8, 8, 1), "lenet_300_100": (28, 28, 1), "lenet5": (28, 28, 1),
           "resnet": (32, 32, 3), "mnist1d_transformer": (40, 1)}
-# The masking core is being extended to attention models (ks.wrap refuses MultiHeadAttention
-# today): mnist1d_transformer is left out of the wrap test until then, and tested unwrapped below.
-NOT_WRAPPABLE_YET = {"mnist1d_transformer"}
 
 
 def test_every_model_has_an_input_shape():
     assert set(SHAPES) == set(models.MODELS)
 
 
-@pytest.mark.parametrize("name", sorted(set(models.MODELS) - NOT_WRAPPABLE_YET))
+@pytest.mark.parametrize("name", sorted(models.MODELS))
 def test_builds_runs_and_wraps(name):
     model = models.build(SHAPES[name], 10, name=name)
     x = np.zeros((2, *SHAPES[name]), "float32")
@@ -68,3 +65,15 @@ def test_mnist1d_transformer_options_are_checked():
         models.build((40, 1), 10, name="mnist1d_transformer", patch_size=3)
     with pytest.raises(ValueError, match="heads=3"):
         models.build((40, 1), 10, name="mnist1d_transformer", heads=3)
+
+
+def test_mnist1d_transformer_masks_attention_and_feed_forward_kernels():
+    model = ks.wrap(models.build((40, 1), 10, name="mnist1d_transformer"), quiet=True)
+    keys = [w.key for w in ks.masked_weights(model)]
+    for block in (1, 2):
+        for name in ("query", "key", "value", "attention_output"):
+            assert f"block{block}_attention/{name}/kernel" in keys
+        assert f"block{block}_ffn1/kernel" in keys and f"block{block}_ffn2/kernel" in keys
+    assert "patch_embedding/kernel" in keys and "logits/kernel" in keys
+    assert not any("embeddings" in key or "bias" in key for key in keys)  # position embedding: only on request
+    assert ks.sparsity_report(model)["total"]["masked_share_of_parameters"] > 0.9
