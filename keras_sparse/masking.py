@@ -268,6 +268,10 @@ def wrap(model: keras.Model, include: Selector = None, exclude: Selector = None,
     if not chosen:
         raise ConfigError(f"Model {model.name!r} has no weight to mask: it needs a Dense, EinsumDense, Conv or "
                           "RNN kernel that is not excluded (or include= a weight of two or more dimensions).")
+    taken = [c.key for c in chosen if mask_of(c.variable) is not None]
+    if taken:
+        raise ConfigError(f"{taken[:3]} already have masks from wrap() of a model inside {model.name!r}: wrap one "
+                          "model only (the optimizer finds those masks from the outer model too).")
     _check_in_scope(model, chosen[0].variable)
     state = MaskState()
     for c in chosen:

@@ -91,7 +91,10 @@ class Trainer:
                 optimizer = SparseOptimizer(optimizer, algorithm)
         self.algorithm = optimizer.algorithm
         self.optimizer = optimizer
-        self.loss = keras.losses.get(loss) if isinstance(loss, str) else loss
+        # A name or a plain function gets Keras's Loss around it, which matches y's rank to the
+        # predictions' (a (batch,) label against (batch, 1) logits) as model.compile does.
+        self.loss = loss if isinstance(loss, keras.losses.Loss) else _FunctionLoss(
+            keras.losses.get(loss) if isinstance(loss, str) else loss)
         self.strategy = strategy or tf.distribute.get_strategy()
         self._replicas = self.strategy.num_replicas_in_sync
         self.jit_compile = jit_compile and self._replicas == 1
@@ -170,14 +173,11 @@ class Trainer:
         share of the global batch.
 
         Under a strategy the optimizer sums gradients over replicas, so each replica's loss is
-        divided by the replica count; Keras losses already do that themselves.
+        divided by the replica count; Keras losses (``self.loss`` is one) do that themselves.
         """
         with tf.GradientTape() as tape:
             predictions = self.model(x, training=True)
             loss = self.loss(y, predictions)
-            if not isinstance(self.loss, keras.losses.Loss):
-                # A plain function (or a name, through keras.losses.get) gives one loss per example.
-                loss = tf.reduce_mean(loss) / replicas
             if self.model.losses:
                 loss = loss + tf.add_n(self.model.losses) / replicas
         return loss * replicas, predictions, tape.gradient(loss, self._variables)
@@ -228,7 +228,7 @@ class Trainer:
     def _eval_step_fn(self, x, y):
         predictions = self.model(x, training=False)
         loss = tf.reduce_mean(self.loss(y, predictions))
-        if isinstance(self.loss, keras.losses.Loss) and self._replicas > 1:
+        if self._replicas > 1:
             loss = loss * self._replicas  # Keras losses divide by the replica count under a strategy
         batch = tf.cast(tf.shape(predictions)[0], tf.float32)
         return loss * batch, _correct(y, predictions), batch
@@ -335,8 +335,9 @@ class Trainer:
         return True
 
     # ------------------------------------------------------------- main API
-    def fit(self, train_data: tf.data.Dataset | Callable[[int], tf.data.Dataset], epochs: int, validation_data: tf.data.Dataset | None = None,
-            steps_per_epoch: int | None = None, callbacks: Sequence[Callback] = ()) -> list[dict[str, Any]]:
+    def fit(self, train_data: tf.data.Dataset | Callable[[int], tf.data.Dataset] | tuple, epochs: int,
+            validation_data: tf.data.Dataset | tuple | None = None, steps_per_epoch: int | None = None,
+            callbacks: Sequence[Callback] = (), batch_size: int = 32) -> list[dict[str, Any]]:
         """Trains for ``epochs`` epochs of ``train_data``: batches of ``(x, y)``, or a function
         ``epoch -> batches`` (such as ``Data.train_epoch``), which makes a resumed run see the
         same batches as an uninterrupted one.
@@ -347,6 +348,7 @@ class Trainer:
         tf.data's autotuning is turned off for both data sets unless their options set it
         (``without_autotune`` says why).
         """
+        train_data, validation_data = as_dataset(train_data, batch_size), as_dataset(validation_data, batch_size)
         epoch_data = train_data if callable(train_data) else (lambda epoch: train_data)
         steps_per_epoch = steps_per_epoch or _cardinality(epoch_data(0))
         self.setup(epoch_data, epochs, steps_per_epoch)
@@ -477,8 +479,9 @@ class Trainer:
             self.training_flops += flops_lib.step_cost(self._forward_flops, self._densities, uses_dense) / dense_cost
             self.dense_gradient_steps += int(uses_dense)
 
-    def evaluate(self, data: tf.data.Dataset) -> dict[str, float]:
+    def evaluate(self, data: tf.data.Dataset | tuple, batch_size: int = 32) -> dict[str, float]:
         """Mean loss and accuracy of the model over ``data``."""
+        data = as_dataset(data, batch_size)
         loss_sum = correct = count = 0.0
         if self._eval_pipeline is None or self._eval_pipeline[0] is not data:  # reused: see _epoch_batches
             self._eval_pipeline = (data, without_autotune(data))
@@ -622,6 +625,34 @@ def _stacked(batches: tf.data.Dataset, size: int):
         chunk.append(batch)
     if chunk:
         yield stack(chunk)
+
+
+class _FunctionLoss(keras.losses.Loss):
+    """A loss function as a Keras ``Loss`` (mean over the batch, scaled for replicas), with the
+    labels' and predictions' ranks matched first as ``model.compile`` does: a size-1 last axis
+    of the one with one more dimension is dropped."""
+
+    def __init__(self, function: Callable):
+        super().__init__(name=getattr(function, "__name__", "loss"))
+        self.function = function
+
+    def call(self, y_true, y_pred):
+        if y_pred.shape.rank == y_true.shape.rank + 1 and y_pred.shape[-1] == 1:
+            y_pred = tf.squeeze(y_pred, -1)
+        elif y_true.shape.rank == y_pred.shape.rank + 1 and y_true.shape[-1] == 1:
+            y_true = tf.squeeze(y_true, -1)
+        return self.function(y_true, y_pred)
+
+
+def as_dataset(data, batch_size: int):
+    """``data`` as batches: a tf.data data set or a function of the epoch as it is, NumPy arrays
+    ``(x, y)`` batched by ``batch_size`` in order (as ``model.fit(x, y, shuffle=False)``)."""
+    if data is None or callable(data) or isinstance(data, tf.data.Dataset):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return tf.data.Dataset.from_tensor_slices(tuple(data)).batch(int(batch_size))
+    raise ConfigError(f"Trainer takes a tf.data.Dataset, a function epoch -> Dataset, or arrays (x, y); got "
+                      f"{type(data).__name__}.")
 
 
 def without_autotune(data: tf.data.Dataset) -> tf.data.Dataset:

@@ -390,3 +390,16 @@ def test_a_short_last_batch_gets_a_call_of_its_own(mlp, dataset):
         weights[steps] = trainer.model.get_weights()
     for a, b in zip(weights[1], weights[2]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_numpy_arrays_and_a_binary_string_loss(mlp):
+    """Arrays (x, y) are batched in order, like model.fit(x, y, shuffle=False); a loss by name
+    matches the labels' rank to the predictions' as model.compile does."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 8)).astype("float32"), rng.integers(0, 2, size=40).astype("float32")
+    trainer = ks.Trainer(ks.wrap(mlp(seed=1, n_out=1)), algorithms.StaticSparse(0.5), keras.optimizers.SGD(0.1),
+                         "binary_crossentropy", jit_compile=False, progress=False)
+    history = trainer.fit((x, y), epochs=2, batch_size=8, validation_data=(x, y))
+    assert trainer.step == 10 and np.isfinite(history[-1]["train_loss"]) and np.isfinite(history[-1]["val_loss"])
+    with pytest.raises(ValueError, match="arrays"):
+        trainer.fit("x.npy", epochs=3)
