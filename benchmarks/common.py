@@ -138,6 +138,50 @@ def sparse_step(model: keras.Model, optimizer: ks.SparseOptimizer, loss: Callabl
     return train_step(model, lambda g, v: optimizer.sparse_apply(g, v, update=update), loss, jit_compile, watch_loss)
 
 
+def staged_steps(model: keras.Model, optimizer: keras.optimizers.Optimizer, loss: Callable, jit_compile: bool,
+                 update: bool | None = False) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+    """``run(xs, ys) -> losses``: one compiled call that runs a step for each batch stacked on the
+    leading axis of ``xs``/``ys``, in a ``tf.while_loop`` (``ks.Trainer(steps_per_execution=K)``'s
+    shape of program). ``update`` as in ``sparse_step`` for a ``SparseOptimizer`` (False:
+    ``sparse_apply(update=False)``, None: ``optimizer.apply``); a plain optimizer always runs
+    ``optimizer.apply``."""
+    variables = model.trainable_variables
+    sparse = isinstance(optimizer, ks.SparseOptimizer) and update is not None
+
+    @tf.function(jit_compile=jit_compile)
+    def run(xs, ys):
+        def body(i, losses):
+            with tf.GradientTape() as tape:
+                value = loss(ys[i], model(xs[i], training=True))
+            grads = tape.gradient(value, variables)
+            if sparse:
+                optimizer.sparse_apply(grads, variables, update=update)
+            else:
+                optimizer.apply(grads, variables)
+            return i + 1, tf.tensor_scatter_nd_update(losses, [[i]], [value])
+
+        count = tf.shape(ys)[0]
+        return tf.while_loop(lambda i, _: i < count, body, (tf.constant(0), tf.zeros([ys.shape[0]])))[1]
+
+    return run
+
+
+def graph_loop(step: Step) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+    """``run(xs, ys) -> last loss``: a ``tf.function`` *without* XLA whose ``tf.while_loop`` calls
+    the compiled ``step`` once per stacked batch: the shape of Keras's ``model.fit`` loop with
+    ``steps_per_execution=K`` (a graph loop around an XLA-compiled one-step function), without
+    its iterator and metrics."""
+
+    @tf.function(jit_compile=False)
+    def run(xs, ys):
+        def body(i, _):
+            return i + 1, step(xs[i], ys[i])
+
+        return tf.while_loop(lambda i, _: i < tf.shape(ys)[0], body, (tf.constant(0), tf.constant(0.0)))[1]
+
+    return run
+
+
 def active_counts(model: keras.Model, jit_compile: bool) -> Callable[[], tf.Tensor]:
     """A compiled call returning every mask's active-weight count (int64, one per masked weight)."""
     masks = [w.mask for w in ks.masked_weights(model)]

@@ -3,7 +3,7 @@ at the same steps per compiled call.
 
     python benchmarks/fit_vs_trainer.py [--models lenet_300_100 mnist1d_transformer] [--rounds 15]
         [--steps 100] [--steps-per-execution 1 20] [--algorithms static rigl] [--no-reference]
-        [--diagnose] [--out fit_vs_trainer.json]
+        [--diagnose] [--programs] [--no-loops] [--out fit_vs_trainer.json]
 
 Models, batches and optimizers as ``mask_overhead.py`` (``common.MODELS``): LeNet-300-100,
 batch 128, SGD(0.01, momentum 0.9); the MNIST-1D transformer, batch 64, AdamW(1e-3). Every
@@ -30,6 +30,22 @@ The machine is shared and noisy: every round runs each variant once, in a new se
 order, and the script reports medians over rounds and, for each (algorithm, K), the median of
 the per-round ratios ``fit ÷ trainer`` in steps/s (both epochs of a ratio from the same round),
 with their min–max.
+
+``--programs`` adds a table of the compiled programs alone, without either loop, to say where
+the loops' difference goes (static 90%, the model's batch repeated, called back to back; ms a
+step, median over ``--program-rounds`` alternating rounds):
+
+- ``1 a call, sparse_apply(update=False)``: the one-step program, called as a ``tf.function``;
+  ``..., optimizer.apply (tf.cond)``: the same through ``optimizer.apply``, which ``model.fit``
+  calls (the in-graph decision of mask updates); ``1 a call, dense``: the plain model's step.
+- ``20 in one XLA program, ...``: 20 steps in one XLA ``tf.while_loop`` (what
+  ``ks.Trainer(steps_per_execution=20)`` compiles; ``common.staged_steps``).
+- ``20 XLA steps from a graph loop, ...``: a ``tf.function`` without XLA whose ``tf.while_loop``
+  calls the one-step XLA program 20 times (the shape of Keras's ``model.fit`` with
+  ``steps_per_execution=20``, without its iterator, ``Optional`` and metrics;
+  ``common.graph_loop``).
+
+``--no-loops`` leaves the loops out (programs only).
 """
 
 from __future__ import annotations
@@ -43,6 +59,9 @@ import time
 from typing import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 import keras_sparse as ks  # noqa: E402
 
@@ -160,6 +179,63 @@ def measure(model_name: str, args) -> dict:
             "wall_seconds": time.perf_counter() - started}
 
 
+def programs(model_name: str, rounds: int, stack: int = 20) -> dict:
+    """Milliseconds a step of the compiled programs alone (``--programs``), alternating by round."""
+    x, y = common.batch_of(model_name)
+    xs, ys = tf.stack([x] * stack), tf.stack([y] * stack)
+    loss = common.loss_fn()
+    dense_model = common.build(model_name)
+    dense_optimizer = common.optimizer_for(model_name)
+    dense = common.plain_step(dense_model, dense_optimizer, loss, True)
+    model = common.build(model_name)
+    sparse = common.sparse_optimizer(model, algorithm("static", 0), common.optimizer_for(model_name))
+    plain = common.sparse_step(model, sparse, loss, True, update=False)
+    cond = common.sparse_step(model, sparse, loss, True, update=None)
+    single, staged = (lambda: (x, y)), (lambda: (xs, ys))
+    table = {  # name: (program, its arguments, steps a call)
+        "1 a call, dense": (dense, single, 1),
+        "1 a call, sparse_apply(update=False)": (plain, single, 1),
+        "1 a call, optimizer.apply (tf.cond)": (cond, single, 1),
+        f"{stack} in one XLA program, dense": (common.staged_steps(dense_model, dense_optimizer, loss, True), staged,
+                                              stack),
+        f"{stack} in one XLA program, sparse_apply(update=False)":
+            (common.staged_steps(model, sparse, loss, True, update=False), staged, stack),
+        f"{stack} in one XLA program, optimizer.apply (tf.cond)":
+            (common.staged_steps(model, sparse, loss, True, update=None), staged, stack),
+        f"{stack} XLA steps from a graph loop, dense": (common.graph_loop(dense), staged, stack),
+        f"{stack} XLA steps from a graph loop, sparse_apply(update=False)": (common.graph_loop(plain), staged, stack),
+        f"{stack} XLA steps from a graph loop, optimizer.apply (tf.cond)": (common.graph_loop(cond), staged, stack),
+    }
+    step_seconds = {"lenet_300_100": 0.001}.get(model_name, 0.006)
+    calls = {name: max(2, round(0.2 / (step_seconds * steps))) for name, (_, _, steps) in table.items()}
+    for program, arguments, _ in table.values():
+        np.asarray(program(*arguments()))  # compile
+    ms: dict[str, list[float]] = {name: [] for name in table}
+    names = list(table)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            program, arguments, steps = table[name]
+            args = arguments()
+            ms[name].append(1000 * common.seconds_per_call(lambda: program(*args), calls[name]) / steps)
+    return {"ms_per_step": ms, "median": {name: statistics.median(v) for name, v in ms.items()}, "calls": calls,
+            "sparsity": ks.sparsity(model)}
+
+
+def print_loops(r: dict, args) -> None:
+    print(f"\n{r['model']}, batch {r['batch']}, {r['optimizer']}, {args.steps} steps a round, {args.rounds} rounds in "
+          f"random order, XLA on ({r['wall_seconds']:.0f} s)\n")
+    print("| variant | median steps/s | min–max |\n|---|---|---|")
+    for variant, values in r["steps_per_second"].items():
+        print(f"| {variant} | {r['median'][variant]:.1f} | {min(values):.1f}–{max(values):.1f} |")
+    print("\n| ratio (steps/s) | median of per-round ratios | min–max | ratio of medians |\n|---|---|---|---|")
+    for label, q in r["ratios"].items():
+        a, b = label.split(" / ")
+        print(f"| {label} | {q['median']:.3f} | {q['min']:.3f}–{q['max']:.3f} "
+              f"| {r['median'][a] / r['median'][b]:.3f} |")
+    for problem in r["problems"]:
+        print(f"warning: {problem}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["lenet_300_100", "mnist1d_transformer"],
@@ -172,26 +248,28 @@ def main() -> None:
                         help="leave out the plain Keras model.fit reference")
     parser.add_argument("--diagnose", action="store_true",
                         help="add model.fit with a SparseOptimizer that skips the in-graph tf.cond (static only)")
+    parser.add_argument("--programs", action="store_true", help="also time the compiled programs alone")
+    parser.add_argument("--program-rounds", type=int, default=9)
+    parser.add_argument("--no-loops", dest="loops", action="store_false", help="programs only")
     parser.add_argument("--out", default="fit_vs_trainer.json")
     args = parser.parse_args()
     if any(args.steps % k for k in args.steps_per_execution):
         parser.error("--steps must be a multiple of every --steps-per-execution")
     results = []
     for name in args.models:
-        r = measure(name, args)
+        r = measure(name, args) if args.loops else {"model": name}
+        if args.programs:
+            r["programs"] = programs(name, args.program_rounds)
         results.append(r)
-        print(f"\n{name}, batch {r['batch']}, {r['optimizer']}, {args.steps} steps a round, {args.rounds} rounds in "
-              f"random order, XLA on ({r['wall_seconds']:.0f} s)\n")
-        print("| variant | median steps/s | min–max |\n|---|---|---|")
-        for variant, values in r["steps_per_second"].items():
-            print(f"| {variant} | {r['median'][variant]:.1f} | {min(values):.1f}–{max(values):.1f} |")
-        print("\n| ratio (steps/s) | median of per-round ratios | min–max | ratio of medians |\n|---|---|---|---|")
-        for label, q in r["ratios"].items():
-            a, b = label.split(" / ")
-            print(f"| {label} | {q['median']:.3f} | {q['min']:.3f}–{q['max']:.3f} "
-                  f"| {r['median'][a] / r['median'][b]:.3f} |")
-        for problem in r["problems"]:
-            print(f"warning: {problem}")
+        if args.loops:
+            print_loops(r, args)
+        if args.programs:
+            p = r["programs"]
+            print(f"\n{name}: compiled programs alone, static 90%, XLA, ms a step, median of {args.program_rounds} "
+                  "alternating rounds\n")
+            print("| program | ms a step | min–max |\n|---|---|---|")
+            for program, values in p["ms_per_step"].items():
+                print(f"| {program} | {p['median'][program]:.3f} | {min(values):.3f}–{max(values):.3f} |")
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1)
 

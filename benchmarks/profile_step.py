@@ -111,31 +111,6 @@ def sparse_model(algorithm: algorithms.SparseAlgorithm) -> tuple[keras.Model, ks
     return model, common.sparse_optimizer(model, algorithm, keras.optimizers.SGD(0.01, momentum=0.9))
 
 
-def staged_steps(model: keras.Model, optimizer: ks.SparseOptimizer, loss: Callable, jit: bool,
-                 update: bool | None = False) -> Callable:
-    """``run(xs, ys) -> losses``: one compiled call that runs a step for each batch stacked on the
-    leading axis of ``xs``/``ys``, in a ``tf.while_loop`` (``ks.Trainer(steps_per_execution=K)``'s
-    shape of program); ``update`` as in ``common.sparse_step``."""
-    variables = model.trainable_variables
-
-    @tf.function(jit_compile=jit)
-    def run(xs, ys):
-        def body(i, losses):
-            with tf.GradientTape() as tape:
-                value = loss(ys[i], model(xs[i], training=True))
-            grads = tape.gradient(value, variables)
-            if update is None:
-                optimizer.apply(grads, variables)
-            else:
-                optimizer.sparse_apply(grads, variables, update=update)
-            return i + 1, tf.tensor_scatter_nd_update(losses, [[i]], [value])
-
-        count = tf.shape(ys)[0]
-        return tf.while_loop(lambda i, _: i < count, body, (tf.constant(0), tf.zeros([ys.shape[0]])))[1]
-
-    return run
-
-
 def programs(jit: bool) -> dict[str, tuple[Callable[[], tf.Tensor], int]]:
     """name: (a call, calls a round)."""
     rng = np.random.default_rng(0)
@@ -150,8 +125,8 @@ def programs(jit: bool) -> dict[str, tuple[Callable[[], tf.Tensor], int]]:
     masked_cond = common.sparse_step(static_model, static, loss, jit, update=None)
     masked_watched = common.sparse_step(static_model, static, loss, jit, update=False, watch_loss=True)
     xs, ys = tf.stack([x] * 20), tf.stack([y] * 20)
-    staged = staged_steps(static_model, static, loss, jit)
-    staged_cond = staged_steps(static_model, static, loss, jit, update=None)
+    staged = common.staged_steps(static_model, static, loss, jit)
+    staged_cond = common.staged_steps(static_model, static, loss, jit, update=None)
     updates = {
         "rigl": lambda: algorithms.RigL(SPARSITY, update_frequency=100, end_step=10**6),
         "set": lambda: algorithms.SET(SPARSITY, update_frequency=100, end_step=10**6),

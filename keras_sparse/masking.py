@@ -216,7 +216,7 @@ def _matcher(selector: Selector, what: str, keys: Sequence[str]) -> Callable[[Ca
     if unknown:
         raise ConfigError(f"{what}={unknown} matches no weight of the model: use layer names, layer paths or "
                           f"variable paths such as {list(keys)[:4]} (ks.sparsity_report lists them).")
-    return lambda candidate: any(matches(p, candidate.key) for p in patterns)
+    return lambda candidate: any(matches(p, candidate.key) or matches(p, candidate.variable.path) for p in patterns)
 
 
 def matches(pattern: str, key: str) -> bool:
@@ -258,11 +258,12 @@ def wrap(model: keras.Model, include: Selector = None, exclude: Selector = None,
         return model
     found = candidates(model, embeddings)
     keys = [c.key for c in found]
+    names = keys + [c.variable.path for c in found]  # a selector may also give the full variable path
     duplicates = sorted({k for k in keys if keys.count(k) > 1})
     if duplicates:
         raise ConfigError(f"Weights share the paths {duplicates}: give the layers that hold them unique names.")
-    included = _matcher(include, "include", keys) if include is not None else (lambda c: c.default)
-    excluded = _matcher(exclude, "exclude", keys)
+    included = _matcher(include, "include", names) if include is not None else (lambda c: c.default)
+    excluded = _matcher(exclude, "exclude", names)
     position = {id(v): i for i, v in enumerate(model.weights)}
     chosen = sorted((c for c in found if included(c) and not excluded(c)), key=lambda c: position[id(c.variable)])
     if not chosen:
@@ -387,7 +388,7 @@ def dense_majority_warning(model: keras.Model) -> str | None:
     if total == 0 or masked_size >= total / 2:
         return None
     dense = sorted((v for v in model.weights if id(v) not in masked), key=lambda v: -int(np.prod(v.shape)))[:3]
-    names = ", ".join(f"{v.path} ({int(np.prod(v.shape)):,})" for v in dense)
+    names = ", ".join(f"{weight_key(model, v)} ({int(np.prod(v.shape)):,})" for v in dense)
     return (f"keras-sparse: only {masked_size:,} of {total:,} parameters ({100 * masked_size / total:.1f}%) of "
             f"{model.name!r} are masked; the largest dense ones: {names}. Select more with wrap(include=...) "
             "or embeddings=True.")

@@ -22,7 +22,7 @@ def build_mlp(seed: int = 0, name: str = "mlp") -> keras.Model:
                              L.Dense(12, activation="tanh", name="hidden_1"), L.Dense(4, name="logits")], name=name)
 
 
-MLP_KEYS = ["mlp/hidden_0/kernel", "mlp/hidden_1/kernel", "mlp/logits/kernel"]
+MLP_KEYS = ["hidden_0/kernel", "hidden_1/kernel", "logits/kernel"]
 
 
 def build_functional(seed: int = 0) -> keras.Model:
@@ -121,7 +121,7 @@ def test_masked_weight_fields():
     model = ks.wrap(build_mlp())
     first = ks.masked_weights(model)[0]
     layer = model.get_layer("hidden_0")
-    assert first.key == "mlp/hidden_0/kernel" and first.name == "kernel"
+    assert first.key == "hidden_0/kernel" and first.name == "kernel"
     assert first.layer is layer
     assert first.variable is layer.kernel and first.kernel is layer.kernel  # .kernel: alias of .variable
     assert ks.masked_kernels is ks.masked_weights
@@ -181,7 +181,7 @@ def test_wrap_subclassed_model():
     x = x_for((3,))
     before = model(x).numpy()
     assert ks.wrap(model) is model
-    assert keys(model) == ["sub/fc/kernel", "sub/out/kernel"]
+    assert keys(model) == ["fc/kernel", "out/kernel"]
     np.testing.assert_array_equal(model(x).numpy(), before)
 
 
@@ -230,7 +230,7 @@ def test_wrap_is_idempotent():
 def test_masked_weights_per_layer_type(make_layer, input_shape, expected):
     model = ks.wrap(one_layer(make_layer, input_shape), quiet=True)
     weights = ks.masked_weights(model)
-    assert sorted(w.key for w in weights) == sorted(f"m/{key}" for key in expected)
+    assert sorted(w.key for w in weights) == sorted(expected)
     for w in weights:
         assert getattr(w.layer, w.name) is w.variable  # the owning layer (an RNN's cell) holds the variable
         assert w.name in masking.MASKED_BY_DEFAULT[next(c for c in masking.MASKED_BY_DEFAULT if isinstance(w.layer, c))]
@@ -266,14 +266,14 @@ def test_bidirectional_and_time_distributed_in_one_model():
                               L.SimpleRNN(2, name="srnn")], name="rnns")
     ks.wrap(model)
     assert sorted(keys(model)) == sorted([
-        "rnns/bi/forward_lstm/lstm_cell/kernel", "rnns/bi/forward_lstm/lstm_cell/recurrent_kernel",
-        "rnns/bi/backward_lstm/lstm_cell/kernel", "rnns/bi/backward_lstm/lstm_cell/recurrent_kernel",
-        "rnns/td/td_dense/kernel", "rnns/srnn/simple_rnn_cell/kernel", "rnns/srnn/simple_rnn_cell/recurrent_kernel"])
+        "bi/forward_lstm/lstm_cell/kernel", "bi/forward_lstm/lstm_cell/recurrent_kernel",
+        "bi/backward_lstm/lstm_cell/kernel", "bi/backward_lstm/lstm_cell/recurrent_kernel",
+        "td/td_dense/kernel", "srnn/simple_rnn_cell/kernel", "srnn/simple_rnn_cell/recurrent_kernel"])
     bi = model.get_layer("bi")
     by_key = {w.key: w for w in ks.masked_weights(model)}
-    assert by_key["rnns/bi/forward_lstm/lstm_cell/kernel"].variable is bi.forward_layer.cell.kernel
-    assert by_key["rnns/bi/backward_lstm/lstm_cell/recurrent_kernel"].variable is bi.backward_layer.cell.recurrent_kernel
-    assert by_key["rnns/td/td_dense/kernel"].variable is model.get_layer("td").layer.kernel
+    assert by_key["bi/forward_lstm/lstm_cell/kernel"].variable is bi.forward_layer.cell.kernel
+    assert by_key["bi/backward_lstm/lstm_cell/recurrent_kernel"].variable is bi.backward_layer.cell.recurrent_kernel
+    assert by_key["td/td_dense/kernel"].variable is model.get_layer("td").layer.kernel
 
 
 def test_masked_weights_come_in_model_weight_order():
@@ -285,18 +285,18 @@ def test_masked_weights_come_in_model_weight_order():
 # --------------------------------------------------------------- embeddings
 def test_embeddings_are_not_masked_by_default():
     model = ks.wrap(build_embedding_model(), quiet=True)
-    assert keys(model) == ["embm/head/kernel"]
+    assert keys(model) == ["head/kernel"]
 
 
 def test_embeddings_true_masks_embedding_tables():
     model = ks.wrap(build_embedding_model(), embeddings=True)
-    assert keys(model) == ["embm/emb/embeddings", "embm/head/kernel"]
+    assert keys(model) == ["emb/embeddings", "head/kernel"]
     assert ks.masked_weights(model)[0].variable is model.get_layer("emb").embeddings
 
 
 def test_embeddings_selected_by_include():
     model = ks.wrap(build_embedding_model(), include=["emb"], quiet=True)
-    assert keys(model) == ["embm/emb/embeddings"]
+    assert keys(model) == ["emb/embeddings"]
 
 
 def test_keras_hub_bert_embeddings_off_and_on():
@@ -320,16 +320,16 @@ def test_keras_hub_bert_embeddings_off_and_on():
 @pytest.mark.parametrize("exclude", [["hidden_0", "logits"], ("hidden_0", "logits"),
                                      lambda layer: layer.name != "hidden_1",
                                      lambda layer, variable: "hidden_1" not in variable.path,
-                                     ["mlp/hidden_0", "mlp/logits/kernel"], ["*/h*_0/*", "logits"],
+                                     ["hidden_0", "logits/kernel"], ["*/h*_0/*", "logits"],
                                      ["*hidden_0*", "*logits*"]])
 def test_wrap_exclude(exclude):
     model = ks.wrap(build_mlp(), exclude=exclude)
-    assert keys(model) == ["mlp/hidden_1/kernel"]
+    assert keys(model) == ["hidden_1/kernel"]
     assert [type(layer).__name__ for layer in model.layers] == ["Dense", "Dense", "Dense"]  # none replaced
 
 
 def test_wrap_exclude_single_name():
-    assert keys(ks.wrap(build_mlp(), exclude="logits")) == ["mlp/hidden_0/kernel", "mlp/hidden_1/kernel"]
+    assert keys(ks.wrap(build_mlp(), exclude="logits")) == ["hidden_0/kernel", "hidden_1/kernel"]
 
 
 def test_default_selection_at_depth():
@@ -419,7 +419,7 @@ def test_matches(pattern, key, expected):
 @pytest.mark.parametrize("argument", ["include", "exclude"])
 def test_selector_that_matches_nothing_raises(argument):
     with pytest.raises(ConfigError, match=rf"^{argument}=\['nope'\] matches no weight of the model: use layer names, "
-                                          r"layer paths or variable paths such as \['mlp/hidden_0/kernel'"):
+                                          r"layer paths or variable paths such as \['hidden_0/kernel'"):
         ks.wrap(build_mlp(), **{argument: ["logits", "nope"]})
     with pytest.raises(ValueError, match="matches no weight"):  # ConfigError is a ValueError
         ks.wrap(build_mlp(), **{argument: "hidden_00"})
@@ -430,7 +430,7 @@ def test_failed_wrap_leaves_the_model_unwrapped():
     with pytest.raises(ConfigError):
         ks.wrap(model, exclude="nope")
     assert masking.mask_state(model) is None
-    assert keys(ks.wrap(model, exclude="logits")) == ["mlp/hidden_0/kernel", "mlp/hidden_1/kernel"]
+    assert keys(ks.wrap(model, exclude="logits")) == ["hidden_0/kernel", "hidden_1/kernel"]
 
 
 # -------------------------------------------------------------------- errors
@@ -488,7 +488,7 @@ def test_wrap_rejects_weights_that_share_a_path():
 
     model = Twins()
     model(np.zeros((1, 2), "float32"))
-    with pytest.raises(ConfigError, match=r"^Weights share the paths \['twins/fc/kernel'\]: give the layers that hold "
+    with pytest.raises(ConfigError, match=r"^Weights share the paths \['fc/kernel'\]: give the layers that hold "
                                           r"them unique names\.$"):
         ks.wrap(model)
 
@@ -521,20 +521,20 @@ def test_set_masks_zeroes_pruned_weights_only():
     bias = model.get_layer("hidden_0").bias.numpy().copy()
     mask = np.zeros((8, 16), bool)
     mask[::2, 1::3] = True
-    ks.set_masks(model, {"mlp/hidden_0/kernel": mask})
+    ks.set_masks(model, {"hidden_0/kernel": mask})
     after = {w.key: w.variable.numpy() for w in ks.masked_weights(model)}
-    np.testing.assert_array_equal(after["mlp/hidden_0/kernel"][mask], before["mlp/hidden_0/kernel"][mask])
-    assert np.all(before["mlp/hidden_0/kernel"] != 0.0)
-    assert np.all(after["mlp/hidden_0/kernel"][~mask] == 0.0)
-    assert not np.any(np.signbit(after["mlp/hidden_0/kernel"][~mask]))  # +0.0, not -0.0
+    np.testing.assert_array_equal(after["hidden_0/kernel"][mask], before["hidden_0/kernel"][mask])
+    assert np.all(before["hidden_0/kernel"] != 0.0)
+    assert np.all(after["hidden_0/kernel"][~mask] == 0.0)
+    assert not np.any(np.signbit(after["hidden_0/kernel"][~mask]))  # +0.0, not -0.0
     np.testing.assert_array_equal(model.get_layer("hidden_0").bias.numpy(), bias)
     # Weights not named keep their mask and values.
-    np.testing.assert_array_equal(after["mlp/logits/kernel"], before["mlp/logits/kernel"])
-    assert ks.get_masks(model)["mlp/logits/kernel"].all()
+    np.testing.assert_array_equal(after["logits/kernel"], before["logits/kernel"])
+    assert ks.get_masks(model)["logits/kernel"].all()
     # The forward pass is the plain model's with those zeros: no multiply by the mask anywhere.
     x = x_for((8,))
-    expected = np.tanh(np.tanh(x @ after["mlp/hidden_0/kernel"] + bias) @ after["mlp/hidden_1/kernel"]
-                       + model.get_layer("hidden_1").bias.numpy()) @ after["mlp/logits/kernel"]
+    expected = np.tanh(np.tanh(x @ after["hidden_0/kernel"] + bias) @ after["hidden_1/kernel"]
+                       + model.get_layer("hidden_1").bias.numpy()) @ after["logits/kernel"]
     np.testing.assert_allclose(model(x).numpy(), expected + model.get_layer("logits").bias.numpy(), rtol=1e-5,
                                atol=1e-6)
 
@@ -543,35 +543,35 @@ def test_set_masks_marks_the_masks_set():
     model = ks.wrap(build_mlp())
     state = masking.mask_state(model)
     assert not bool(state.initialized.numpy())
-    ks.set_masks(model, {"mlp/logits/kernel": np.ones((12, 4), bool)})
+    ks.set_masks(model, {"logits/kernel": np.ones((12, 4), bool)})
     assert bool(state.initialized.numpy())
 
 
 def test_set_masks_accepts_integer_arrays():
     model = ks.wrap(build_mlp())
-    ks.set_masks(model, {"mlp/logits/kernel": np.eye(12, 4, dtype=np.int32)})
-    np.testing.assert_array_equal(ks.get_masks(model)["mlp/logits/kernel"], np.eye(12, 4, dtype=bool))
+    ks.set_masks(model, {"logits/kernel": np.eye(12, 4, dtype=np.int32)})
+    np.testing.assert_array_equal(ks.get_masks(model)["logits/kernel"], np.eye(12, 4, dtype=bool))
 
 
 def test_set_masks_unknown_key_raises():
     model = ks.wrap(build_mlp())
     with pytest.raises(ConfigError, match=r"^set_masks: \['hidden_9/kernel'\] are not masked weights of this model; "
-                                          r"known keys: \['mlp/hidden_0/kernel', 'mlp/hidden_1/kernel', "
-                                          r"'mlp/logits/kernel'\]\.$"):
+                                          r"known keys: \['hidden_0/kernel', 'hidden_1/kernel', "
+                                          r"'logits/kernel'\]\.$"):
         ks.set_masks(model, {"hidden_9/kernel": np.ones((8, 16), bool)})
-    with pytest.raises(ConfigError, match="mlp/hidden_0/bias"):  # a weight of the model that is not masked
-        ks.set_masks(model, {"mlp/hidden_0/bias": np.ones((16,), bool), "mlp/logits/kernel": np.zeros((12, 4))})
+    with pytest.raises(ConfigError, match="hidden_0/bias"):  # a weight of the model that is not masked
+        ks.set_masks(model, {"hidden_0/bias": np.ones((16,), bool), "logits/kernel": np.zeros((12, 4))})
     assert all(m.all() for m in ks.get_masks(model).values())  # nothing set
 
 
 def test_set_masks_wrong_shape_raises_naming_the_weight():
     model = ks.wrap(build_mlp())
     kernel = model.get_layer("hidden_1").kernel.numpy().copy()
-    with pytest.raises(ConfigError, match=r"^set_masks: mask for 'mlp/hidden_1/kernel' has shape \(16, 11\) but the "
+    with pytest.raises(ConfigError, match=r"^set_masks: mask for 'hidden_1/kernel' has shape \(16, 11\) but the "
                                           r"weight has shape \(16, 12\)\.$"):
-        ks.set_masks(model, {"mlp/hidden_1/kernel": np.ones((16, 11), bool)})
+        ks.set_masks(model, {"hidden_1/kernel": np.ones((16, 11), bool)})
     with pytest.raises(ConfigError, match=r"shape \(12, 16\)"):  # the transpose is no match either
-        ks.set_masks(model, {"mlp/hidden_1/kernel": np.zeros((12, 16), bool)})
+        ks.set_masks(model, {"hidden_1/kernel": np.zeros((12, 16), bool)})
     # Nothing was changed by the failed calls.
     assert all(m.all() for m in ks.get_masks(model).values())
     np.testing.assert_array_equal(model.get_layer("hidden_1").kernel.numpy(), kernel)
@@ -599,9 +599,9 @@ def test_sparsity_and_report_exact():
     report = ks.sparsity_report(model)
     assert list(report) == [*MLP_KEYS, "total"]
     assert report == {
-        "mlp/hidden_0/kernel": {"shape": [8, 16], "size": 128, "active": 32, "sparsity": pytest.approx(0.75)},
-        "mlp/hidden_1/kernel": {"shape": [16, 12], "size": 192, "active": 192, "sparsity": 0.0},
-        "mlp/logits/kernel": {"shape": [12, 4], "size": 48, "active": 1, "sparsity": pytest.approx(47 / 48)},
+        "hidden_0/kernel": {"shape": [8, 16], "size": 128, "active": 32, "sparsity": pytest.approx(0.75)},
+        "hidden_1/kernel": {"shape": [16, 12], "size": 192, "active": 192, "sparsity": 0.0},
+        "logits/kernel": {"shape": [12, 4], "size": 48, "active": 1, "sparsity": pytest.approx(47 / 48)},
         "total": {"masked_size": 368, "parameters": 400,
                   "masked_sparsity": pytest.approx(143 / 368),
                   "sparsity_of_all_parameters": pytest.approx(143 / 400),
@@ -627,7 +627,7 @@ def test_dense_majority_line_for_an_embedding_heavy_model(capsys):
     model = ks.wrap(build_embedding_model())
     err = capsys.readouterr().err
     line = ("keras-sparse: only 16 of 8,018 parameters (0.2%) of 'embm' are masked; the largest dense ones: "
-            "embm/emb/embeddings (8,000), embm/head/bias (2). Select more with wrap(include=...) or embeddings=True.")
+            "emb/embeddings (8,000), head/bias (2). Select more with wrap(include=...) or embeddings=True.")
     assert err == line + "\n"
     assert masking.dense_majority_warning(model) == line
 
