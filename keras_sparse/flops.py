@@ -14,7 +14,7 @@ import keras
 import numpy as np
 
 from keras_sparse.errors import ConfigError
-from keras_sparse.masking import MaskedWeight
+from keras_sparse.masking import MaskedWeight, all_layers
 
 
 def _positions(shape: Sequence, data_format: str | None = None) -> int:
@@ -43,12 +43,12 @@ def forward_macs(model: keras.Model, weights: Sequence[MaskedWeight]) -> list[in
     """
     repeats = {}  # id(inner layer) -> time steps of the RNN / TimeDistributed layer that runs it
     lengths = {}  # id(sublayer of an attention layer) -> the query length, where its own shape lost it
-    for layer in model._flatten_layers(include_self=False, recursive=True):  # Keras's own walk
+    for layer in all_layers(model, include_self=False):
         inner = getattr(layer, "cell", None) or (layer.layer if isinstance(layer, keras.layers.TimeDistributed) else None)
         if isinstance(inner, keras.layers.Layer) and _input_shape(layer) is not None:
             repeats[id(inner)] = int(_input_shape(layer)[1] or 1)
         if isinstance(layer, keras.layers.MultiHeadAttention) and _input_shape(layer) is not None:
-            for sublayer in layer._flatten_layers(include_self=False, recursive=True):
+            for sublayer in all_layers(layer, include_self=False):
                 lengths[id(sublayer)] = _input_shape(layer)[1]
     return [_weight_macs(w, lengths.get(id(w.layer))) * repeats.get(id(w.layer), 1) for w in weights]
 

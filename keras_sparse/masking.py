@@ -172,9 +172,9 @@ class Candidate:
     default: bool
 
 
-def _layers(model: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
+def all_layers(model: keras.layers.Layer, include_self: bool = True) -> Iterator[keras.layers.Layer]:
     """Every layer under ``model`` at any depth (sublayers of custom layers and cells of RNNs too)."""
-    return iter(model._flatten_layers(include_self=True, recursive=True))  # Keras's own walk
+    return iter(model._flatten_layers(include_self=include_self, recursive=True))  # Keras's own walk
 
 
 def weight_key(model: keras.Model, variable) -> str:
@@ -188,7 +188,7 @@ def candidates(model: keras.Model, embeddings: bool = False) -> list[Candidate]:
     """Every trainable weight of two or more dimensions but biases, with the layer that owns it."""
     seen: set[int] = set()
     result = []
-    for layer in _layers(model):
+    for layer in all_layers(model):
         default_names = next((names for cls, names in MASKED_BY_DEFAULT.items() if isinstance(layer, cls)), ())
         for variable in layer._trainable_variables:  # the layer's own, not its sublayers'
             if id(variable) in seen or len(variable.shape) < 2:

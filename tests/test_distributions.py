@@ -118,3 +118,20 @@ def test_global_sparsity_out_of_range_raises(bad):
 def test_unknown_distribution_raises():
     with pytest.raises(ValueError, match="gaussian"):
         distributions.layer_sparsities(SHAPES, 0.5, "gaussian")
+
+
+@pytest.mark.parametrize("name", ["erdos_renyi", "erdos_renyi_kernel"])
+def test_first_layer_dense_with_the_erdos_renyi_family(name):
+    """The first layer dense, the others sharing the rest of the global budget (before this,
+    first_layer_dense was ignored for ER/ERK without a word)."""
+    shapes = {"a/kernel": (20, 30), "b/kernel": (30, 40), "c/kernel": (40, 10)}
+    sizes = {k: int(np.prod(s)) for k, s in shapes.items()}
+    plain = distributions.layer_sparsities(shapes, 0.8, name)
+    first_dense = distributions.layer_sparsities(shapes, 0.8, name, first_layer_dense=True)
+    assert first_dense["a/kernel"] == 0.0 and plain["a/kernel"] > 0.0
+    pruned = sum(first_dense[k] * sizes[k] for k in shapes)
+    assert pruned == pytest.approx(0.8 * sum(sizes.values()))
+    assert first_dense["b/kernel"] > plain["b/kernel"] and first_dense["c/kernel"] >= plain["c/kernel"]
+    # ERK keeps the ratio of the other layers' densities.
+    ratio = (1 - first_dense["b/kernel"]) / (1 - first_dense["c/kernel"])
+    assert ratio == pytest.approx((1 - plain["b/kernel"]) / (1 - plain["c/kernel"]))
