@@ -206,13 +206,15 @@ class Trainer:
 
     def _multi_step_fn(self, xs, ys, start, count, update_last):
         """Steps ``start .. start + count - 1`` of a staged chunk (``xs``/``ys`` hold batches
-        stacked on a new leading axis) in one while loop; the last one updates the masks if
-        ``update_last``. Returns the chunk's losses (zeros where no step ran) and the masks'
-        active counts after the update (zeros without one)."""
+        stacked on a new leading axis) in one while loop; if ``update_last``, the last one is the
+        optimizer's mask-update step instead, after the loop. Returns the chunk's losses (zeros
+        where no step ran) and the masks' active counts after the update (zeros without one)."""
         size = tf.nest.flatten(ys)[0].shape[0]
 
         def one_step(i, losses, update):
-            x, y = (tf.nest.map_structure(lambda t: t[i], staged) for staged in (xs, ys))
+            # tf.gather, not t[i]: XLA compiles a slice's start as a constant where it can, and the
+            # last step's index is a function of the call's arguments: one compilation per value.
+            x, y = (tf.nest.map_structure(lambda t: tf.gather(t, i), staged) for staged in (xs, ys))
             loss, _, counts = self._step(x, y, update)
             return tf.tensor_scatter_nd_update(losses, [[i]], [tf.cast(loss, tf.float32)]), counts
 
@@ -220,10 +222,12 @@ class Trainer:
             return i + 1, one_step(i, losses, False)[0]
 
         last = start + count - 1
-        _, losses = tf.while_loop(lambda i, _: i < last, body, (start, tf.zeros([size], tf.float32)))
-        # The step that may update runs after the loop, not in its body: XLA copies a
-        # conditional's operands every time it runs, which cost every step when the loop held one.
-        return one_step(last, losses, update_last)
+        plain_end = tf.where(update_last, last, start + count)  # an updating last step runs after the loop
+        _, losses = tf.while_loop(lambda i, _: i < plain_end, body, (start, tf.zeros([size], tf.float32)))
+        # The update step runs after the loop, not in its body: XLA copies a conditional's operands
+        # every time it runs, which cost every step when the loop held one.
+        return tf.cond(update_last, lambda: one_step(last, losses, True),
+                       lambda: (losses, tf.zeros([len(self.kernels)], tf.int64)))
 
     def _eval_step_fn(self, x, y):
         predictions = self.model(x, training=False)

@@ -403,3 +403,23 @@ def test_numpy_arrays_and_a_binary_string_loss(mlp):
     assert trainer.step == 10 and np.isfinite(history[-1]["train_loss"]) and np.isfinite(history[-1]["val_loss"])
     with pytest.raises(ValueError, match="arrays"):
         trainer.fit("x.npy", epochs=3)
+
+
+def test_staged_updates_compile_once_per_stack_shape(mlp, dataset):
+    """Mask updates at new places in a stack (steps 0, 5, 10 in epoch 1; 15 and 20, places 3 and
+    8 of their stacks, in epoch 2) must not compile the program again: an index that XLA takes as
+    a compile-time constant did (seconds each, when the last step was sliced with t[i])."""
+    import time
+
+    trainer = ks.Trainer(ks.wrap(mlp(seed=0)), _rigl(update_frequency=5, end_step=30), keras.optimizers.SGD(0.1),
+                         _loss(), progress=False, steps_per_execution=12)
+    data = dataset(96, (8,), 4, batch=8)  # 12 steps an epoch, one stack
+    started = time.perf_counter()
+    trainer.fit(data, epochs=1)
+    first = time.perf_counter() - started  # includes the one compilation
+    started = time.perf_counter()
+    trainer.fit(data, epochs=2)
+    second = time.perf_counter() - started
+    assert trainer.step == 24 and trainer.dense_gradient_steps == 5
+    assert trainer.trace_counts()["staged"] == 1
+    assert second < first / 3, (first, second)
