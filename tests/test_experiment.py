@@ -15,7 +15,9 @@ from keras_sparse import data, experiment
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = ["dense", "static", "magnitude", "snip", "set", "rigl", "rigl_frozen"]
 # A narrow net and two epochs (62 steps each at batch 64) keep each run to a few seconds.
-SHORT = ["training.epochs = 2", "model.width = 8", "training.progress = False"]
+# No XLA: compiling takes longer than two epochs of the narrow net (the binary's XLA default is
+# run by test_train_binary_end_to_end_and_resume_past_a_corrupt_checkpoint).
+SHORT = ["training.epochs = 2", "model.width = 8", "training.progress = False", "training.jit_compile = False"]
 
 
 @pytest.fixture(autouse=True)
@@ -108,7 +110,8 @@ def test_tfds_data_and_model_configs_compose_with_an_algorithm_config(config, sh
     import tensorflow_datasets as tfds
 
     experiment.parse_gin([os.path.join(ROOT, "gin_configs", "rigl.gin"), os.path.join(ROOT, "gin_configs", config)],
-                         ["training.epochs = 1", "training.batch_size = 32", "training.progress = False"])
+                         ["training.epochs = 1", "training.batch_size = 32", "training.progress = False",
+                          "training.jit_compile = False"])
     with tfds.testing.mock_data(num_examples=64):
         run = experiment.build_run(seed=0)
         assert run.data.input_shape == shape

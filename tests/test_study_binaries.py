@@ -8,9 +8,10 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# 8 steps an epoch (batch 500 of 4000), a narrow net: each training run takes about a second.
+# 8 steps an epoch (batch 500 of 4000), a narrow net, no XLA (compiling each cell's programs took
+# longer than training them; the XLA step is tested elsewhere): each training run takes about a second.
 TINY = ["training.epochs = 2", "training.batch_size = 500", "model.width = 8", "RigL.update_frequency = 2",
-        "MagnitudePruning.frequency = 2", "SET.update_frequency = 2"]
+        "MagnitudePruning.frequency = 2", "SET.update_frequency = 2", "training.jit_compile = False"]
 
 
 def run_study(name, logdir, *bindings, jobs=1):
