@@ -147,8 +147,11 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         var_list = list(var_list)
         self.inner_optimizer.build(var_list)
         super().build(var_list)
-        weights = [masking.mask_of(v) for v in var_list]
-        weights = [w for w in weights if w is not None]
+        self._bind_masked(var_list)
+
+    def _bind_masked(self, variables) -> None:
+        """``bind`` to the masks of those of ``variables`` that a wrapped model masks, if any."""
+        weights = [w for w in map(masking.mask_of, variables) if w is not None]
         if weights:
             self.bind(weights)
 
@@ -167,9 +170,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
 
     def _require_bound(self) -> None:
         if not self.weights_ and self.built:  # the model may have been wrapped after the build (a load)
-            found = [masking.mask_of(v) for v in self._trainable_variables]
-            if any(w is not None for w in found):
-                self.bind([w for w in found if w is not None])
+            self._bind_masked(self._trainable_variables)
         if not self.weights_:
             raise ConfigError("None of the variables this SparseOptimizer updates has a mask: call "
                               "keras_sparse.wrap(model) before compile/fit, or pass model= to SparseOptimizer "
