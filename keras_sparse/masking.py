@@ -63,7 +63,8 @@ Selector = Union[None, str, Iterable[str], Callable[..., bool]]
 
 @dataclass(frozen=True)
 class MaskedWeight:
-    """One masked weight: its key (the variable's path), the variable, its mask and its layer."""
+    """One masked weight: its key (the variable's path), the variable, its mask, its layer and the
+    ``MaskState`` that holds the mask."""
 
     key: str
     variable: keras.Variable
@@ -145,11 +146,6 @@ _REGISTRY: "weakref.WeakValueDictionary[int, MaskedWeight]" = weakref.WeakValueD
 def mask_of(variable) -> MaskedWeight | None:
     """The ``MaskedWeight`` of ``variable`` if some wrapped model masks it, else None."""
     return _REGISTRY.get(id(variable))
-
-
-def mask_state_of(weight: MaskedWeight) -> "MaskState":
-    """The ``MaskState`` that holds ``weight``'s mask."""
-    return weight.state
 
 
 def _file_key(key: str) -> str:
@@ -355,7 +351,11 @@ def set_masks(model: keras.Model, masks: Mapping[str, np.ndarray]) -> None:
 
 def sparsity(model: keras.Model) -> float:
     """Fraction of the masked weights that are pruned (``sparsity_report`` gives it over all parameters too)."""
-    weights = masked_weights(model)
+    return sparsity_of(masked_weights(model))
+
+
+def sparsity_of(weights: Sequence[MaskedWeight]) -> float:
+    """Fraction of ``weights`` (masked weights, together) that are pruned."""
     total = sum(int(np.prod(w.mask.shape)) for w in weights)
     active = sum(int(np.count_nonzero(w.mask.numpy())) for w in weights)
     return 1.0 - active / total

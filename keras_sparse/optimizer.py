@@ -106,7 +106,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
                 raise ConfigError(f"This SparseOptimizer was built for another model's weights "
                                   f"({[w.key for w in self.weights_][:3]}…): make one optimizer per model.")
             return
-        if len({id(masking.mask_state_of(w)) for w in weights}) != 1:
+        if len({id(w.state) for w in weights}) != 1:
             raise ConfigError("SparseOptimizer: the masked weights come from several wrapped models: "
                               "wrap the outer model only.")
         mirrored = isinstance(getattr(weights[0].variable, "value", None), tf.distribute.DistributedValues)
@@ -115,7 +115,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
                               "create both (and wrap the model) inside the same `with strategy.scope():`.")
         self.algorithm.claim(self)
         self.weights_[:] = weights
-        self._state_ref = weakref.ref(masking.mask_state_of(weights[0]))
+        self._state_ref = weakref.ref(weights[0].state)
 
     @property
     def masks_initialized(self) -> bool:
@@ -308,9 +308,8 @@ class SparseOptimizer(keras.optimizers.Optimizer):
 
     def sparsity(self) -> float:
         """Fraction of the masked weights that are pruned now."""
-        sizes = [int(np.prod(w.mask.shape)) for w in self.weights_]
-        active = [int(np.count_nonzero(w.mask.numpy())) for w in self.weights_]
-        return 1.0 - sum(active) / max(sum(sizes), 1)
+        self._require_bound()
+        return masking.sparsity_of(self.weights_)
 
     # ------------------------------------------------------------- Keras API
     def scale_loss(self, loss):
