@@ -11,3 +11,13 @@ class ConfigError(KerasSparseError, ValueError):
 
 class TrainingDivergedError(KerasSparseError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(KerasSparseError):
+    """SIGTERM (preemption) or SIGINT (Ctrl-C) stopped training at a step boundary; a checkpoint
+    was written where the run has a logdir. ``exit_code`` is the shell's: 128 + the signal number."""
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.signal_number = signal_number
+        self.exit_code = 128 + signal_number
