@@ -6,7 +6,7 @@
 or ``python binaries/plot.py /tmp/run1 [--out DIR]``.
 
 - ``layer_sparsity.png``: a bar per masked kernel with its final sparsity, and the overall
-  sparsity as a dashed line.
+  sparsity as a dashed line named at its right end.
 - ``training_curves.png``: per epoch, the training and validation loss, the validation accuracy
   (with the final test accuracy as a marker), and the sparsity (overall, and per layer when
   the history records carry ``layer_sparsity``).
@@ -77,23 +77,28 @@ def layer_sparsity_figure(metrics: Mapping[str, Any]) -> Figure:
         raise ConfigError("metrics.json has no 'layer_sparsity' (top level or in 'history'): nothing to plot.")
     names = list(layers)
     values = [100.0 * layers[n] for n in names]
-    figure = Figure(figsize=(max(5.0, 0.55 * len(names) + 2.0), 4.0))
+    figure = Figure(figsize=(max(5.5, 0.55 * len(names) + 2.5), 4.0))  # + the overall line's name
     FigureCanvasAgg(figure)
     ax = figure.add_subplot()
     positions = range(len(names))
     bars = ax.bar(positions, values, color="tab:blue")
     for bar, value in zip(bars, values):
         if math.isfinite(value):
+            # On a white box: readable where the overall line crosses it.
             ax.annotate(f"{value:.1f}", (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom",
-                        fontsize=7, xytext=(0, 1), textcoords="offset points")
+                        fontsize=7, xytext=(0, 1), textcoords="offset points",
+                        bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
     overall = _number(metrics.get("sparsity"))
     if math.isfinite(overall):
-        ax.axhline(100.0 * overall, color="tab:red", linestyle="--", linewidth=1,
-                   label=f"overall {100.0 * overall:.1f}%")
-        ax.legend(loc="lower right", fontsize=8)
+        label = f"overall {100.0 * overall:.1f}%"
+        ax.axhline(100.0 * overall, color="tab:red", linestyle="--", linewidth=1, label=label)
+        # Named at its end, outside the axes: a legend inside covered the bars' value labels.
+        ax.annotate(label, xy=(1.0, 100.0 * overall), xycoords=("axes fraction", "data"), xytext=(4, 0),
+                    textcoords="offset points", ha="left", va="center", fontsize=8, color="tab:red")
     ax.set_xticks(list(positions))
     ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
-    ax.set_ylim(0, 105)
+    ax.set_ylim(0, 110)  # room above a 100% bar for its label
+    ax.set_yticks(range(0, 101, 20))
     ax.set_ylabel("sparsity (%)")
     ax.set_title(_title(metrics, "final sparsity per layer"), fontsize=10)
     ax.grid(axis="y", alpha=0.3)

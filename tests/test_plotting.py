@@ -12,7 +12,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from keras_sparse import experiment, plotting
+from keras_sparse import config, experiment, plotting
 from keras_sparse.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -103,7 +103,7 @@ def clean_gin():
 
 def test_plot_a_real_run(tmp_path, clean_gin):
     """A two-epoch RigL run through keras_sparse.experiment, plotted into its logdir."""
-    experiment.parse_gin([os.path.join(ROOT, "gin_configs", "rigl.gin")],
+    config.parse_gin([os.path.join(ROOT, "gin_configs", "rigl.gin")],
                          ["training.epochs = 2", "model.width = 8", "training.progress = False",
                           "training.export = False"])
     logdir = str(tmp_path / "run")
@@ -118,3 +118,45 @@ def test_plot_a_real_run(tmp_path, clean_gin):
     assert len(bars) == 5  # mnist1d_cnn: conv1..conv4 and logits
     loss_ax = plotting.curves_figure(metrics).axes[0]
     assert [list(line.get_xdata()) for line in loss_ax.lines] == [[1, 2], [1, 2]]  # train and validation
+
+
+def _text_boxes(figure):
+    """The drawn extent of every visible text of ``figure`` (titles, tick labels, value labels,
+    the overall line's name) and of every legend, in display pixels."""
+    renderer = figure.canvas.get_renderer()
+    texts = list(figure.texts)
+    for ax in figure.axes:
+        texts += [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.texts]
+        for axis, (low, high) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+            texts += [tick.label1 for tick in axis.get_major_ticks() if low <= tick.get_loc() <= high]
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts if t.get_visible() and t.get_text().strip()]
+    for ax in figure.axes:
+        if ax.get_legend() is not None:
+            boxes.append(("legend", ax.get_legend().get_window_extent(renderer)))
+    return boxes
+
+
+@pytest.mark.parametrize("last_layer", [0.0, 0.5, 1.0])
+def test_layer_sparsity_texts_do_not_overlap(last_layer):
+    """The overall sparsity's legend covered the last bar's value label (a 0% layer's, at the
+    bottom right); now no text covers another, and every text is inside the image."""
+    metrics = {**METRICS, "layer_sparsity": {**METRICS["layer_sparsity"], "logits/kernel": last_layer}}
+    figure = plotting.layer_sparsity_figure(metrics)
+    figure.canvas.draw()
+    boxes = _text_boxes(figure)
+    width, height = figure.canvas.get_width_height()
+    for text, box in boxes:
+        assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= width and box.y1 <= height, f"{text!r} is cut off"
+    for i, (text, box) in enumerate(boxes):
+        for other, other_box in boxes[i + 1:]:
+            assert not box.overlaps(other_box), f"{text!r} overlaps {other!r}"
+    assert "overall 85.0%" in [text for text, _ in boxes]  # named at the line's end
+
+
+def test_curves_texts_do_not_overlap():
+    figure = plotting.curves_figure(METRICS)
+    figure.canvas.draw()
+    boxes = _text_boxes(figure)
+    for i, (text, box) in enumerate(boxes):
+        for other, other_box in boxes[i + 1:]:
+            assert not box.overlaps(other_box), f"{text!r} overlaps {other!r}"
