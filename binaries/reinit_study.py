@@ -1,6 +1,8 @@
 """The reinit study: flags → gin → `keras_sparse.studies.reinit.run` (also `keras-sparse-study reinit`).
 
     python binaries/reinit_study.py --gin_config=gin_configs/studies/reinit.gin --logdir=/tmp/reinit
+
+``--gin_help`` lists every gin parameter a ``--gin_bindings`` can set, with its default.
 """
 
 import os

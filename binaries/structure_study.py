@@ -1,6 +1,8 @@
 """The structure study: flags → gin → `keras_sparse.studies.structure.run` (also `keras-sparse-study structure`).
 
     python binaries/structure_study.py --gin_config=gin_configs/studies/structure.gin --logdir=/tmp/structure
+
+``--gin_help`` lists every gin parameter a ``--gin_bindings`` can set, with its default.
 """
 
 import os

@@ -1,13 +1,15 @@
-"""Print a Markdown table of finished runs: ``python binaries/summarize.py LOGDIR [LOGDIR ...]``."""
+"""Print a Markdown table of finished runs: ``python binaries/summarize.py LOGDIR [LOGDIR ...]``.
+
+One row per run (the ``--logdir`` of ``keras-sparse-train``): algorithm, test accuracy, sparsity,
+dense-gradient steps, training FLOPs relative to dense and training time, read from each
+``LOGDIR/metrics.json``. ``--help`` explains the arguments.
+"""
 
 import os
-import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # keras_sparse imports TensorFlow: no C++ INFO lines
 
-from keras_sparse.report import markdown_table  # noqa: E402
+from keras_sparse import commands  # noqa: E402
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
-        sys.exit("usage: python binaries/summarize.py LOGDIR [LOGDIR ...]")
-    print(markdown_table(sys.argv[1:]))
+    commands.summarize()

@@ -1,6 +1,8 @@
 """Train one sparse network: flags → gin → ``keras_sparse.experiment.train`` (also ``keras-sparse-train``).
 
     python binaries/train.py --gin_config=gin_configs/rigl.gin --logdir=/tmp/run1
+
+``--gin_help`` lists every gin parameter a ``--gin_bindings`` can set, with its default.
 """
 
 import os

@@ -5,7 +5,8 @@
   ``structure``).
 - ``keras-sparse-plot LOGDIR`` = ``python binaries/plot.py LOGDIR``.
 
-``--help`` on the first two lists the gin configs shipped in ``gin_configs/``.
+``--help`` on the first two lists the gin configs shipped in ``gin_configs/``, ``--gin_help``
+every gin parameter they can bind.
 """
 
 from __future__ import annotations
@@ -22,12 +23,51 @@ from keras_sparse.errors import KerasSparseError
 STUDIES = {"reinit": "keras_sparse.studies.reinit", "further_pruning": "keras_sparse.studies.further_pruning",
            "structure": "keras_sparse.studies.structure"}
 
+TRAIN_USAGE = """Train one sparse network, configured by gin files and bindings.
+
+USAGE: keras-sparse-train --gin_config=CONFIG.gin [--gin_config=...] --logdir=DIR [--gin_bindings='NAME.PARAMETER = VALUE' ...] [--seed=N]
+       (or: python binaries/train.py ...)
+
+  e.g. keras-sparse-train --gin_config=rigl.gin --gin_bindings='RigL.sparsity = 0.95' --logdir=/tmp/rigl95
+
+A config name not found as given is looked up in gin_configs/. The logdir receives checkpoints,
+TensorBoard logs, metrics.json and saved_model/; rerunning the same command resumes from the last
+checkpoint. --gin_help lists every parameter a binding can set, with its default.
+"""
+
+STUDY_USAGE = """Run one of the studies: a grid of training runs and the table that compares them.
+
+USAGE: keras-sparse-study NAME --gin_config=studies/NAME.gin --logdir=DIR [--jobs=N] [--gin_bindings=...]
+       (or: python binaries/NAME_study.py ...)
+
+NAME is one of:
+  reinit           retrain each trained network's final mask from its original initialization,
+                   a new one, a per-layer reshuffle and signed constants (claim 1)
+  further_pruning  prune each trained network further by magnitude, per layer and globally,
+                   without retraining (claim 2)
+  structure        how early RigL's mask settles, and RigL frozen early against full RigL and
+                   a static mask (claims 3 and 4)
+
+  e.g. keras-sparse-study reinit --gin_config=studies/reinit.gin --logdir=/tmp/reinit --jobs=2
+
+studies/NAME.gin are the small MNIST-1D grids; studies/NAME_full.gin the paper-scale ones.
+--gin_help lists every parameter a binding can set, with its default.
+"""
+
+
+def _use_usage(text: str) -> None:
+    """absl's --help prints ``__main__``'s docstring; a console script has none."""
+    main = sys.modules.get("__main__")
+    if main is not None and not (main.__doc__ or "").strip():
+        main.__doc__ = text.replace("%", "%%")
+
 
 def train() -> None:
     """``keras-sparse-train --gin_config=rigl.gin --logdir=DIR [--gin_bindings=...] [--seed=N]``."""
     from keras_sparse import experiment
 
     cli.define_flags()
+    _use_usage(TRAIN_USAGE)
 
     def main(argv):
         if len(argv) > 1:
@@ -41,13 +81,21 @@ def study(name: str | None = None) -> None:
     """``keras-sparse-study NAME --gin_config=studies/NAME.gin --logdir=DIR [--jobs=N]``;
     ``binaries/NAME_study.py`` passes ``name`` itself."""
     cli.define_flags(study=True)
+    _use_usage(STUDY_USAGE)
 
     def main(argv):
         chosen, rest = (name, argv[1:]) if name else (argv[1] if len(argv) > 1 else None, argv[2:])
+        if flags.FLAGS.gin_help and chosen is None and not rest:  # every study's parameters
+            modules = list(STUDIES.values())
+            for module in modules:
+                importlib.import_module(module)
+            cli.run_main(lambda: None, gin_modules=modules)
+            return
         if chosen not in STUDIES or rest:
-            sys.exit(f"error: name one study: keras-sparse-study {{{'|'.join(STUDIES)}}} --gin_config=... --logdir=...")
+            sys.exit(f"error: name one study: keras-sparse-study {{{'|'.join(STUDIES)}}} --gin_config=... --logdir=... "
+                     "(--help describes them)")
         module = importlib.import_module(STUDIES[chosen])
-        cli.run_main(lambda: module.run(flags.FLAGS.logdir, jobs=flags.FLAGS.jobs))
+        cli.run_main(lambda: module.run(flags.FLAGS.logdir, jobs=flags.FLAGS.jobs), gin_modules=[STUDIES[chosen]])
 
     app.run(main)
 
@@ -63,6 +111,30 @@ def plot(argv: list[str] | None = None) -> None:
     try:
         paths = plotting.plot_run(args.logdir, args.out)
     except KerasSparseError as error:
-        sys.exit(f"error: {error}")
+        sys.exit(f"error: {cli.first_line(error)}")
     for path in paths.values():
         print(path)
+
+
+def summarize(argv: list[str] | None = None) -> None:
+    """``python binaries/summarize.py LOGDIR [LOGDIR ...]``: a Markdown table of finished runs."""
+    from keras_sparse.report import markdown_table
+
+    parser = argparse.ArgumentParser(
+        prog="python binaries/summarize.py",
+        description="Print a Markdown table of finished training runs, one row per LOGDIR: algorithm, test "
+                    "accuracy, sparsity, dense-gradient steps, training FLOPs relative to dense, training time "
+                    "(read from each LOGDIR/metrics.json).",
+        epilog="e.g. python binaries/summarize.py runs/rigl runs/static")
+    parser.add_argument("logdirs", nargs="+", metavar="LOGDIR", help="the --logdir of a finished run")
+    args = parser.parse_args(argv)
+    try:
+        print(markdown_table(args.logdirs))
+    except KerasSparseError as error:
+        sys.exit(f"error: {cli.first_line(error)}")
+    except OSError as error:
+        sys.exit(f"error: cannot read {error.filename or 'metrics.json'}: {error.strerror or error}: give the logdir "
+                 "of a finished run.")
+    except (KeyError, TypeError, ValueError) as error:
+        sys.exit(f"error: a metrics.json lacks or garbles {error}: is every LOGDIR a run finished by this "
+                 "version of keras-sparse-train?")
