@@ -6,13 +6,13 @@ Quick use::
     model = ks.wrap(my_keras_model)
     algo = ks.algorithms.RigL(sparsity=0.9, distribution="erdos_renyi_kernel")
     trainer = ks.Trainer(model, algo, optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
-                         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+                         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     trainer.fit(train_ds, epochs=3, validation_data=test_ds)
     ks.export_saved_model(model, "/tmp/exported")
 """
 
 from keras_sparse import algorithms, distributions, schedules
-from keras_sparse.callbacks import SparsityCallback
+from keras_sparse.callbacks import Callback, SparsityCallback
 from keras_sparse.masking import (
     export_saved_model,
     get_masks,
@@ -26,7 +26,7 @@ from keras_sparse.masking import (
     wrap,
 )
 from keras_sparse.optimizer import SparseOptimizer
-from keras_sparse.trainer import Callback, Trainer
+from keras_sparse.trainer import Trainer
 
 __version__ = "0.1.0"
 

@@ -8,10 +8,8 @@ exported ``saved_model/``. Rerunning into a logdir that holds a checkpoint resum
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
-import math
 import os
+import time
 from typing import Any, Sequence
 
 import gin
@@ -20,50 +18,14 @@ import numpy as np
 import tensorflow as tf
 
 from keras_sparse import data as data_lib
+from keras_sparse import files
 from keras_sparse import logdir as logdir_lib
 from keras_sparse import models
 from keras_sparse.algorithms import SparseAlgorithm, get
 from keras_sparse.errors import ConfigError
 from keras_sparse.masking import export_saved_model, wrap
+from keras_sparse.strategies import is_chief, make_strategy
 from keras_sparse.trainer import Trainer
-
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin_configs")
-
-
-def parse_gin(config_files: Sequence[str], bindings: Sequence[str]) -> None:
-    """Parses gin files and bindings; includes resolve next to each file and in ``gin_configs/``.
-
-    A file that is not found as given is looked up in ``gin_configs/`` (``rigl.gin`` works from
-    any directory). Unknown files, configurables or parameters raise a one-line ``ConfigError``.
-    """
-    files = [_find_config(f) for f in config_files]
-    for path in [CONFIG_DIR, *{os.path.dirname(f) for f in files}]:
-        gin.add_config_file_search_path(path)
-    # gin logs "Path not found" at ERROR for each search path it tries before the one that
-    # holds an include; real parse errors still raise.
-    root = logging.getLogger()
-    root.addFilter(_not_found_filter)
-    try:
-        gin.parse_config_files_and_bindings(files, list(bindings))
-    except (ValueError, SyntaxError, KeyError, IOError) as error:
-        lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-        where = f" ({lines[-1]})" if len(lines) > 1 else ""
-        raise ConfigError(f"Bad gin config: {lines[0] if lines else error}{where}: check the name against "
-                          "gin_configs/ and the arguments of training, data, model and the algorithm classes.") from None
-    finally:
-        root.removeFilter(_not_found_filter)
-
-
-def _find_config(path: str) -> str:
-    for candidate in (path, os.path.join(CONFIG_DIR, path)):
-        if os.path.isfile(candidate):
-            return os.path.abspath(candidate)
-    raise ConfigError(f"Gin config {path!r} not found, here or in {CONFIG_DIR}: pass an existing file, "
-                      "e.g. gin_configs/rigl.gin.")
-
-
-def _not_found_filter(record: logging.LogRecord) -> bool:
-    return not record.getMessage().startswith("Path not found")
 
 
 def learning_rate_schedule(kind: str, base: float, total_steps: int, steps_per_epoch: int,
@@ -92,38 +54,6 @@ def make_optimizer(name: str, learning_rate, momentum: float, weight_decay: floa
     if name == "adamw":
         return keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
     raise ConfigError(f"Unknown training.optimizer {name!r}: use 'sgd', 'adam' or 'adamw'.")
-
-
-STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
-
-
-def make_strategy(name: str) -> tf.distribute.Strategy:
-    """``default`` (one device), ``mirrored`` (all local GPUs, or CPUs), ``multi_worker``
-    (the workers named in ``TF_CONFIG``) or ``tpu`` (the TPU in ``TPU_NAME`` or the local one)."""
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise ConfigError("training.strategy = 'multi_worker' needs TF_CONFIG naming the cluster and this "
-                              "worker's task: see docs/distributed.md.")
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if name == "tpu":
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(os.environ.get("TPU_NAME", ""))
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-        return tf.distribute.TPUStrategy(resolver)
-    raise ConfigError(f"Unknown training.strategy {name!r}: use one of {list(STRATEGIES)}.")
-
-
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """Whether this process writes the run's outputs (always, but for non-chief multi-workers)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
-        return True
-    return resolver.task_type in ("chief", None) or (resolver.task_type == "worker" and resolver.task_id == 0
-                                                     and "chief" not in resolver.cluster_spec().as_dict())
 
 
 @gin.configurable("training")
@@ -166,15 +96,17 @@ class Run:
     trainer: Trainer
     initial_kernels: dict[str, np.ndarray]
 
-    def fit(self):
-        """Trains for ``settings.epochs`` and returns the per-epoch history."""
-        return self.trainer.fit(self.data.train_epoch, self.settings.epochs, validation_data=self.data.test,
-                                steps_per_epoch=self.data.steps_per_epoch)
+    def fit(self, callbacks: Sequence = ()):
+        """Trains for ``settings.epochs``, with per-epoch ``val_`` metrics on the validation split
+        held out from the training data; returns the per-epoch history."""
+        return self.trainer.fit(self.data.train_epoch, self.settings.epochs, validation_data=self.data.validation,
+                                steps_per_epoch=self.data.steps_per_epoch, callbacks=callbacks)
 
     def metrics(self) -> dict[str, Any]:
-        """Test accuracy and loss, the trainer's counters and the run's settings."""
+        """``test_`` loss and metrics (the test split, evaluated once, now), the trainer's
+        counters and the run's settings."""
         evaluation = self.trainer.evaluate(self.data.test)
-        return {"test_accuracy": evaluation["accuracy"], "test_loss": evaluation["loss"],
+        return {**{f"test_{key}": value for key, value in evaluation.items()},
                 **self.trainer.summary(), "data": self.data.name, "model": self.model.name,
                 "epochs": self.settings.epochs, "batch_size": self.settings.batch_size,
                 "history": self.trainer.history}
@@ -210,7 +142,7 @@ def build_run(seed: int, algorithm: SparseAlgorithm | str | None = None, setting
                                           data.steps_per_epoch, settings.warmup_epochs)
         optimizer = make_optimizer(settings.optimizer, schedule, settings.momentum, settings.weight_decay)
     trainer = Trainer(model, algorithm, optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      jit_compile=settings.jit_compile, logdir=logdir, progress=settings.progress,
+                      metrics=["accuracy"], jit_compile=settings.jit_compile, logdir=logdir, progress=settings.progress,
                       strategy=None if strategy is tf.distribute.get_strategy() else strategy,
                       steps_per_execution=settings.steps_per_execution)
     initial = {k.key: k.kernel.numpy() for k in trainer.kernels}
@@ -221,10 +153,11 @@ def train(logdir: str, seed: int = 0, overwrite: bool = False) -> dict[str, Any]
     """Trains the gin-configured run and writes its logdir; returns the contents of ``metrics.json``.
 
     ``seed`` seeds the initialization, the data order and the algorithm's random choices. A
-    logdir holding a checkpoint of the same config resumes; one holding a different config is
-    refused unless ``overwrite``, which moves the old run aside. Every check runs before
-    anything is written into the logdir.
+    logdir holding a checkpoint of the same config resumes, and a finished one is left as it is;
+    one holding a different config is refused. ``overwrite`` moves an existing run aside and
+    starts again. Every check runs before anything is written into the logdir.
     """
+    started = time.perf_counter()
     settings = TrainingSettings()
     config = f"# seed = {seed}\n" + "\n".join(
         line for line in gin.config_str().splitlines() if not line.startswith("training.progress"))
@@ -239,31 +172,46 @@ def train(logdir: str, seed: int = 0, overwrite: bool = False) -> dict[str, Any]
         moved = logdir_lib.check_config(logdir, config, overwrite)
         if moved:
             print(f"Moved the previous run in {logdir} to {moved}.", flush=True)
-        run.trainer.setup(run.data.train_epoch, settings.epochs, run.data.steps_per_epoch)
+        elif os.path.exists(os.path.join(logdir, files.METRICS_FILE)):
+            metrics = files.read_metrics(logdir)
+            print(f"{logdir} holds a finished run of this config (test accuracy {_percent(metrics, 'test_accuracy')}): "
+                  "nothing to do. To train again, use another --logdir or pass --overwrite.", flush=True)
+            return metrics
         logdir_lib.write_config(logdir, config)
         run.fit()
         metrics = {**run.metrics(), "seed": seed}
-        _write_text(os.path.join(logdir, "operative_config.gin"), gin.operative_config_str())
-        _write_text(os.path.join(logdir, "metrics.json"), json.dumps(_finite(metrics), indent=2))
+        files.write_text(os.path.join(logdir, "operative_config.gin"), gin.operative_config_str())
+        files.write_json(os.path.join(logdir, files.METRICS_FILE), metrics)
         if settings.export and chief:
             export_saved_model(run.model, os.path.join(logdir, "saved_model"))
+    if chief:
+        print(final_summary(metrics, logdir, time.perf_counter() - started, exported=settings.export), flush=True)
     return metrics
 
 
-def _finite(value):
-    """JSON has no NaN/inf: write them as strings rather than produce an unreadable file."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
+def final_summary(metrics: dict[str, Any], logdir: str, seconds: float, exported: bool = True) -> str:
+    """The lines a finished run ends with: the result, the costs, and where the outputs are."""
+    trained = sum(record.get("seconds", 0.0) for record in metrics.get("history", []))
+    lines = [
+        f"Done: test accuracy {_percent(metrics, 'test_accuracy')}, test loss {metrics['test_loss']:.4f}.",
+        f"  sparsity {100 * metrics['sparsity']:.1f}% of the masked weights, "
+        f"{100 * metrics['sparsity_of_all_parameters']:.1f}% of all parameters",
+        f"  dense-gradient steps {metrics['dense_gradient_steps']} of {metrics['steps']}; "
+        f"training FLOPs {metrics['training_flops_relative_to_dense']:.3f} × dense",
+        f"  wall time {_duration(seconds)} (training epochs: {_duration(trained)} in all, over every resumed part)",
+        f"  metrics:      {os.path.join(logdir, files.METRICS_FILE)}",
+    ]
+    if exported:
+        lines.append(f"  saved model:  {os.path.join(logdir, 'saved_model')}")
+    lines.append(f"  TensorBoard:  tensorboard --logdir {logdir}")
+    return "\n".join(lines)
 
 
-def _write_text(path: str, text: str) -> None:
-    """Writes ``text`` to ``path`` atomically (a temporary file, then a rename)."""
-    tmp = f"{path}.tmp"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(text)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+def _percent(metrics: dict[str, Any], key: str) -> str:
+    value = metrics.get(key)
+    return f"{100 * value:.2f}%" if isinstance(value, (int, float)) else str(value)
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)} min {rest:.0f} s" if minutes else f"{rest:.1f} s"

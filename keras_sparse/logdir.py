@@ -15,6 +15,7 @@ import socket
 import time
 from typing import Iterator
 
+from keras_sparse import files
 from keras_sparse.errors import ConfigError
 
 CONFIG_FILE = "config.gin"
@@ -69,15 +70,16 @@ def lock(logdir: str) -> Iterator[None]:
 def check_config(logdir: str, config: str, overwrite: bool = False) -> str | None:
     """Refuses ``logdir`` if it holds a run whose ``config.gin`` differs from ``config``.
 
-    With ``overwrite`` the old run's files move to ``<logdir>.old-<time>`` (returned) and the
-    logdir starts empty. Call ``write_config`` once the new run has passed its checks.
+    With ``overwrite`` the old run's files (of any config) move to ``<logdir>.old-<time>``
+    (returned) and the logdir starts empty. Call ``write_config`` once the new run has passed
+    its checks.
     """
     path = os.path.join(logdir, CONFIG_FILE)
     if not os.path.exists(path):
         return None
     with open(path) as f:
         previous = f.read()
-    if previous == config:
+    if previous == config and not overwrite:
         return None
     if not overwrite:
         diff = [line for line in difflib.unified_diff(previous.splitlines(), config.splitlines(), lineterm="", n=0)
@@ -95,8 +97,4 @@ def check_config(logdir: str, config: str, overwrite: bool = False) -> str | Non
 
 def write_config(logdir: str, config: str) -> None:
     """Records the run's config in ``<logdir>/config.gin`` (atomically)."""
-    path = os.path.join(logdir, CONFIG_FILE)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(config)
-    os.replace(tmp, path)
+    files.write_text(os.path.join(logdir, CONFIG_FILE), config)

@@ -16,21 +16,13 @@ from typing import Callable, Sequence
 import gin
 import keras
 
-from keras_sparse.errors import ConfigError
+from keras_sparse.registry import Registry
 
 layers = keras.layers
-MODELS: dict[str, Callable[..., keras.Model]] = {}
+MODELS: Registry[Callable[..., keras.Model]] = Registry("model")
 
 
-def _register(name: str):
-    def decorator(fn):
-        MODELS[name] = fn
-        return fn
-
-    return decorator
-
-
-@_register("mnist1d_cnn")
+@MODELS.register("mnist1d_cnn")
 def mnist1d_cnn(input_shape: Sequence[int], num_classes: int, width: int = 128) -> keras.Model:
     """Conv1D(5) + 3 × Conv1D(3, stride 2), each with BatchNorm and ReLU, then a Dense classifier."""
     inputs = keras.Input(input_shape)
@@ -43,7 +35,7 @@ def mnist1d_cnn(input_shape: Sequence[int], num_classes: int, width: int = 128) 
     return keras.Model(inputs, layers.Dense(num_classes, name="logits")(x), name="mnist1d_cnn")
 
 
-@_register("mlp")
+@MODELS.register("mlp")
 def mlp(input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (300, 100)) -> keras.Model:
     """Flatten, ReLU Dense layers of sizes ``hidden``, then a Dense classifier."""
     inputs = keras.Input(input_shape)
@@ -53,13 +45,13 @@ def mlp(input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (3
     return keras.Model(inputs, layers.Dense(num_classes, name="logits")(x), name="mlp")
 
 
-@_register("lenet_300_100")
+@MODELS.register("lenet_300_100")
 def lenet_300_100(input_shape: Sequence[int], num_classes: int) -> keras.Model:
     """LeNet-300-100: the MLP with hidden layers of 300 and 100 units."""
     return mlp(input_shape, num_classes, hidden=(300, 100))
 
 
-@_register("lenet5")
+@MODELS.register("lenet5")
 def lenet5(input_shape: Sequence[int], num_classes: int) -> keras.Model:
     """LeNet-5: conv 6@5×5, pool, conv 16@5×5, pool, dense 120, 84, classifier."""
     inputs = keras.Input(input_shape)
@@ -73,7 +65,7 @@ def lenet5(input_shape: Sequence[int], num_classes: int) -> keras.Model:
     return keras.Model(inputs, layers.Dense(num_classes, name="logits")(x), name="lenet5")
 
 
-@_register("resnet")
+@MODELS.register("resnet")
 def resnet(input_shape: Sequence[int], num_classes: int, depth: int = 20, width: int = 1) -> keras.Model:
     """CIFAR ResNet-(6n+2) with basic blocks of 16·width, 32·width, 64·width filters."""
     if (depth - 2) % 6:
@@ -123,7 +115,7 @@ class PositionEmbedding(layers.Layer):
         return {**super().get_config(), "initializer": keras.initializers.serialize(self.initializer)}
 
 
-@_register("mnist1d_transformer")
+@MODELS.register("mnist1d_transformer")
 def mnist1d_transformer(input_shape: Sequence[int], num_classes: int, patch_size: int = 4, dim: int = 64,
                         heads: int = 4, depth: int = 2, mlp_dim: int = 128, dropout: float = 0.0) -> keras.Model:
     """A small pre-norm transformer encoder (Vaswani et al. 2017) over patches (Dosovitskiy et al. 2021).
@@ -167,6 +159,4 @@ def mnist1d_transformer(input_shape: Sequence[int], num_classes: int, patch_size
 def build(input_shape: Sequence[int], num_classes: int, name: str = "mnist1d_cnn", **options) -> keras.Model:
     """Builds model ``name`` for inputs of ``input_shape``; ``options`` go to its builder
     (e.g. ``model.width = 64``)."""
-    if name not in MODELS:
-        raise ConfigError(f"Unknown model {name!r}: use one of {sorted(MODELS)}.")
-    return MODELS[name](tuple(input_shape), num_classes, **options)
+    return MODELS.get(name)(tuple(input_shape), num_classes, **options)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Sequence
+
+from keras_sparse.files import read_metrics
 
 COLUMNS = [
     ("run", lambda name, m: name),
@@ -15,12 +16,6 @@ COLUMNS = [
     ("training FLOPs vs dense", lambda name, m: f"{m['training_flops_relative_to_dense']:.3f}"),
     ("train time", lambda name, m: f"{sum(h['seconds'] for h in m['history']):.0f} s"),
 ]
-
-
-def read_metrics(logdir: str) -> dict:
-    """The ``metrics.json`` of a finished run."""
-    with open(os.path.join(logdir, "metrics.json")) as f:
-        return json.load(f)
 
 
 def markdown_table(logdirs: Sequence[str]) -> str:

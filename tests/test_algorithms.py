@@ -338,16 +338,16 @@ def test_dense_gradient_steps_of_rigl_frozen_and_full(algorithm_runs):
     expected_frozen = len([s for s in range(total) if 0 <= s < min(end, freeze) and s % frequency == 0])
     expected_full = len([s for s in range(total) if 0 <= s < end and s % frequency == 0])
     assert (expected_frozen, expected_full) == (3, 5)
-    assert frozen.dense_gradient_steps == expected_frozen
-    assert full.dense_gradient_steps == expected_full
-    assert full.dense_gradient_steps > frozen.dense_gradient_steps
+    assert frozen.cost.dense_gradient_steps == expected_frozen
+    assert full.cost.dense_gradient_steps == expected_full
+    assert full.cost.dense_gradient_steps > frozen.cost.dense_gradient_steps
     assert full.summary()["dense_gradient_steps"] == expected_full
 
 
 @pytest.mark.parametrize("name, expected", [("dense", 12), ("static", 0), ("magnitude", 2), ("snip", 1),
                                             ("set", 0)])
 def test_dense_gradient_steps_of_other_algorithms(algorithm_runs, name, expected):
-    assert algorithm_runs[name].trainer.dense_gradient_steps == expected
+    assert algorithm_runs[name].trainer.cost.dense_gradient_steps == expected
 
 
 def test_freeze_step_stops_updates():

@@ -50,7 +50,7 @@ for name in sys.argv[1:]:
         # Every replica holds the same copy.
         copies = [v.numpy() for v in getattr(b.value, "values", [b.value])]
         assert all(np.array_equal(copies[0], c) for c in copies), (name, b.path)
-    assert one_trainer.dense_gradient_steps == two_trainer.dense_gradient_steps, name
+    assert one_trainer.cost.dense_gradient_steps == two_trainer.cost.dense_gradient_steps, name
     print("OK", name, ks.sparsity(two))
 
 # Several steps per compiled call need one device: a clear error, not a wrong result.

@@ -7,7 +7,7 @@ import sys
 import gin
 import pytest
 
-from keras_sparse import experiment, logdir
+from keras_sparse import config, experiment, logdir
 from keras_sparse.errors import ConfigError, TrainingDivergedError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,14 +38,14 @@ def finished_run(tmp_path_factory):
     """A logdir holding a finished one-epoch RigL run."""
     gin.clear_config()
     path = str(tmp_path_factory.mktemp("finished") / "run")
-    experiment.parse_gin([RIGL], FAST)
+    config.parse_gin([RIGL], FAST)
     experiment.train(path, seed=0)
     gin.clear_config()
     return path
 
 
 def train(logdir_path, *bindings, overwrite=False):
-    experiment.parse_gin([RIGL], [*FAST, *bindings])
+    config.parse_gin([RIGL], [*FAST, *bindings])
     return experiment.train(logdir_path, seed=0, overwrite=overwrite)
 
 
@@ -70,12 +70,12 @@ def test_bad_setting_is_refused_before_touching_the_logdir(finished_run, binding
                                              ("RigL.spars = 0.5", "doesn't have a parameter named 'spars'")])
 def test_unknown_gin_configurable_or_parameter(binding, message):
     with pytest.raises(ConfigError, match=message):
-        experiment.parse_gin([RIGL], [binding])
+        config.parse_gin([RIGL], [binding])
 
 
 def test_missing_gin_file():
     with pytest.raises(ConfigError, match="not found"):
-        experiment.parse_gin(["gin_configs/no_such.gin"], [])
+        config.parse_gin(["gin_configs/no_such.gin"], [])
 
 
 def test_a_failed_start_leaves_no_empty_logdir(tmp_path):
@@ -99,9 +99,31 @@ def test_different_config_is_refused_and_overwrite_moves_the_old_run_aside(finis
     assert len(moved) == 1 and (moved[0] / "metrics.json").exists() and (moved[0] / "checkpoints").is_dir()
 
 
-def test_same_config_resumes_instead_of_refusing(finished_run):
-    metrics = train(finished_run)  # finished: restores the checkpoint and trains nothing
-    assert metrics["steps"] == 8
+def test_same_config_on_a_finished_run_says_so_and_changes_nothing(finished_run, capsys):
+    before = snapshot(finished_run)
+    metrics = train(finished_run)
+    assert metrics["steps"] == 7  # 3600 training examples (10% held out for validation), batches of 500
+    assert snapshot(finished_run) == before
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "holds a finished run of this config (test accuracy " in out[0]
+    assert "another --logdir or pass --overwrite" in out[0]
+
+
+def test_same_config_resumes_an_unfinished_run_and_says_from_where(finished_run, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-r", finished_run, str(copy)], check=True)
+    os.remove(copy / "metrics.json")  # as if stopped after its last checkpoint
+    capsys.readouterr()
+    assert train(str(copy))["steps"] == 7
+    checkpoint = copy / "checkpoints" / "ckpt-7"
+    assert capsys.readouterr().out.splitlines()[0] == f"Resuming from step 7 of 7 ({checkpoint})."
+
+
+def test_overwrite_starts_a_finished_run_of_the_same_config_again(finished_run, tmp_path):
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-r", finished_run, str(copy)], check=True)
+    assert train(str(copy), overwrite=True)["steps"] == 7
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith("copy.old-")]) == 1
 
 
 def test_second_process_on_the_same_logdir_is_refused(tmp_path):
@@ -116,20 +138,20 @@ def test_second_process_on_the_same_logdir_is_refused(tmp_path):
         sleeper.wait()
     # Its owner is gone now: the stale lock is taken over and the run goes ahead.
     gin.clear_config()
-    assert train(str(tmp_path / "run"))["steps"] == 8
+    assert train(str(tmp_path / "run"))["steps"] == 7
     assert not (tmp_path / "run" / logdir.LOCK_FILE).exists()
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     path = str(tmp_path / "run")
-    experiment.parse_gin([RIGL], [*FAST, "training.lr_schedule = 'constant'"])
+    config.parse_gin([RIGL], [*FAST, "training.lr_schedule = 'constant'"])
     run = experiment.build_run(0, logdir=path)
-    run.trainer.fit(run.data.train_epoch, 1, steps_per_epoch=run.data.steps_per_epoch)  # ckpt-8, healthy
+    run.trainer.fit(run.data.train_epoch, 1, steps_per_epoch=run.data.steps_per_epoch)  # ckpt-7, healthy
     run.trainer.optimizer.learning_rate.assign(1e30)  # then the weights blow up
-    with pytest.raises(TrainingDivergedError, match=r"NaN or infinite at step (9|1\d).*ckpt-8 is kept"):
+    with pytest.raises(TrainingDivergedError, match=r"NaN or infinite at step (8|9|1\d).*ckpt-7 is kept"):
         run.trainer.fit(run.data.train_epoch, 3, steps_per_epoch=run.data.steps_per_epoch)
     checkpoints = sorted(p for p in os.listdir(os.path.join(path, "checkpoints")) if p.startswith("ckpt"))
-    assert checkpoints and all(name.startswith("ckpt-8.") for name in checkpoints)
+    assert checkpoints and all(name.startswith("ckpt-7.") for name in checkpoints)
 
 
 def test_binary_prints_one_error_line(tmp_path):

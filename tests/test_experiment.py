@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_sparse import data, experiment
+from keras_sparse import config, data, experiment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = ["dense", "static", "magnitude", "snip", "set", "rigl", "rigl_frozen"]
@@ -29,7 +29,7 @@ def clean_gin():
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_every_algorithm_config_trains(config, tmp_path):
-    experiment.parse_gin([os.path.join(ROOT, "gin_configs", f"{config}.gin")], SHORT + ["training.export = False"])
+    config.parse_gin([os.path.join(ROOT, "gin_configs", f"{config}.gin")], SHORT + ["training.export = False"])
     metrics = experiment.train(str(tmp_path), seed=1)
     expected_sparsity = 0.0 if config == "dense" else 0.9
     assert metrics["sparsity"] == pytest.approx(expected_sparsity, abs=2e-3)
@@ -46,7 +46,7 @@ def test_dense_gradient_counts_per_config(tmp_path):
     counts = {}
     for config in ("dense", "rigl", "rigl_frozen", "static"):
         gin.clear_config()
-        experiment.parse_gin([os.path.join(ROOT, "gin_configs", f"{config}.gin")], SHORT + ["training.export = False"])
+        config.parse_gin([os.path.join(ROOT, "gin_configs", f"{config}.gin")], SHORT + ["training.export = False"])
         counts[config] = experiment.train(str(tmp_path / config), seed=0)["dense_gradient_steps"]
     # RigL updates every 15 steps from step 0 until 75% of 124 steps (steps 0..90); frozen RigL
     # stops at the end of epoch 1 (step 62): updates at 0, 15, 30, 45, 60.
@@ -109,7 +109,7 @@ def test_train_binary_missing_tfds_set_is_one_clear_line(tmp_path):
 def test_tfds_data_and_model_configs_compose_with_an_algorithm_config(config, shape, tmp_path):
     import tensorflow_datasets as tfds
 
-    experiment.parse_gin([os.path.join(ROOT, "gin_configs", "rigl.gin"), os.path.join(ROOT, "gin_configs", config)],
+    config.parse_gin([os.path.join(ROOT, "gin_configs", "rigl.gin"), os.path.join(ROOT, "gin_configs", config)],
                          ["training.epochs = 1", "training.batch_size = 32", "training.progress = False",
                           "training.jit_compile = False"])
     with tfds.testing.mock_data(num_examples=64):
@@ -123,7 +123,7 @@ def test_tfds_data_and_model_configs_compose_with_an_algorithm_config(config, sh
 def test_model_seed_changes_the_initialization_not_the_data_order():
     """The reinit study's "new_init" variant: another model_seed gives other initial weights,
     and the same seed gives the same data order."""
-    experiment.parse_gin([os.path.join(ROOT, "gin_configs", "static.gin")], SHORT)
+    config.parse_gin([os.path.join(ROOT, "gin_configs", "static.gin")], SHORT)
     same = experiment.build_run(seed=0, model_seed=0)
     new = experiment.build_run(seed=0, model_seed=10_000)
     again = experiment.build_run(seed=0)

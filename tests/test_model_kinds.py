@@ -309,7 +309,7 @@ def test_trainer_runs_the_same_kinds(kind):
     algorithm = ks.algorithms.RigL(sparsity=0.8, update_frequency=2)
     trainer = ks.Trainer(model, algorithm, keras.optimizers.Adam(1e-2), loss, progress=False, jit_compile=False)
     trainer.fit((x, y), epochs=1, batch_size=BATCH)
-    assert trainer.step == STEPS and trainer.dense_gradient_steps == 2  # RigL's updates at steps 0 and 2
+    assert trainer.step == STEPS and trainer.cost.dense_gradient_steps == 2  # RigL's updates at steps 0 and 2
     for w in ks.masked_weights(model):
         assert int(w.mask.numpy().sum()) == algorithm.target_active(w.key), w.key
         assert np.all(w.variable.numpy()[~w.mask.numpy()] == 0), w.key

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 import keras_sparse as ks
 from keras_sparse import algorithms, distributions, mask_ops, schedules
-from keras_sparse.trainer import Callback
+from keras_sparse.callbacks import Callback
 
 # No example database (nothing written into the repository); no deadline (TF's first calls are slow).
 FAST = settings(max_examples=200, deadline=None, database=None)  # pure Python / NumPy: ~1 ms an example
@@ -294,7 +294,7 @@ class Recorder(Callback):
     def on_train_begin(self, trainer) -> None:
         self._record(trainer)
 
-    def on_step_end(self, trainer) -> None:
+    def on_step_end(self, trainer, losses) -> None:
         self._record(trainer)
 
 

@@ -19,21 +19,26 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = r"""
 import json, os, sys
 import numpy as np
-from keras_sparse import experiment, trainer
+from keras_sparse import config, experiment
+from keras_sparse.callbacks import Callback
+from keras_sparse.errors import TrainingInterrupted
 
 logdir, root = sys.argv[1], sys.argv[2]
 kill = (int(sys.argv[3]), int(sys.argv[4])) if len(sys.argv) > 4 else None
-experiment.parse_gin([os.path.join(root, "gin_configs", "rigl.gin")],
+config.parse_gin([os.path.join(root, "gin_configs", "rigl.gin")],
                      ["training.epochs = 3", "training.batch_size = 500", "model.width = 8",
                       "training.progress = False", "RigL.update_frequency = 2", "training.export = False"])
 
-class Kill(trainer.Callback):
-    def on_step_end(self, t):
+class Kill(Callback):
+    def on_step_end(self, t, losses):
         if kill and t.step == kill[0]:
             os.kill(os.getpid(), kill[1])
 
 run = experiment.build_run(0, logdir=logdir)
-run.trainer.fit(run.data.train_epoch, 3, steps_per_epoch=run.data.steps_per_epoch, callbacks=[Kill()])
+try:
+    run.trainer.fit(run.data.train_epoch, 3, steps_per_epoch=run.data.steps_per_epoch, callbacks=[Kill()])
+except TrainingInterrupted as stopped:  # as the binaries end
+    sys.exit(print(stopped, file=sys.stderr) or stopped.exit_code)
 state = {f"model_{i}": w.numpy() for i, w in enumerate(run.model.weights)}
 state.update({f"optimizer_{i}": np.asarray(v.numpy()) for i, v in enumerate(run.trainer.optimizer.variables)})
 np.savez(os.path.join(logdir, "state.npz"), **state)
@@ -86,10 +91,15 @@ def test_sigkill_at_a_random_step_then_rerun_ends_identically(tmp_path, uninterr
     assert_same_end(tmp_path, uninterrupted)
 
 
-def test_sigterm_writes_a_mid_epoch_checkpoint_and_the_rerun_ends_identically(tmp_path, uninterrupted):
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_writes_a_mid_epoch_checkpoint_and_the_rerun_ends_identically(tmp_path, uninterrupted,
+                                                                                       stop):
     step = 11  # mid-epoch 2, just after a mask update (RigL updates at even steps)
-    stopped = run_worker(tmp_path, step, signal.SIGTERM)
-    assert stopped.returncode != 0 and f"Stopped by SIGTERM at step {step}" in stopped.stderr
+    stopped = run_worker(tmp_path, step, stop)
+    assert stopped.returncode == 128 + stop, stopped.stderr[-2000:]
+    assert stopped.stderr.strip().splitlines()[-1] == (f"Stopped by {stop.name} at step {step}; checkpoint "
+                                                   f"{tmp_path / 'checkpoints' / f'ckpt-{step}'} written: rerun the "
+                                                   "same command to resume.")
     assert any(name.startswith(f"ckpt-{step}.") for name in os.listdir(tmp_path / "checkpoints"))
     resumed = run_worker(tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -58,15 +58,17 @@ def test_structure_study(tmp_path):
                                      "structure_study.freeze_epochs = [0.5, 1.0]", "structure_study.first_epoch_points = 4")
     rows = results["rows"]
     overall = sorted((r["step"], r["final_present"]) for r in rows if r.get("layer") == "overall")
-    # Snapshots: the initial mask, 4 points in epoch 1 (2, 4, 6, 8), the end of epoch 2.
-    assert [step for step, _ in overall] == [0, 2, 4, 6, 8, 16]
+    # 7 steps an epoch (3600 training examples, batches of 500). Snapshots: the initial mask,
+    # 4 points in epoch 1 (round(7 i / 4): 2, 4, 5, 7), the end of epoch 2.
+    assert [step for step, _ in overall] == [0, 2, 4, 5, 7, 14]
     assert overall[-1][1] == 1.0  # the last snapshot is the final mask
     variants = {r["variant"]: r for r in rows if "variant" in r}
     assert set(variants) == {"rigl (full)", "rigl frozen @ 0.5 epoch", "rigl frozen @ 1 epoch", "static"}
-    # RigL updates at steps 0, 2, 4, …, 10 (< 75% of 16 = 12): frozen at step 4 keeps steps 0 and 2.
+    # RigL updates at steps 0, 2, 4, 6, 8 (< int(75% of 14) = 10): frozen at step 3 (half an
+    # epoch) keeps steps 0 and 2, frozen at step 7 keeps 0, 2, 4, 6.
     assert variants["rigl frozen @ 0.5 epoch"]["dense_gradient_steps"] == 2
     assert variants["rigl frozen @ 1 epoch"]["dense_gradient_steps"] == 4
-    assert variants["rigl (full)"]["dense_gradient_steps"] == 6
+    assert variants["rigl (full)"]["dense_gradient_steps"] == 5
     assert variants["static"]["dense_gradient_steps"] == 0
     assert variants["static"]["training_flops"] < variants["rigl (full)"]["training_flops"]
     assert "Early-frozen RigL" in markdown

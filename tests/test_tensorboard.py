@@ -10,7 +10,7 @@ import gin
 import pytest
 import tensorflow as tf
 
-from keras_sparse import experiment
+from keras_sparse import config, experiment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,7 +32,7 @@ def read_events(logdir):
 def rigl_run(tmp_path_factory):
     gin.clear_config()
     logdir = str(tmp_path_factory.mktemp("tb") / "run")
-    experiment.parse_gin([os.path.join(ROOT, "gin_configs", "rigl.gin")],
+    config.parse_gin([os.path.join(ROOT, "gin_configs", "rigl.gin")],
                          ["training.epochs = 2", "training.batch_size = 500", "model.width = 8",
                           "RigL.update_frequency = 2", "training.progress = False", "training.export = False"])
     experiment.train(logdir, seed=0)
@@ -45,8 +45,8 @@ def test_learning_curves_sparsity_and_counters(rigl_run):
     for tag in ("train/loss", "epoch/train_loss", "epoch/val_accuracy", "epoch/val_loss", "epoch/dense_gradient_steps",
                 "epoch/training_flops_relative_to_dense", "sparsity/conv2/kernel", "sparsity/logits/kernel"):
         assert tag in scalars, tag
-    assert [step for step, _ in scalars["epoch/val_accuracy"]] == [8, 16]
-    assert scalars["epoch/dense_gradient_steps"][-1][1] == 6  # RigL updates at 0, 2, …, 10 (< 75% of 16)
+    assert [step for step, _ in scalars["epoch/val_accuracy"]] == [7, 14]  # 3600 of 4000 examples train: 7 steps
+    assert scalars["epoch/dense_gradient_steps"][-1][1] == 5  # RigL updates at 0, 2, …, 8 (< int(75% of 14) = 10)
 
 
 def test_drop_fraction_and_overlap_at_each_update(rigl_run):
@@ -56,7 +56,7 @@ def test_drop_fraction_and_overlap_at_each_update(rigl_run):
               key=lambda k: scalars[f"sparsity/{k}"][-1][1])
     assert scalars[f"sparsity/{key}"][-1][1] > 0.5
     drops = scalars[f"drop_fraction/{key}"]
-    assert [step for step, _ in drops] == [0, 2, 4, 6, 8, 10]  # RigL's update steps (end: 75% of 16 = 12)
+    assert [step for step, _ in drops] == [0, 2, 4, 6, 8]  # RigL's update steps (end: int(75% of 14) = 10)
     for step, value in drops:
         scheduled = 0.5 * 0.3 * (1 + math.cos(math.pi * step / 12))
         # Weights that leave the mask (a just-dropped weight grown back does not count), rounded

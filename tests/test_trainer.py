@@ -9,7 +9,6 @@ import tensorflow as tf
 
 import keras_sparse as ks
 from keras_sparse import algorithms, mask_ops
-from keras_sparse import trainer as trainer_lib
 
 from conftest import (RUN_EPOCHS, RUN_STEPS_PER_EPOCH, RUN_TOTAL_STEPS, build_convnet, loss_fn, make_arrays,
                       make_dataset, run_algorithms)
@@ -49,7 +48,7 @@ def test_xla_on_and_off_agree(mlp, dataset):
         assert trainer.step == 4
         results[jit] = (initial, ks.get_masks(model), [w.numpy() for w in model.weights], trainer)
     (init_x, masks_x, weights_x, trainer_x), (init_g, masks_g, weights_g, _) = results[True], results[False]
-    assert trainer_x.dense_gradient_steps == 4  # updates at steps 0, 1, 2, 3
+    assert trainer_x.cost.dense_gradient_steps == 4  # updates at steps 0, 1, 2, 3
     for key in masks_x:
         np.testing.assert_array_equal(init_x[key], init_g[key])
         np.testing.assert_array_equal(masks_x[key], masks_g[key], err_msg=key)
@@ -93,73 +92,14 @@ def test_checkpoint_resume(tmp_path, mlp, dataset):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
     for a, b in zip(straight.optimizer.variables, resumed.optimizer.variables):
         np.testing.assert_array_equal(np.asarray(a.numpy()), np.asarray(b.numpy()), err_msg=a.path)
-    assert resumed.dense_gradient_steps == straight.dense_gradient_steps == 4
-    assert resumed.training_flops == pytest.approx(straight.training_flops, rel=1e-12)
+    assert resumed.cost.dense_gradient_steps == straight.cost.dense_gradient_steps == 4
+    assert resumed.cost.training_flops == pytest.approx(straight.cost.training_flops, rel=1e-12)
 
 
 def test_each_program_compiles_once(algorithm_runs):
     trainer = algorithm_runs["rigl"].trainer
     assert trainer.jit_compile
     assert trainer.trace_counts()["train"] == trainer.trace_counts()["update"] == 1
-
-
-def test_an_epoch_pipeline_is_built_once_per_data_set(mlp):
-    trainer = ks.Trainer(ks.wrap(mlp(seed=0)), algorithms.StaticSparse(0.5), keras.optimizers.SGD(0.1), _loss(),
-                         progress=False, steps_per_execution=2)
-
-    def data():  # fixed-shape batches, so tf.data does the stacking
-        return tf.data.Dataset.from_tensor_slices(make_arrays(32, (8,), 4)).batch(8, drop_remainder=True)
-
-    source = data()
-    first = trainer._epoch_batches(source, 0, 4)
-    assert trainer._epoch_batches(source, 0, 4) is first  # the next epoch reuses it
-    assert trainer._epoch_batches(source, 1, 4) is not first  # a resumed epoch skips its done steps
-    assert [y.shape[0] for _, y in trainer._epoch_batches(source, 1, 4)] == [2, 1]  # 3 steps left, 2 a call
-    assert trainer._epoch_batches(data(), 0, 4) is not first  # another data set
-
-
-def _autotune(options: tf.data.Options | None) -> tf.data.Dataset:
-    data = tf.data.Dataset.from_tensor_slices(make_arrays(32, (8,), 4)).batch(8, drop_remainder=True)
-    return data if options is None else data.with_options(options)
-
-
-@pytest.mark.parametrize("setting", [None, True, False])
-def test_without_autotune_turns_autotuning_off_unless_the_data_set_chose(setting):
-    options = None
-    if setting is not None:
-        options = tf.data.Options()
-        options.autotune.enabled = setting
-    data = _autotune(options)
-    result = trainer_lib.without_autotune(data)
-    assert result.options().autotune.enabled is (False if setting is None else setting)
-    assert [y.numpy().tolist() for _, y in result] == [y.numpy().tolist() for _, y in data]  # same batches
-
-
-@pytest.mark.parametrize("steps_per_execution", [1, 2])
-def test_epoch_and_evaluation_pipelines_run_without_autotuning(mlp, steps_per_execution):
-    trainer = ks.Trainer(ks.wrap(mlp(seed=0)), algorithms.StaticSparse(0.5), keras.optimizers.SGD(0.1), _loss(),
-                         progress=False, steps_per_execution=steps_per_execution)
-    source = _autotune(None)
-    assert trainer._epoch_batches(source, 0, 4).options().autotune.enabled is False
-    trainer.evaluate(source)
-    assert trainer._eval_pipeline[1].options().autotune.enabled is False
-    keep = tf.data.Options()
-    keep.autotune.enabled = True  # the user's choice stands
-    assert trainer._epoch_batches(_autotune(keep), 0, 4).options().autotune.enabled is True
-
-
-def test_programs_are_called_through_one_concrete_function_per_signature():
-    add = tf.function(lambda x, y: x + tf.cast(y["b"], x.dtype))
-    dispatch = trainer_lib._SignatureDispatch(add)
-    first = dispatch(tf.ones([2]), {"b": tf.ones([2], tf.int32)})
-    again = dispatch(tf.zeros([2]), {"b": tf.ones([2], tf.int32)})
-    dispatch(tf.ones([3]), {"b": tf.ones([3], tf.int32)})  # another shape: a second signature
-    assert add.experimental_get_tracing_count() == 2 and len(dispatch._concrete) == 2
-    np.testing.assert_array_equal(first, [2.0, 2.0])
-    np.testing.assert_array_equal(again, [1.0, 1.0])
-    # Arguments that are not tensors go through the tf.function itself.
-    np.testing.assert_array_equal(dispatch(np.ones(2, np.float32), {"b": np.zeros(2, np.int32)}), [1.0, 1.0])
-    assert len(dispatch._concrete) == 2
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -170,7 +110,7 @@ def test_programs_are_called_through_one_concrete_function_per_signature():
 ])
 def test_training_flops(algorithm_runs, name, expected):
     trainer = algorithm_runs[name].trainer
-    assert trainer.training_flops == pytest.approx(expected, rel=1e-9)
+    assert trainer.cost.training_flops == pytest.approx(expected, rel=1e-9)
     assert trainer.summary()["training_flops_relative_to_dense"] == pytest.approx(expected / 12, rel=1e-9)
 
 
@@ -183,7 +123,7 @@ def test_training_flops_snip_weighs_layers_by_their_cost(algorithm_runs):
     density = sum(macs[k] * masks[k].mean() for k in macs) / sum(macs.values())
     assert not 0.49 < density < 0.51  # differs from the global density 0.5
     expected = 1 + 12 * density  # one dense scoring batch, then 12 sparse steps
-    assert run.trainer.training_flops == pytest.approx(expected, rel=1e-9)
+    assert run.trainer.cost.training_flops == pytest.approx(expected, rel=1e-9)
 
 
 def test_history_summary_and_evaluate(algorithm_runs, dataset):
@@ -224,7 +164,7 @@ def test_snip_scores_on_gradients_summed_over_batches(mlp, dataset):
     trainer = ks.Trainer(model, algorithms.SNIP(0.8, scoring_batches=2), keras.optimizers.SGD(0.1), _loss(),
                          jit_compile=False, progress=False)
     trainer.fit(data, epochs=1, steps_per_epoch=1)
-    assert trainer.dense_gradient_steps == 2
+    assert trainer.cost.dense_gradient_steps == 2
     for key, mask in ks.get_masks(model).items():
         np.testing.assert_array_equal(mask, scores[key] >= flat[k - 1], err_msg=key)
 
@@ -343,9 +283,9 @@ def test_optimised_steps_match_a_plain_reference_loop(algorithm_runs, name):
             b = next(w for w in reference.weights if w.path == a.path)
             np.testing.assert_allclose(np.asarray(a.numpy(), np.float32), np.asarray(b.numpy(), np.float32),
                                        rtol=1e-4, atol=1e-5, err_msg=a.path)
-        assert trainer.dense_gradient_steps == reference_dense_steps
+        assert trainer.cost.dense_gradient_steps == reference_dense_steps
         assert trainer.step == RUN_TOTAL_STEPS
-    assert staged.training_flops == pytest.approx(one_step.training_flops, rel=1e-12)
+    assert staged.cost.training_flops == pytest.approx(one_step.cost.training_flops, rel=1e-12)
     assert [r["train_loss"] for r in staged.history] == pytest.approx([r["train_loss"] for r in one_step.history],
                                                                      rel=1e-5)
 
@@ -360,7 +300,7 @@ def test_staged_calls_end_at_mask_updates(mlp, dataset):
         def __init__(self):
             self.steps = []
 
-        def on_step_end(self, trainer):
+        def on_step_end(self, trainer, losses):
             self.steps.append(trainer.step)
 
     ends = CallEnds()
@@ -420,6 +360,6 @@ def test_staged_updates_compile_once_per_stack_shape(mlp, dataset):
     started = time.perf_counter()
     trainer.fit(data, epochs=2)
     second = time.perf_counter() - started
-    assert trainer.step == 24 and trainer.dense_gradient_steps == 5
+    assert trainer.step == 24 and trainer.cost.dense_gradient_steps == 5
     assert trainer.trace_counts()["staged"] == 1
     assert second < first / 3, (first, second)

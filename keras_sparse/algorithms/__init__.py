@@ -14,16 +14,14 @@ import gin
 from keras_sparse.algorithms import dynamic, magnitude, snip, static
 from keras_sparse.algorithms.base import SparseAlgorithm
 from keras_sparse.algorithms.static import FixedMask
-from keras_sparse.errors import ConfigError
+from keras_sparse.registry import Registry
 
-REGISTRY: dict[str, type[SparseAlgorithm]] = {}
+REGISTRY: Registry[type[SparseAlgorithm]] = Registry("algorithm")
 
 
 def register(cls: type[SparseAlgorithm]) -> type[SparseAlgorithm]:
     """Registers ``cls`` under ``cls.name``; returns its gin-configurable version (use that)."""
-    configurable = gin.external_configurable(cls, name=cls.__name__, module="keras_sparse.algorithms")
-    REGISTRY[cls.name] = configurable
-    return configurable
+    return REGISTRY.add(cls.name, gin.external_configurable(cls, name=cls.__name__, module="keras_sparse.algorithms"))
 
 
 Dense = register(static.Dense)
@@ -36,10 +34,7 @@ RigL = register(dynamic.RigL)
 
 def get(name: str) -> type[SparseAlgorithm]:
     """The algorithm class registered as ``name`` (e.g. ``"rigl"``)."""
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise ConfigError(f"Unknown algorithm {name!r}: use one of {sorted(REGISTRY)}.") from None
+    return REGISTRY.get(name)
 
 
 def from_config(config: dict) -> SparseAlgorithm:

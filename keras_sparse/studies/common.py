@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 from typing import Any, Iterable, Mapping, Sequence
@@ -13,6 +12,7 @@ matplotlib.use("Agg")  # files only: studies run on machines without a screen
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from keras_sparse import files  # noqa: E402
 from keras_sparse.algorithms import SparseAlgorithm, get  # noqa: E402
 from keras_sparse.experiment import Run, TrainingSettings, build_run  # noqa: E402
 
@@ -75,10 +75,9 @@ def write_results(logdir: str, study: str, settings: Mapping[str, Any], rows: Se
                   markdown: str, figures: Mapping[str, plt.Figure]) -> None:
     """Writes ``results.json`` (settings + every row), ``results.md`` and one PNG per figure."""
     os.makedirs(logdir, exist_ok=True)
-    with open(os.path.join(logdir, "results.json"), "w") as f:
-        json.dump({"study": study, "settings": dict(settings), "rows": list(rows)}, f, indent=1)
-    with open(os.path.join(logdir, "results.md"), "w") as f:
-        f.write(markdown.rstrip() + "\n")
+    files.write_json(os.path.join(logdir, "results.json"),
+                     {"study": study, "settings": dict(settings), "rows": list(rows)}, indent=1)
+    files.write_text(os.path.join(logdir, "results.md"), markdown.rstrip() + "\n")
     for name, figure in figures.items():
         figure.savefig(os.path.join(logdir, f"{name}.png"), dpi=90, bbox_inches="tight")
         plt.close(figure)

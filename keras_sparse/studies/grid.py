@@ -10,7 +10,6 @@ share nothing but the files they write.
 from __future__ import annotations
 
 import importlib
-import json
 import multiprocessing
 import os
 import re
@@ -18,6 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import gin
 
+from keras_sparse import files
 from keras_sparse.errors import ConfigError
 
 Cell = Mapping[str, Any]
@@ -35,10 +35,7 @@ def _result_path(logdir: str, cell: Cell) -> str:
 
 
 def _store(path: str, cell: Cell, result: Any) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump({"cell": dict(cell), "result": result}, f, indent=1)
-    os.replace(tmp, path)  # atomic: a kill never leaves a half-written result
+    files.write_json(path, {"cell": dict(cell), "result": result}, indent=1)  # a kill leaves no half-written result
 
 
 def _init_worker(gin_config: str, module: str) -> None:
@@ -67,8 +64,7 @@ def run_grid(logdir: str, cells: Sequence[Cell], function: CellFunction, jobs: i
     for cell in cells:
         path = _result_path(logdir, cell)
         if os.path.exists(path):
-            with open(path) as f:
-                results[cell_id(cell)] = json.load(f)["result"]
+            results[cell_id(cell)] = files.read_json(path)["result"]
         else:
             pending.append((function, cell, path))
     log(f"{len(cells) - len(pending)} of {len(cells)} cells already done; running {len(pending)} with {jobs} job(s).")

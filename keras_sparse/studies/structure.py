@@ -18,7 +18,7 @@ from keras_sparse.masking import get_masks
 from keras_sparse.studies import common
 from keras_sparse.studies.grid import run_grid
 from keras_sparse.studies.measures import mask_overlap
-from keras_sparse.trainer import Callback
+from keras_sparse.callbacks import Callback
 
 
 class MaskSnapshots(Callback):
@@ -31,7 +31,7 @@ class MaskSnapshots(Callback):
     def on_train_begin(self, trainer) -> None:
         self.masks[trainer.step] = get_masks(trainer.model)
 
-    def on_step_end(self, trainer) -> None:
+    def on_step_end(self, trainer, losses) -> None:
         if trainer.step in self.steps:
             self.masks[trainer.step] = get_masks(trainer.model)
 

@@ -1,0 +1,32 @@
+"""The compiled step programs: dispatch by signature, losses by name or function."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_sparse import steps
+
+
+def test_programs_are_called_through_one_concrete_function_per_signature():
+    add = tf.function(lambda x, y: x + tf.cast(y["b"], x.dtype))
+    dispatch = steps._SignatureDispatch(add)
+    first = dispatch(tf.ones([2]), {"b": tf.ones([2], tf.int32)})
+    again = dispatch(tf.zeros([2]), {"b": tf.ones([2], tf.int32)})
+    dispatch(tf.ones([3]), {"b": tf.ones([3], tf.int32)})  # another shape: a second signature
+    assert add.experimental_get_tracing_count() == 2 and len(dispatch._concrete) == 2
+    np.testing.assert_array_equal(first, [2.0, 2.0])
+    np.testing.assert_array_equal(again, [1.0, 1.0])
+    # Arguments that are not tensors go through the tf.function itself.
+    np.testing.assert_array_equal(dispatch(np.ones(2, np.float32), {"b": np.zeros(2, np.int32)}), [1.0, 1.0])
+    assert len(dispatch._concrete) == 2
+
+
+@pytest.mark.parametrize("loss", ["binary_crossentropy", keras.losses.binary_crossentropy])
+def test_a_loss_by_name_or_function_matches_the_labels_rank_to_the_predictions(loss):
+    y = tf.constant([1.0, 0.0, 1.0])  # (batch,) labels
+    p = tf.constant([[0.9], [0.2], [0.6]])  # (batch, 1) probabilities
+    expected = keras.losses.BinaryCrossentropy()(y[:, None], p)
+    np.testing.assert_allclose(steps.as_loss(loss)(y, p), expected, rtol=1e-6)
+    given = keras.losses.BinaryCrossentropy()
+    assert steps.as_loss(given) is given
