@@ -1,52 +1,66 @@
-"""Helpers shared by the benchmark scripts: the seeded models, their batches and optimizers, a
-plain Keras 3 train step and the same step through a ``keras_sparse.SparseOptimizer``, steps/s
-of a step function, and alternating named step functions round by round with medians.
+"""The builders every benchmark script shares: seeded models, random data, optimizers,
+algorithms, trainers, and the compiled step programs written around ``ks.SparseOptimizer``;
+plus timing of a compiled call.
 
-Everything here uses keras-sparse's public API only (``ks.wrap``, ``ks.SparseOptimizer`` and its
-``apply`` / ``sparse_apply``, ``ks.Trainer``, ``ks.masked_weights``): the benchmarks time what a
-user can write.
+Everything here uses keras-sparse's public API (``ks.wrap``, ``ks.SparseOptimizer`` and its
+``apply`` / ``sparse_apply``, ``ks.Trainer``, ``ks.algorithms``, ``ks.masked_weights``,
+``ks.sparsity``, ``keras_sparse.models``): the benchmarks time what a user can write.
 
 The scripts run as ``python benchmarks/<script>.py``, which puts this directory on ``sys.path``:
-they ``import common``.
+they ``import common`` (and ``harness``, the parts that need no TensorFlow).
 """
 
 from __future__ import annotations
 
-import statistics
+import inspect
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 import keras_sparse as ks
+from keras_sparse import data as data_lib
 from keras_sparse import models
-from keras_sparse.trainer import without_autotune
+
+try:
+    from keras_sparse.epochs import without_autotune
+except ImportError:  # the library before its epoch pipeline had a module of its own
+    from keras_sparse.trainer import without_autotune
 
 Step = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 CLASSES = 10
+SPARSITY = 0.9
 
-#: The models of the speed benchmarks: name -> (input shape, batch, optimizer factory).
-#: LeNet-300-100 and the CNNs train with SGD + momentum at batch 128 (as in every earlier
-#: table); the MNIST-1D transformer with AdamW at batch 64, as transformers are trained.
+
+def sgd() -> keras.optimizers.Optimizer:
+    """SGD(0.01, momentum 0.9): the optimizer of every LeNet/CNN speed benchmark."""
+    return keras.optimizers.SGD(0.01, momentum=0.9)
+
+
+#: The models of the benchmarks: name -> (input shape, batch, optimizer factory). The CNNs and
+#: MLPs train with SGD + momentum at batch 128; the MNIST-1D transformer with AdamW at batch 64,
+#: as transformers are trained. ``mlp`` takes its widths as ``hidden=(w, w)``.
 MODELS: dict[str, tuple[tuple[int, ...], int, Callable[[], keras.optimizers.Optimizer]]] = {
-    "lenet_300_100": ((28, 28, 1), 128, lambda: keras.optimizers.SGD(0.01, momentum=0.9)),
-    "lenet5": ((28, 28, 1), 128, lambda: keras.optimizers.SGD(0.01, momentum=0.9)),
-    "resnet": ((32, 32, 3), 128, lambda: keras.optimizers.SGD(0.01, momentum=0.9)),
+    "lenet_300_100": ((28, 28, 1), 128, sgd),
+    "lenet5": ((28, 28, 1), 128, sgd),
+    "resnet": ((32, 32, 3), 128, sgd),
+    "mlp": ((784,), 128, sgd),
+    "mnist1d_cnn": ((40, 1), 64, sgd),
     "mnist1d_transformer": ((40, 1), 64, lambda: keras.optimizers.AdamW(1e-3)),
 }
 
 
-def build(name: str) -> keras.Model:
-    """Model ``name`` of ``MODELS`` (a ``keras_sparse.models`` name) with seed 0's initial weights."""
+def build(name: str, **options) -> keras.Model:
+    """Model ``name`` of ``MODELS`` (a ``keras_sparse.models`` name; ``options`` go to its
+    builder) with seed 0's initial weights: two builds are the same network."""
     keras.utils.set_random_seed(0)
-    return models.build(MODELS[name][0], CLASSES, name=name)
+    return models.build(MODELS[name][0], CLASSES, name=name, **options)
 
 
 def lenet_300_100() -> keras.Model:
-    """LeNet-300-100 on 28×28×1 inputs, 10 classes, with seed 0's initial weights: the model of
-    the LeNet-300-100 speed benchmarks, the same in every script."""
     return build("lenet_300_100")
 
 
@@ -59,43 +73,164 @@ def loss_fn() -> keras.losses.Loss:
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
+# ------------------------------------------------------------------------------------ data
+def arrays(shape: Sequence[int], examples: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``examples`` random float32 inputs of ``shape`` and int64 labels of ``CLASSES`` classes."""
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(examples, *shape)).astype("float32"),
+            rng.integers(0, CLASSES, size=examples).astype("int64"))
+
+
 def batch_of(name: str, batch: int | None = None, seed: int = 0) -> tuple[tf.Tensor, tf.Tensor]:
-    """A fixed random batch of inputs for model ``name`` (default batch from ``MODELS``) and labels."""
-    shape, default, _ = MODELS[name]
-    batch = batch or default
-    rng = np.random.default_rng(seed)
-    return (tf.constant(rng.normal(size=(batch, *shape)).astype("float32")),
-            tf.constant(rng.integers(0, CLASSES, size=batch)))
+    """A fixed random batch for model ``name`` (default batch from ``MODELS``), as tensors."""
+    x, y = arrays(MODELS[name][0], batch or MODELS[name][1], seed)
+    return tf.constant(x), tf.constant(y)
 
 
-def dataset(shape: Sequence[int], steps: int, batch: int, seed: int = 0) -> tf.data.Dataset:
-    """``steps`` fixed random in-memory batches of ``batch`` inputs of ``shape``, cached, with
-    tf.data's autotuning off (as ``ks.Trainer`` runs its data: ``without_autotune``), so every
-    loop that reads it, ``model.fit`` included, reads the same pipeline."""
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(steps * batch, *shape)).astype("float32")
-    y = rng.integers(0, CLASSES, size=steps * batch)
-    return without_autotune(tf.data.Dataset.from_tensor_slices((x, y)).batch(batch, drop_remainder=True).cache())
+def autotuned(data: tf.data.Dataset, enabled: bool) -> tf.data.Dataset:
+    """``data`` with tf.data's ``options.autotune.enabled`` set to ``enabled``."""
+    options = tf.data.Options()
+    options.autotune.enabled = enabled
+    return data.with_options(options)
 
 
-def sparse_optimizer(model: keras.Model, algorithm: ks.algorithms.SparseAlgorithm,
+def dataset(shape: Sequence[int], steps: int, batch: int, seed: int = 0, autotune: bool | None = False,
+            distinct: int | None = None) -> tf.data.Dataset:
+    """``steps`` fixed random in-memory batches of ``batch`` inputs of ``shape``, cached.
+
+    ``autotune=False``: tf.data's autotuning off, as ``ks.Trainer`` runs its data
+    (``without_autotune``), so that every loop reading it, ``model.fit`` included, reads the same
+    pipeline; ``True`` sets it on; ``None`` leaves TensorFlow's default (on), which the Trainer
+    turns off itself. ``distinct``: at most that many different batches, repeated to ``steps``.
+    """
+    count = min(steps, distinct or steps)
+    x, y = arrays(shape, count * batch, seed)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch, drop_remainder=True).cache()
+    if count < steps:
+        data = data.repeat().take(steps)
+    if autotune is None:
+        return data
+    return autotuned(data, True) if autotune else without_autotune(data)
+
+
+# ------------------------------------------------------------------ algorithms and trainers
+ALGORITHMS = ["dense", "static", "snip", "magnitude", "set", "rigl", "rigl_frozen"]
+
+
+def algorithm(name: str, every: int = 100, end_step: int | None = None,
+              freeze_step: int | None = None) -> ks.algorithms.SparseAlgorithm:
+    """Algorithm ``name`` of ``ALGORITHMS`` at 90% sparsity. The updating ones update every
+    ``every`` steps until ``end_step`` (None: the algorithm's default, from the length of
+    training); magnitude pruning starts at step 0; ``rigl_frozen`` is RigL frozen at
+    ``freeze_step``."""
+    if name == "dense":
+        return ks.algorithms.Dense()
+    if name == "static":
+        return ks.algorithms.StaticSparse(sparsity=SPARSITY)
+    if name == "snip":
+        return ks.algorithms.SNIP(sparsity=SPARSITY)
+    if name == "magnitude":
+        return ks.algorithms.MagnitudePruning(sparsity=SPARSITY, begin_step=0, end_step=end_step, frequency=every)
+    dynamic = {"sparsity": SPARSITY, "update_frequency": every, "end_step": end_step}
+    if name == "set":
+        return ks.algorithms.SET(**dynamic)
+    if name == "rigl":
+        return ks.algorithms.RigL(**dynamic)
+    if name == "rigl_frozen":
+        return ks.algorithms.RigL(**dynamic, freeze_step=freeze_step)
+    raise ValueError(f"unknown algorithm {name!r}: one of {ALGORITHMS}")
+
+
+def trainer(model: keras.Model, algo: ks.algorithms.SparseAlgorithm, optimizer: keras.optimizers.Optimizer,
+            steps_per_execution: int = 1, jit_compile: bool = True) -> ks.Trainer:
+    """``ks.Trainer`` on ``model``, which ``ks.wrap`` masks here, in place; quiet."""
+    return ks.Trainer(ks.wrap(model, quiet=True), algo, optimizer, loss_fn(), jit_compile=jit_compile, progress=False,
+                      steps_per_execution=steps_per_execution)
+
+
+def epochs_of(trainer: ks.Trainer, data, steps_per_epoch: int | None = None) -> Callable[[int], None]:
+    """``epoch(count=1)``: trains ``count`` more epochs of ``data`` (``fit``'s ``epochs`` counts
+    from the start of training). The first call fixes the length of training the algorithm's
+    schedule sees, so a warm-up that must reach a freeze step runs as one call."""
+    done = [0]
+
+    def epoch(count: int = 1) -> None:
+        done[0] += count
+        trainer.fit(data, epochs=done[0], steps_per_epoch=steps_per_epoch)
+
+    return epoch
+
+
+def load_data(name: str, batch_size: int, seed: int = 0):
+    """``keras_sparse.data.load`` of data set ``name`` on all its training examples: versions of
+    the library that hold out a validation split are told to hold out none, so that every
+    version trains on the same batches."""
+    options = {}
+    if "validation_fraction" in inspect.signature(data_lib.load).parameters:
+        options["validation_fraction"] = 0.0
+    return data_lib.load(batch_size=batch_size, seed=seed, name=name, **options)
+
+
+#: The bindings ``mnist1d_run`` understands; a config with others is refused, not half-built.
+RUN_BINDINGS = {"data.name", "model.name", "training.epochs", "training.batch_size", "training.optimizer",
+                "training.learning_rate", "training.momentum", "training.lr_schedule", "training.algorithm",
+                "training.jit_compile", "training.steps_per_execution"}
+
+
+def mnist1d_run(bindings: Mapping[str, Any], seed: int = 0) -> tuple[ks.Trainer, keras.Model, Any]:
+    """The trainer, wrapped model and ``keras_sparse.data`` set of a gin config's run (the
+    bindings of ``harness.gin_bindings``, e.g. of ``gin_configs/rigl.gin``: MNIST-1D CNN, RigL
+    90%, batch 64, SGD + momentum, cosine learning rate), quiet, on every training example.
+
+    Built from ``load_data``, ``keras_sparse.models`` and ``ks.Trainer`` as the training binary
+    composes them, not through the binary's own run builder: that one's module and data split
+    change between versions of the library, and its trainer takes the length of training (RigL's
+    end) from the first ``fit`` call, where a benchmark that trains one epoch a call needs the
+    whole run's.
+    """
+    unknown = {key for key in bindings if key not in RUN_BINDINGS and not key.startswith(
+        bindings["training.algorithm"][1:-2] + ".")}
+    if unknown or bindings.get("training.optimizer", "sgd") != "sgd":
+        raise NotImplementedError(f"mnist1d_run builds SGD runs with the bindings {sorted(RUN_BINDINGS)} only; "
+                                  f"this config also has {sorted(unknown)} / {bindings.get('training.optimizer')}")
+    keras.utils.set_random_seed(seed)
+    data = load_data(bindings["data.name"], bindings["training.batch_size"], seed)
+    keras.utils.set_random_seed(seed)
+    model = ks.wrap(models.build(data.input_shape, data.num_classes, name=bindings["model.name"]), quiet=True)
+    total = bindings["training.epochs"] * data.steps_per_epoch
+    rate = bindings["training.learning_rate"]
+    if bindings.get("training.lr_schedule", "constant") == "cosine":
+        rate = keras.optimizers.schedules.CosineDecay(rate, total)
+    optimizer = keras.optimizers.SGD(rate, momentum=bindings["training.momentum"])
+    name = bindings["training.algorithm"][1:-2]  # "@RigL()"
+    options = {key.split(".", 1)[1]: value for key, value in bindings.items() if key.startswith(name + ".")}
+    if name in ("RigL", "SET"):
+        options.setdefault("end_step", int(0.75 * total))  # their default end, 75% of the whole run
+    algo = getattr(ks.algorithms, name)(**options)
+    trainer = ks.Trainer(model, algo, optimizer, loss_fn(), jit_compile=bindings.get("training.jit_compile", True),
+                         progress=False, steps_per_execution=bindings.get("training.steps_per_execution", 1))
+    return trainer, model, data
+
+
+def sparse_optimizer(model: keras.Model, algo: ks.algorithms.SparseAlgorithm,
                      optimizer: keras.optimizers.Optimizer, total_steps: int | None = None) -> ks.SparseOptimizer:
-    """``ks.SparseOptimizer(optimizer, algorithm, model=model)`` (which wraps ``model`` in place),
+    """``ks.SparseOptimizer(optimizer, algo, model=model)`` (which wraps ``model`` in place),
     built on the model's trainable variables, with the algorithm's initial masks set."""
-    sparse = ks.SparseOptimizer(optimizer, algorithm, total_steps=total_steps, model=model)
+    sparse = ks.SparseOptimizer(optimizer, algo, total_steps=total_steps, model=model)
     sparse.build(model.trainable_variables)
     sparse.prepare()
     return sparse
 
 
+# ----------------------------------------------------------------------- step programs
 def train_step(model: keras.Model, apply: Callable[[list, list], object], loss: Callable, jit_compile: bool,
                watch_loss: bool = False) -> Step:
     """``step(x, y) -> loss`` in one ``tf.function`` (XLA-compiled if ``jit_compile``): forward,
     gradients, then ``apply(gradients, variables)`` (an optimizer's update).
 
     ``watch_loss`` adds what ``ks.Trainer``'s step does besides the optimizer step: a step
-    counter and the record of the first step with a non-finite loss. On LeNet-300-100 on CPU
-    that made the plain step ~15% *faster* in earlier sessions (BENCHMARKS.md).
+    counter and the record of the first step with a non-finite loss (which changes the plain
+    step's speed on CPU: BENCHMARKS.md).
     """
     variables = model.trainable_variables
     counter = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -182,13 +317,7 @@ def graph_loop(step: Step) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
     return run
 
 
-def active_counts(model: keras.Model, jit_compile: bool) -> Callable[[], tf.Tensor]:
-    """A compiled call returning every mask's active-weight count (int64, one per masked weight)."""
-    masks = [w.mask for w in ks.masked_weights(model)]
-    return tf.function(lambda: tf.stack([tf.math.count_nonzero(m, dtype=tf.int64) for m in masks]),
-                       jit_compile=jit_compile)
-
-
+# ------------------------------------------------------------------------------- timing
 def seconds_per_call(call: Callable[[], tf.Tensor], calls: int) -> float:
     """Runs ``call()`` ``calls`` times back to back; returns the wall time per call, waiting for
     the last result (and for anything pending before the first)."""
@@ -211,30 +340,7 @@ def steps_for(step: Step, x: tf.Tensor, y: tf.Tensor, seconds: float, most: int 
     step(x, y).numpy()
     start, calls = time.perf_counter(), 0
     while calls < 3 or time.perf_counter() - start < 0.1:
-        loss = step(x, y)
-        loss.numpy()
+        step(x, y).numpy()
         calls += 1
     seconds_per_step = (time.perf_counter() - start) / calls
     return max(1, min(most, round(seconds / seconds_per_step)))
-
-
-def alternate(steps: Mapping[str, Step], x: tf.Tensor, y: tf.Tensor, count: int,
-              rounds: int) -> tuple[dict[str, list[float]], dict[str, float]]:
-    """Times each named step function for ``count`` steps, the names taking turns within each of
-    ``rounds`` rounds (so drifts in machine load hit them alike). Returns the steps/s of every
-    round by name, and their medians by name."""
-    rates: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(rounds):
-        for name, step in steps.items():
-            rates[name].append(steps_per_second(step, x, y, count))
-    return rates, {name: statistics.median(values) for name, values in rates.items()}
-
-
-def round_ratios(rates: Mapping[str, Sequence[float]], name: str, baseline: str) -> dict[str, object]:
-    """``name``'s rate ÷ ``baseline``'s in each round (both timed in the same round), with their
-    median, min, max and quartiles: a slow stretch of the machine that covers a round slows both
-    sides of its ratio, where a ratio of medians lets it fall on one side."""
-    ratios = [a / b for a, b in zip(rates[name], rates[baseline])]
-    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
-    return {"per_round": ratios, "median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
-            "q1": quartiles[0], "q3": quartiles[2]}

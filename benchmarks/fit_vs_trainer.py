@@ -3,7 +3,8 @@ at the same steps per compiled call.
 
     python benchmarks/fit_vs_trainer.py [--models lenet_300_100 mnist1d_transformer] [--rounds 15]
         [--steps 100] [--steps-per-execution 1 20] [--algorithms static rigl] [--no-reference]
-        [--diagnose] [--programs] [--no-loops] [--out fit_vs_trainer.json]
+        [--diagnose] [--programs] [--program-rounds 9] [--no-loops] [--out fit_vs_trainer.json]
+    python benchmarks/fit_vs_trainer.py --combine A.json B.json ...
 
 Models, batches and optimizers as ``mask_overhead.py`` (``common.MODELS``): LeNet-300-100,
 batch 128, SGD(0.01, momentum 0.9); the MNIST-1D transformer, batch 64, AdamW(1e-3). Every
@@ -51,23 +52,21 @@ step, median over ``--program-rounds`` alternating rounds):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import common  # noqa: E402
+import harness  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_sparse as ks  # noqa: E402
 
-import common  # noqa: E402
-
-SPARSITY, UPDATE_EVERY, WARMUP_EPOCHS = 0.9, 100, 2
+UPDATE_EVERY, WARMUP_EPOCHS = 100, 2
 
 
 class NoCondSparseOptimizer(ks.SparseOptimizer):
@@ -84,9 +83,8 @@ class NoCondSparseOptimizer(ks.SparseOptimizer):
 
 
 def algorithm(name: str, last_step: int) -> ks.algorithms.SparseAlgorithm:
-    if name == "rigl":
-        return ks.algorithms.RigL(sparsity=SPARSITY, update_frequency=UPDATE_EVERY, end_step=last_step)
-    return ks.algorithms.StaticSparse(sparsity=SPARSITY)
+    """``static`` or ``rigl`` (every 100 steps to ``last_step``)."""
+    return common.algorithm("rigl" if name == "rigl" else "static", UPDATE_EVERY, end_step=last_step)
 
 
 class Variant:
@@ -124,9 +122,8 @@ def fit_variant(model_name: str, algo: str, k: int, data, last_step: int) -> Var
 
 
 def trainer_variant(model_name: str, algo: str, k: int, data, last_step: int) -> Variant:
-    model = ks.wrap(common.build(model_name), quiet=True)
-    trainer = ks.Trainer(model, algorithm(algo, last_step), common.optimizer_for(model_name), common.loss_fn(),
-                         jit_compile=True, progress=False, steps_per_execution=k)
+    model = common.build(model_name)
+    trainer = common.trainer(model, algorithm(algo, last_step), common.optimizer_for(model_name), k)
 
     def state() -> dict:
         return {"steps": trainer.step, "sparsity": ks.sparsity(model)}
@@ -158,22 +155,23 @@ def measure(model_name: str, args) -> dict:
     ratios = {}
     for k in args.steps_per_execution:
         for algo in args.algorithms:
-            ratios[f"fit {algo} K={k} / trainer {algo} K={k}"] = common.round_ratios(
+            ratios[f"fit {algo} K={k} / trainer {algo} K={k}"] = harness.round_ratios(
                 rates, f"fit {algo} K={k}", f"trainer {algo} K={k}")
         others = ([f"fit static-no-cond K={k}"] if args.diagnose else []) + \
                  ([f"fit dense K={k}"] if args.reference else [])
         for name in others:
             if "static" in args.algorithms:
-                ratios[f"{name} / trainer static K={k}"] = common.round_ratios(rates, name, f"trainer static K={k}")
-                ratios[f"fit static K={k} / {name}"] = common.round_ratios(rates, f"fit static K={k}", name)
+                ratios[f"{name} / trainer static K={k}"] = harness.round_ratios(rates, name, f"trainer static K={k}")
+                ratios[f"fit static K={k} / {name}"] = harness.round_ratios(rates, f"fit static K={k}", name)
     expected = args.steps * (WARMUP_EPOCHS + args.rounds)
     states = {v.name: v.state() for v in variants}
     problems = [f"{name}: trained {s['steps']} steps, expected {expected}" for name, s in states.items()
                 if s["steps"] != expected]
     problems += [f"{name}: sparsity {s['sparsity']:.4f}" for name, s in states.items()
-                 if "dense" not in name and abs(s["sparsity"] - SPARSITY) > 0.005]
+                 if "dense" not in name and abs(s["sparsity"] - common.SPARSITY) > 0.005]
     return {"model": model_name, "batch": batch, "optimizer": type(common.optimizer_for(model_name)).__name__,
-            "steps": args.steps, "rounds": args.rounds, "seconds": seconds, "steps_per_second": rates,
+            "steps": args.steps, "rounds": args.rounds, "steps_per_execution": args.steps_per_execution,
+            "algorithms": args.algorithms, "seconds": seconds, "steps_per_second": rates,
             "median": medians, "ratios": ratios, "state": states, "problems": problems,
             "setup_seconds": {v.name: v.setup_seconds for v in variants},
             "wall_seconds": time.perf_counter() - started}
@@ -206,34 +204,63 @@ def programs(model_name: str, rounds: int, stack: int = 20) -> dict:
         f"{stack} XLA steps from a graph loop, sparse_apply(update=False)": (common.graph_loop(plain), staged, stack),
         f"{stack} XLA steps from a graph loop, optimizer.apply (tf.cond)": (common.graph_loop(cond), staged, stack),
     }
-    step_seconds = {"lenet_300_100": 0.001}.get(model_name, 0.006)
-    calls = {name: max(2, round(0.2 / (step_seconds * steps))) for name, (_, _, steps) in table.items()}
-    for program, arguments, _ in table.values():
-        np.asarray(program(*arguments()))  # compile
+    calls = {}  # a round of each program: about 0.2 s, from three timed calls after the compiling one
+    for name, (program, arguments, _) in table.items():
+        args = arguments()
+        calls[name] = max(2, round(0.2 / common.seconds_per_call(lambda p=program, a=args: p(*a), 3)))
     ms: dict[str, list[float]] = {name: [] for name in table}
     names = list(table)
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
             program, arguments, steps = table[name]
             args = arguments()
-            ms[name].append(1000 * common.seconds_per_call(lambda: program(*args), calls[name]) / steps)
+            ms[name].append(1000 * common.seconds_per_call(lambda p=program, a=args: p(*a), calls[name]) / steps)
     return {"ms_per_step": ms, "median": {name: statistics.median(v) for name, v in ms.items()}, "calls": calls,
-            "sparsity": ks.sparsity(model)}
+            "rounds": rounds, "sparsity": ks.sparsity(model)}
 
 
-def print_loops(r: dict, args) -> None:
-    print(f"\n{r['model']}, batch {r['batch']}, {r['optimizer']}, {args.steps} steps a round, {args.rounds} rounds in "
-          f"random order, XLA on ({r['wall_seconds']:.0f} s)\n")
-    print("| variant | median steps/s | min–max |\n|---|---|---|")
-    for variant, values in r["steps_per_second"].items():
-        print(f"| {variant} | {r['median'][variant]:.1f} | {min(values):.1f}–{max(values):.1f} |")
-    print("\n| ratio (steps/s) | median of per-round ratios | min–max | ratio of medians |\n|---|---|---|---|")
-    for label, q in r["ratios"].items():
-        a, b = label.split(" / ")
-        print(f"| {label} | {q['median']:.3f} | {q['min']:.3f}–{q['max']:.3f} "
-              f"| {r['median'][a] / r['median'][b]:.3f} |")
-    for problem in r["problems"]:
-        print(f"warning: {problem}")
+def report(runs: list[dict]) -> str:
+    """The tables of one run, or of several (cells "A / B / …"; models that every run has)."""
+    out = []
+    names = [r["model"] for r in runs[0]["results"] if all(any(s["model"] == r["model"] for s in run["results"])
+                                                           for run in runs)]
+    for name in names:
+        points = [next(r for r in run["results"] if r["model"] == name) for run in runs]
+        first = points[0]
+        if "seconds" in first:
+            rows = []
+            for k in first["steps_per_execution"]:
+                for algo in first["algorithms"]:
+                    fit, trainer = f"fit {algo} K={k}", f"trainer {algo} K={k}"
+                    q = f"{fit} / {trainer}"
+                    ratios = [p["ratios"][q] for p in points]
+                    rows.append([str(k), algo, harness.cells(points, lambda p, n=fit: p["median"][n], 1),
+                                 harness.cells(points, lambda p, n=trainer: p["median"][n], 1),
+                                 *(harness.ratio_cells(ratios, spread) for spread in (None, "iqr only", "range only"))])
+            out.append(f"{name}, batch {first['batch']}, {first['optimizer']}, {first['steps']} steps a round, "
+                       + harness.cells(points, lambda p: f"{p['rounds']} rounds", 0) + " in random order, XLA on\n\n"
+                       + harness.table(["K", "algorithm", "model.fit steps/s", "Trainer steps/s",
+                                        "fit ÷ Trainer (median of round ratios)", "IQR", "min–max"], rows))
+            others = [label for label in first["ratios"]
+                      if label not in {f"fit {a} K={k} / trainer {a} K={k}" for k in first["steps_per_execution"]
+                                       for a in first["algorithms"]}]
+            if others:
+                rows = [[label, *(harness.ratio_cells([p["ratios"][label] for p in points], spread)
+                                  for spread in (None, "iqr only"))] for label in others]
+                out.append(f"{name}: where the difference goes (steps/s ratios, median of round ratios)\n\n"
+                           + harness.table(["ratio", "median", "IQR"], rows))
+            for point in points:
+                out += [f"warning: {problem}" for problem in point["problems"]]
+        if "programs" in first:
+            programs_of = [p["programs"] for p in points]
+            rows = [[program, harness.cells(programs_of, lambda p, n=program: p["median"][n]),
+                     harness.cells(programs_of, lambda p, n=program: f"{min(p['ms_per_step'][n]):.3f}–"
+                                                                   f"{max(p['ms_per_step'][n]):.3f}")]
+                    for program in programs_of[0]["median"]]
+            out.append(f"{name}: compiled programs alone, static 90%, XLA, ms a step, median of "
+                       + harness.cells(programs_of, lambda p: f"{p['rounds']} alternating rounds", 0) + "\n\n"
+                       + harness.table(["program", "ms a step", "min–max"], rows))
+    return "\n\n".join(out)
 
 
 def main() -> None:
@@ -252,7 +279,11 @@ def main() -> None:
     parser.add_argument("--program-rounds", type=int, default=9)
     parser.add_argument("--no-loops", dest="loops", action="store_false", help="programs only")
     parser.add_argument("--out", default="fit_vs_trainer.json")
+    parser.add_argument("--combine", nargs="+", metavar="JSON", help=harness.COMBINE_HELP)
     args = parser.parse_args()
+    if args.combine:
+        print(report(harness.load_runs(args.combine)))
+        return
     if any(args.steps % k for k in args.steps_per_execution):
         parser.error("--steps must be a multiple of every --steps-per-execution")
     results = []
@@ -261,18 +292,9 @@ def main() -> None:
         if args.programs:
             r["programs"] = programs(name, args.program_rounds)
         results.append(r)
-        if args.loops:
-            print_loops(r, args)
-        if args.programs:
-            p = r["programs"]
-            print(f"\n{name}: compiled programs alone, static 90%, XLA, ms a step, median of {args.program_rounds} "
-                  "alternating rounds\n")
-            print("| program | ms a step | min–max |\n|---|---|---|")
-            for program, values in p["ms_per_step"].items():
-                print(f"| {program} | {p['median'][program]:.3f} | {min(values):.3f}–{max(values):.3f} |")
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=1)
-
+    run = {"results": results}
+    print(report([run]))
+    harness.write_json(args.out, run)
 
 if __name__ == "__main__":
     main()

@@ -23,11 +23,11 @@ synthetic batch repeated (XLA on, SGD with momentum), and records ``ru_maxrss`` 
 in training therefore includes ``Trainer.setup`` (initial masks), the XLA compilations and, for
 RigL and magnitude pruning, the second compiled program that updates masks. Models: ``mlp_4096``
 (784 → 4096 → 4096 → 10, ~20M parameters, where the weights dominate) and LeNet-300-100.
-Variants: ``dense`` = ``keras_sparse.algorithms.Dense()`` through the Trainer (the baseline the
-ratios use), ``static`` = StaticSparse(0.9), ``rigl`` = RigL(0.9, update_frequency=10),
-``magnitude`` = MagnitudePruning(0.9, frequency=10), and ``keras`` = a plain Keras 3 XLA step on
-the unwrapped model, with no masks at all. The variants alternate within each of ``--repeats``
-repeats, and medians are reported.
+Variants (``common.algorithm``): ``dense`` = ``keras_sparse.algorithms.Dense()`` through the
+Trainer (the baseline the ratios use), ``static`` = StaticSparse(0.9), ``rigl`` = RigL(0.9,
+update_frequency=10), ``magnitude`` = MagnitudePruning(0.9, frequency=10, begin_step=0), and
+``keras`` = a plain Keras 3 XLA step on the unwrapped model, with no masks at all. The variants
+alternate within each of ``--repeats`` repeats, and medians are reported.
 """
 
 from __future__ import annotations
@@ -42,41 +42,20 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import common  # noqa: E402
+import harness  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
-import common  # noqa: E402
 import keras_sparse as ks  # noqa: E402
-from keras_sparse import models  # noqa: E402
 from keras_sparse.masking import mask_state as state_of  # noqa: E402
 
-MIB = 1024.0 * 1024.0
-
-STATE_MODELS = {  # name: (builder name, input shape)
-    "lenet_300_100": ("lenet_300_100", (28, 28, 1)),
-    "lenet5": ("lenet5", (28, 28, 1)),
-    "resnet": ("resnet", (32, 32, 3)),
-    "mnist1d_cnn": ("mnist1d_cnn", (40, 1)),
-    "mnist1d_transformer": ("mnist1d_transformer", (40, 1)),
+STATE_MODELS = ["lenet_300_100", "lenet5", "resnet", "mnist1d_cnn", "mnist1d_transformer"]
+TRAIN_MODELS = {  # name: (model, builder options)
+    "mlp_4096": ("mlp", {"hidden": (4096, 4096)}),
+    "lenet_300_100": ("lenet_300_100", {}),
 }
-
-TRAIN_MODELS = {  # name: (input shape, builder options)
-    "mlp_4096": ((784,), {"name": "mlp", "hidden": (4096, 4096)}),
-    "lenet_300_100": ((28, 28, 1), {"name": "lenet_300_100"}),
-}
-
 VARIANTS = ["keras", "dense", "static", "rigl", "magnitude"]
-
-
-def algorithm(variant: str) -> ks.algorithms.SparseAlgorithm:
-    """The algorithm of a Trainer ``variant``."""
-    return {
-        "dense": lambda: ks.algorithms.Dense(),
-        "static": lambda: ks.algorithms.StaticSparse(sparsity=0.9),
-        "rigl": lambda: ks.algorithms.RigL(sparsity=0.9, update_frequency=10),
-        "magnitude": lambda: ks.algorithms.MagnitudePruning(sparsity=0.9, frequency=10),
-    }[variant]()
 
 
 def variable_bytes(variable) -> int:
@@ -84,25 +63,16 @@ def variable_bytes(variable) -> int:
     return np.dtype(keras.backend.standardize_dtype(variable.dtype)).itemsize * int(np.prod(variable.shape))
 
 
-def batch_of(shape: tuple[int, ...], batch: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """A fixed synthetic batch of inputs of ``shape`` and labels of 10 classes."""
-    rng = np.random.default_rng(0)
-    return (tf.constant(rng.normal(size=(batch, *shape)).astype("float32")),
-            tf.constant(rng.integers(0, 10, size=batch)))
-
-
 # ----------------------------------------------------------------- (a) mask state
 def mask_state(name: str) -> dict:
     """Mask-state bytes of model ``name`` against the bytes of the weights they mask."""
-    builder, shape = STATE_MODELS[name]
-    keras.utils.set_random_seed(0)
-    model = models.build(shape, 10, name=builder)
+    model = common.build(name)
     unwrapped_bytes = sum(variable_bytes(v) for v in model.weights)
     wrapped = ks.wrap(model, quiet=True)
     weights = ks.masked_weights(wrapped)
     kernel_bytes = sum(variable_bytes(w.variable) for w in weights)
     mask_bytes = sum(variable_bytes(w.mask) for w in weights)
-    return {"model": name, "input_shape": list(shape), "masked_kernels": len(weights),
+    return {"model": name, "input_shape": list(common.MODELS[name][0]), "masked_kernels": len(weights),
             "kernel_elements": sum(int(np.prod(w.variable.shape)) for w in weights),
             "kernel_dtypes": sorted({keras.backend.standardize_dtype(w.variable.dtype) for w in weights}),
             "mask_dtypes": sorted({keras.backend.standardize_dtype(w.mask.dtype) for w in weights}),
@@ -122,21 +92,17 @@ def worker(model_name: str, variant: str, steps: int, batch: int) -> dict:
     """Builds ``model_name`` for ``variant``, trains ``steps`` steps, and returns the peak RSS
     after the imports, after building, and after training."""
     after_imports = peak_rss_mib()
-    shape, options = TRAIN_MODELS[model_name]
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
-    x, y = batch_of(shape, batch)
-    data = tf.data.Dataset.from_tensors((x, y)).repeat(steps)
-    keras.utils.set_random_seed(0)
-    model = models.build(shape, 10, **options)
+    name, options = TRAIN_MODELS[model_name]
+    data = common.dataset(common.MODELS[name][0], steps, batch, autotune=None, distinct=1)
+    model = common.build(name, **options)
     if variant == "keras":
-        step = common.plain_step(model, optimizer, loss_fn, jit_compile=True)
+        step = common.plain_step(model, common.sgd(), common.loss_fn(), jit_compile=True)
         after_build = peak_rss_mib()
-        for bx, by in data:
-            loss = step(bx, by)
+        for x, y in data:
+            loss = step(x, y)
         loss.numpy()
     else:
-        trainer = ks.Trainer(ks.wrap(model), algorithm(variant), optimizer, loss_fn, jit_compile=True, progress=False)
+        trainer = common.trainer(model, common.algorithm(variant, every=10), common.sgd())
         after_build = peak_rss_mib()
         trainer.fit(data, epochs=1)
     return {"model": model_name, "variant": variant, "steps": steps, "batch": batch,
@@ -175,7 +141,7 @@ def peak_memory(model_names: list[str], variants: list[str], steps: int, batch: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="*", default=list(STATE_MODELS), choices=list(STATE_MODELS),
+    parser.add_argument("--models", nargs="*", default=STATE_MODELS, choices=STATE_MODELS,
                         help="models of (a), mask state")
     parser.add_argument("--train-models", nargs="*", default=list(TRAIN_MODELS), choices=list(TRAIN_MODELS),
                         help="models of (b), peak memory")
@@ -194,26 +160,22 @@ def main() -> None:
 
     state = [mask_state(name) for name in args.models]
     print("(a) mask state ÷ bytes of the kernels it masks (a float32 mask per weight would be 1.0; target ≤ 0.25)\n")
-    print("| model | masked weights | their elements | their bytes | mask variable bytes | mask state bytes "
-          "| added to model.weights | mask ÷ kernel |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in state:
-        print(f"| {r['model']} | {r['masked_kernels']} | {r['kernel_elements']:,} | {r['kernel_bytes']:,} "
-              f"| {r['mask_variable_bytes']:,} | {r['mask_state_bytes']:,} | {r['bytes_added_to_model_weights']:,} "
-              f"| {r['mask_over_kernel']:.3f} |")
+    print(harness.table(["model", "masked weights", "their elements", "their bytes", "mask variable bytes",
+                         "mask state bytes", "added to model.weights", "mask ÷ kernel"],
+                        [[r["model"], str(r["masked_kernels"]), f"{r['kernel_elements']:,}", f"{r['kernel_bytes']:,}",
+                          f"{r['mask_variable_bytes']:,}", f"{r['mask_state_bytes']:,}",
+                          f"{r['bytes_added_to_model_weights']:,}", f"{r['mask_over_kernel']:.3f}"] for r in state]))
 
     peaks = peak_memory(args.train_models, args.variants, args.steps, args.batch, args.repeats)
     print(f"\n(b) peak RSS of a training run, fresh process each: {args.steps} steps, batch {args.batch}, XLA on, "
           f"median of {args.repeats} alternating repeats\n")
-    print("| model | parameters | variant | peak after build MiB | peak MiB | growth in training MiB "
-          "| peak ÷ Trainer dense |")
-    print("|---|---|---|---|---|---|---|")
-    for r in peaks:
-        med = r["median"]
-        print(f"| {r['model']} | {r['parameters']:,} | {r['variant']} | {med['peak_after_build_mib']:.0f} "
-              f"| {med['peak_mib']:.0f} | {med['growth_mib']:.0f} | {r['peak_over_dense']:.3f} |")
-    with open(args.out, "w") as f:
-        json.dump({"mask_state": state, "peak_memory": peaks}, f, indent=1)
+    print(harness.table(["model", "parameters", "variant", "peak after build MiB", "peak MiB",
+                         "growth in training MiB", "peak ÷ Trainer dense"],
+                        [[r["model"], f"{r['parameters']:,}", r["variant"],
+                          f"{r['median']['peak_after_build_mib']:.0f}", f"{r['median']['peak_mib']:.0f}",
+                          f"{r['median']['growth_mib']:.0f}",
+                          f"{r['peak_over_dense']:.3f}"] for r in peaks]))
+    harness.write_json(args.out, {"mask_state": state, "peak_memory": peaks})
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import io
-import json
 import os
 import tempfile
 import time
@@ -36,6 +35,8 @@ import zipfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import common  # noqa: E402
+import harness  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -88,7 +89,7 @@ def magnitude_masks(model: keras.Model, sparsity: float) -> dict[str, np.ndarray
     masks = {}
     for weight in ks.masked_weights(model):
         w = np.abs(weight.variable.numpy()).ravel()
-        keep = int(round((1.0 - sparsity) * w.size))
+        keep = round((1.0 - sparsity) * w.size)
         mask = np.zeros(w.size, bool)
         mask[np.argsort(-w, kind="stable")[:keep]] = True
         masks[weight.key] = mask.reshape(weight.variable.shape)
@@ -131,17 +132,15 @@ def init_rows(model_name: str, sparsity: float, seed: int, workdir: str) -> list
 
 
 def mnist1d_rows(epochs: int, sparsity: float, seed: int, workdir: str) -> list[dict]:
-    from keras_sparse import data as data_lib
-
-    data = data_lib.load(batch_size=64, seed=seed, name="mnist1d")
+    data = common.load_data("mnist1d", 64, seed)
     x_test, y_test = (np.concatenate(parts) for parts in zip(*[(x.numpy(), y.numpy()) for x, y in data.test]))
     rows = []
     for label, algorithm in (("dense", ks.algorithms.Dense()),
                              (f"RigL {100 * sparsity:.0f}%", ks.algorithms.RigL(sparsity=sparsity, seed=seed))):
         keras.utils.set_random_seed(seed)
         model = ks.wrap(models.build(data.input_shape, data.num_classes, name="lenet_300_100"))
-        trainer = ks.Trainer(model, algorithm, keras.optimizers.SGD(0.05, momentum=0.9),
-                             keras.losses.SparseCategoricalCrossentropy(from_logits=True), progress=False)
+        trainer = ks.Trainer(model, algorithm, keras.optimizers.SGD(0.05, momentum=0.9), common.loss_fn(),
+                             progress=False)
         trainer.fit(data.train_epoch, epochs=epochs, steps_per_epoch=data.steps_per_epoch)  # reshuffled per epoch
         rows += measure(f"lenet_300_100 on MNIST-1D, {epochs} epochs", label, model, x_test, workdir, labels=y_test)
     return rows
@@ -154,8 +153,8 @@ def kib(n: int) -> str:
 def markdown(rows: list[dict]) -> str:
     """One line per (model, variant); "gzip vs dense" compares with the dense model's same variant."""
     dense = {(r["group"], r["variant"]): r for r in rows if r["label"] == "dense"}
-    lines = ["| model | variant | sparsity | .tflite KiB | gzip KiB | zip KiB | gzip: dense / this | "
-             "max abs diff vs Keras | TFLite test acc. |", "|" + "---|" * 9]
+    lines = [("| model | variant | sparsity | .tflite KiB | gzip KiB | zip KiB | gzip: dense / this | "
+              "max abs diff vs Keras | TFLite test acc. |"), "|" + "---|" * 9]
     for r in rows:
         reference = dense.get((r["group"], r["variant"]))
         relative = f"{reference['gzip'] / r['gzip']:.2f}×" if reference else "—"
@@ -188,8 +187,7 @@ def main():
     print(markdown(rows))
     print(f"\n(TF {tf.__version__}, Keras {keras.__version__}; {time.perf_counter() - started:.0f} s)")
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"args": vars(args), "rows": rows}, f, indent=1)
+        harness.write_json(args.out, {"args": vars(args), "rows": rows})
 
 
 if __name__ == "__main__":

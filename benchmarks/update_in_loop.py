@@ -17,26 +17,22 @@ both updates of an epoch), and the typical iteration (10 or more after an update
 of an update" adds up what an update costs over a plain step: the update iteration minus a
 typical one, and the later iterations' excess over it; divided by 100 typical steps, it is the
 overhead ``training_loop.py`` measures as RigL ÷ static.
-
-(Before the any-model core this script wrapped the Trainer's private compiled programs and timed
-the calls alone, with the FLOPs bookkeeping after an update as a row of its own; that
-bookkeeping is now inside the update iteration.)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras_sparse as ks  # noqa: E402
-
 import common  # noqa: E402
+import harness  # noqa: E402
 import training_loop  # noqa: E402
+
+import keras_sparse as ks  # noqa: E402
 
 STEPS = 200  # steps an epoch: updates every 100 steps, at the epoch's first step and in its middle
 AFTER = 5  # iterations after an update timed one by one; later ones are "typical"
@@ -45,20 +41,22 @@ TYPICAL_FROM = 10
 
 class IterationTimer(ks.Callback):
     """Records ``(kind, seconds)`` for every loop iteration: kind "update" when the step it ran
-    updated the masks, else "train"; seconds None for each ``fit`` call's first iteration."""
+    updated the masks (by ``algorithm``'s schedule), else "train"; seconds None for each ``fit``
+    call's first iteration."""
 
-    def __init__(self):
-        self.log: list[tuple[str, float]] = []
+    def __init__(self, algorithm: ks.algorithms.SparseAlgorithm):
+        self.algorithm = algorithm
+        self.log: list[tuple[str, float | None]] = []
         self.recording = False
         self._last: float | None = None
 
     def on_train_begin(self, trainer: ks.Trainer) -> None:
         self._last = None  # a fit call's first iteration holds its set-up: not timed
 
-    def on_step_end(self, trainer: ks.Trainer) -> None:
+    def on_step_end(self, trainer: ks.Trainer, *losses) -> None:
         now = time.perf_counter()
         if self.recording:
-            kind = "update" if trainer.algorithm.is_update_step(trainer.step - 1) else "train"
+            kind = "update" if self.algorithm.is_update_step(trainer.step - 1) else "train"
             self.log.append((kind, None if self._last is None else now - self._last))
         self._last = now
 
@@ -69,11 +67,10 @@ def main() -> None:
     parser.add_argument("--algorithm", default="rigl", choices=["rigl", "set", "magnitude"])
     parser.add_argument("--out", default="update_in_loop.json")
     args = parser.parse_args()
-    data = training_loop.make_data(STEPS, 128)
-    make = training_loop.algorithm_factories(STEPS, args.epochs)[args.algorithm]
-    trainer = ks.Trainer(ks.wrap(common.lenet_300_100()), make(), training_loop.optimizer(), training_loop.loss_fn(),
-                         jit_compile=True, progress=False)
-    timer = IterationTimer()
+    data = common.dataset((28, 28, 1), STEPS, 128)
+    algorithm = training_loop.algorithm_factories(STEPS, args.epochs)[args.algorithm]()
+    trainer = common.trainer(common.lenet_300_100(), algorithm, common.sgd())
+    timer = IterationTimer(algorithm)
     warmup = training_loop.warmup_epochs(STEPS)
     trainer.fit(data, epochs=warmup, callbacks=[timer])  # initial masks, both programs compiled
     timer.recording = True
@@ -111,9 +108,8 @@ def main() -> None:
           f"+ later iterations' excess ({later:.3f}) | {extra:.3f} |")
     print(f"\n÷ 100 typical steps: {extra / (100 * typical):.1%} overhead, "
           f"i.e. {args.algorithm} ÷ static ≈ {100 * typical / (100 * typical + extra):.3f}")
-    with open(args.out, "w") as f:
-        json.dump({"algorithm": args.algorithm, "epochs": args.epochs, "steps_per_epoch": STEPS, "ms": ms,
-                   "extra_ms": extra, "epoch_seconds": epochs, "calls": timer.log}, f, indent=1)
+    harness.write_json(args.out, {"algorithm": args.algorithm, "epochs": args.epochs, "steps_per_epoch": STEPS,
+                                  "ms": ms, "extra_ms": extra, "epoch_seconds": epochs, "calls": timer.log})
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python benchmarks/vs_tfmot.py [--steps 300] [--rounds 5] [--steps-per-execution 10]
                                   [--frequency 100] [--variants ...] [--out vs_tfmot.json]
+    python benchmarks/vs_tfmot.py --combine A.json B.json ...
 
 Both sides train the same model on the same data with the same schedule: LeNet-300-100
 (Flatten, Dense 300 ReLU, Dense 100 ReLU, Dense 10 logits) on 28×28×1 inputs, batch 128,
@@ -23,18 +24,16 @@ Variants (each measured as the wall time of one ``fit`` call of ``--steps`` step
   The script checks it: each tfmot variant's ``pruning_step`` must equal the steps it trained,
   and its sparsity must reach 90%, or the variant is flagged and left out of the comparison.
 - ``tfmot_spe_no_autotune``: ``tfmot_spe`` on data with tf.data's autotuning off, as keras-sparse
-  runs it: destroying an autotuned iterator at the end of an epoch can wait up to ~0.3 s
-  (BENCHMARKS.md), which a tfmot user can avoid the same way.
+  runs it: destroying an autotuned iterator at the end of an epoch can wait for the autotuner
+  (BENCHMARKS.md, section 8), which a tfmot user can avoid the same way.
 - ``ks_trainer``: ``ks.Trainer(ks.wrap(model), MagnitudePruning(...), jit_compile=True).fit``.
-- ``ks_trainer_spe``: the same with ``steps_per_execution=K`` (skipped with a note where this
-  version of ``ks.Trainer`` does not take that argument).
+- ``ks_trainer_spe``: the same with ``steps_per_execution=K``.
 - ``keras_fit_sparse_optimizer``, ``keras_fit_sparse_optimizer_spe``: Keras 3 ``model.fit`` of
   the wrapped model compiled with ``optimizer=ks.SparseOptimizer(SGD, MagnitudePruning(...),
   total_steps=<the whole run>)``, ``jit_compile=True`` (and ``steps_per_execution=K``),
   ``fit(epochs=1)`` a round, on data with autotuning off (as the Trainer runs it; Keras leaves
   the data as given). The optimizer decides each step's mask update in-graph from the whole
-  run's schedule. (These replace the ``ks_sparse_model*`` variants of the code before the
-  any-model core, where ``ks.SparseModel`` wrapped the model for ``fit``.)
+  run's schedule.
 - ``keras_dense``, ``keras_dense_spe``: reference, plain Keras 3 ``model.fit`` of the dense
   model, ``jit_compile=True`` (and ``steps_per_execution=K``), on data with autotuning off: the
   loop ``keras_fit_sparse_optimizer*`` runs in.
@@ -57,17 +56,16 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from typing import Any, TextIO
+from typing import Any
+
+import harness
 
 SPARSITY = 0.9
 BATCH = 128
 INPUT_SHAPE = (28, 28, 1)
-CLASSES = 10
 MAX_DISTINCT_BATCHES = 50
 
 # name: (framework, options, description). Dicts keep this order in the table.
@@ -84,35 +82,22 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], str]] = {
                                    "Keras 3 fit with ks.SparseOptimizer, XLA"),
     "keras_fit_sparse_optimizer_spe": ("keras_fit_sparse_optimizer", {"spe": True},
                                        "Keras 3 fit with ks.SparseOptimizer, XLA, steps_per_execution=K"),
-    "keras_dense": ("keras_dense", {"spe": False}, "Keras 3 dense fit, XLA, no pruning, tf.data autotuning off (reference)"),
+    "keras_dense": ("keras_dense", {"spe": False},
+                    "Keras 3 dense fit, XLA, no pruning, tf.data autotuning off (reference)"),
     "keras_dense_spe": ("keras_dense", {"spe": True},
-                        "Keras 3 dense fit, XLA, steps_per_execution=K, no pruning, tf.data autotuning off (reference)"),
+                        ("Keras 3 dense fit, XLA, steps_per_execution=K, no pruning, tf.data autotuning off "
+                         "(reference)")),
 }
 
 
-class Skip(Exception):
-    """A variant this installation cannot run (reported, not an error)."""
-
-
 # --------------------------------------------------------------------------- worker side
-def _dataset(steps: int, seed: int = 0, autotune: bool | None = None):
-    """The same batches on both sides: a fixed random array, cached, repeated to ``steps``
-    batches; ``autotune`` sets tf.data's ``options.autotune.enabled`` (None: TensorFlow's
-    default, on, which ``ks.Trainer`` turns off itself)."""
-    import numpy as np
-    import tensorflow as tf
+def _dataset(steps: int, autotune: bool | None = None):
+    """The same batches on both sides (``common.dataset``: at most 50 distinct batches, repeated
+    to ``steps``); ``autotune`` None leaves TensorFlow's default (on), which ``ks.Trainer`` turns
+    off itself."""
+    import common  # TensorFlow and Keras 3: only in the workers
 
-    rng = np.random.default_rng(seed)
-    n = BATCH * min(steps, MAX_DISTINCT_BATCHES)
-    x = rng.normal(size=(n, *INPUT_SHAPE)).astype("float32")
-    y = rng.integers(0, CLASSES, size=n).astype("int64")
-    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH, drop_remainder=True).cache()
-    data = data.repeat().take(steps)  # known cardinality: one epoch is one round
-    if autotune is not None:
-        options = tf.data.Options()
-        options.autotune.enabled = autotune
-        data = data.with_options(options)
-    return data
+    return common.dataset(INPUT_SHAPE, steps, BATCH, autotune=autotune, distinct=MAX_DISTINCT_BATCHES)
 
 
 def _fraction_zero(masks: list) -> float:
@@ -151,7 +136,7 @@ class TfmotRunner(Runner):
         x = layers.Flatten()(inputs)
         x = layers.Dense(300, activation="relu", name="fc1")(x)
         x = layers.Dense(100, activation="relu", name="fc2")(x)
-        model = tf_keras.Model(inputs, layers.Dense(CLASSES, name="logits")(x), name="lenet_300_100")
+        model = tf_keras.Model(inputs, layers.Dense(10, name="logits")(x), name="lenet_300_100")
         schedule = tfmot.sparsity.keras.PolynomialDecay(
             initial_sparsity=0.0, final_sparsity=SPARSITY, begin_step=0, end_step=config["end_step"],
             frequency=config["frequency"])
@@ -173,62 +158,49 @@ class TfmotRunner(Runner):
                 "sparsity": _fraction_zero([mask.numpy() for w in wrappers for _, mask, _ in w.pruning_vars])}
 
 
-def _keras3_parts() -> tuple[Any, Callable[[], Any], Callable[[], Any], Any]:
-    """keras_sparse, a seeded LeNet-300-100 builder, an optimizer factory, the loss (Keras 3)."""
-    import common  # imports Keras 3: only in the Keras 3 workers
-    import keras
-
+def _magnitude_pruning(config: dict[str, Any]):
     import keras_sparse as ks
 
-    def optimizer():
-        return keras.optimizers.SGD(learning_rate=0.01, momentum=0.9)
-
-    return ks, common.lenet_300_100, optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-
-def _magnitude_pruning(ks, config: dict[str, Any]):
     return ks.algorithms.MagnitudePruning(sparsity=SPARSITY, distribution="uniform", begin_step=0,
                                           end_step=config["end_step"], frequency=config["frequency"])
 
 
 class TrainerRunner(Runner):
-    """``ks.Trainer`` on the wrapped model; round r runs ``fit(epochs=r + 2)``, one more epoch."""
+    """``ks.Trainer`` on the wrapped model; each round trains one more epoch."""
 
     def __init__(self, config: dict[str, Any], spe: bool):
-        ks, build, optimizer, loss = _keras3_parts()
-        self.ks = ks
-        self.model = ks.wrap(build())
-        extra = {"steps_per_execution": config["spe"]} if spe else {}
-        try:
-            self.trainer = ks.Trainer(self.model, _magnitude_pruning(ks, config), optimizer(), loss,
-                                      jit_compile=True, progress=False, **extra)
-        except TypeError as error:
-            if "steps_per_execution" in str(error):
-                raise Skip("ks.Trainer does not take steps_per_execution in this version") from error
-            raise
-        self.data = _dataset(config["steps"])
-        self.epochs = 0
-        self.run_round()  # warm-up
+        import common
 
-    def run_round(self) -> None:
-        self.epochs += 1
-        self.trainer.fit(self.data, epochs=self.epochs)
+        import keras_sparse as ks
+
+        self.ks = ks
+        self.model = common.lenet_300_100()
+        self.trainer = common.trainer(self.model, _magnitude_pruning(config), common.sgd(),
+                                      steps_per_execution=config["spe"] if spe else 1)
+        self.run_round = common.epochs_of(self.trainer, _dataset(config["steps"]))
+        self.run_round()  # warm-up
 
     def state(self) -> dict[str, Any]:
         return {"steps": int(self.trainer.step), "sparsity": self.ks.sparsity(self.model)}
 
 
-class SparseOptimizerFitRunner(Runner):
-    """Keras 3 ``model.fit`` with a ``ks.SparseOptimizer``, XLA; ``fit(epochs=1)`` a round."""
+class KerasFitRunner(Runner):
+    """Keras 3 ``model.fit`` with XLA, ``fit(epochs=1)`` a round: of the model wrapped through a
+    ``ks.SparseOptimizer`` (``sparse``), or of the plain model with the plain optimizer."""
 
-    def __init__(self, config: dict[str, Any], spe: bool):
-        ks, build, optimizer, loss = _keras3_parts()
-        self.ks = ks
-        self.model = build()
-        total_steps = config["steps"] * (config["rounds"] + 1)  # warm-up round + timed rounds
-        sparse = ks.SparseOptimizer(optimizer(), _magnitude_pruning(ks, config), total_steps=total_steps,
-                                    model=self.model)
-        self.model.compile(optimizer=sparse, loss=loss, jit_compile=True,
+    def __init__(self, config: dict[str, Any], spe: bool, sparse: bool):
+        import common
+
+        import keras_sparse as ks
+
+        self.ks, self.sparse = ks, sparse
+        self.model = common.lenet_300_100()
+        optimizer = common.sgd()
+        if sparse:
+            total_steps = config["steps"] * (config["rounds"] + 1)  # warm-up round + timed rounds
+            optimizer = ks.SparseOptimizer(optimizer, _magnitude_pruning(config), total_steps=total_steps,
+                                           model=self.model)
+        self.model.compile(optimizer=optimizer, loss=common.loss_fn(), jit_compile=True,
                            steps_per_execution=config["spe"] if spe else 1)
         self.data = _dataset(config["steps"], autotune=False)
         self.run_round()  # warm-up
@@ -237,26 +209,11 @@ class SparseOptimizerFitRunner(Runner):
         self.model.fit(self.data, epochs=1, verbose=0, shuffle=False)
 
     def state(self) -> dict[str, Any]:
-        return {"steps": int(self.model.optimizer.iterations.numpy()), "sparsity": self.ks.sparsity(self.model)}
-
-
-class DenseRunner(Runner):
-    """Plain Keras 3 ``model.fit`` of the unpruned model with XLA: the reference."""
-
-    def __init__(self, config: dict[str, Any], spe: bool):
-        _, build, optimizer, loss = _keras3_parts()
-        self.model = build()
-        self.model.compile(optimizer=optimizer(), loss=loss, jit_compile=True,
-                           steps_per_execution=config["spe"] if spe else 1)
-        self.data = _dataset(config["steps"], autotune=False)
-        self.run_round()  # warm-up
-
-    def run_round(self) -> None:
-        self.model.fit(self.data, epochs=1, verbose=0, shuffle=False)
-
-    def state(self) -> dict[str, Any]:
+        steps = int(self.model.optimizer.iterations.numpy())
+        if self.sparse:
+            return {"steps": steps, "sparsity": self.ks.sparsity(self.model)}
         kernels = [layer.kernel.numpy() for layer in self.model.layers if hasattr(layer, "kernel")]
-        return {"steps": int(self.model.optimizer.iterations.numpy()), "sparsity": _fraction_zero(kernels)}
+        return {"steps": steps, "sparsity": _fraction_zero(kernels)}
 
 
 def _make_runner(variant: str, config: dict[str, Any]) -> Runner:
@@ -265,9 +222,7 @@ def _make_runner(variant: str, config: dict[str, Any]) -> Runner:
         return TfmotRunner(config, **options)
     if framework == "ks_trainer":
         return TrainerRunner(config, **options)
-    if framework == "keras_fit_sparse_optimizer":
-        return SparseOptimizerFitRunner(config, **options)
-    return DenseRunner(config, **options)
+    return KerasFitRunner(config, **options, sparse=framework == "keras_fit_sparse_optimizer")
 
 
 def _versions() -> dict[str, str]:
@@ -285,24 +240,14 @@ def _versions() -> dict[str, str]:
 def worker(variant: str, config: dict[str, Any]) -> None:
     """Builds ``variant`` and warms it up, then runs one round per line read from stdin.
 
-    Writes one JSON line to stdout for the set-up (``status``: ready, skipped or failed) and one
+    Writes one JSON line to stdout for the set-up (``status``: ready or failed) and one
     per round; everything else that would go to stdout (TensorFlow's C++ logs included) goes to
     stderr.
     """
-    out: TextIO = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-
-    def emit(record: dict[str, Any]) -> None:
-        out.write(json.dumps(record) + "\n")
-        out.flush()
-
+    emit = harness.json_lines_out()
     started = time.perf_counter()
     try:
         runner = _make_runner(variant, config)
-    except Skip as reason:
-        emit({"status": "skipped", "reason": str(reason)})
-        return
     except Exception as error:  # reported, e.g. a variant XLA cannot compile
         lines = str(error).strip().splitlines() or [""]
         emit({"status": "failed", "error": f"{type(error).__name__}: {lines[0]}"})
@@ -320,49 +265,16 @@ def worker(variant: str, config: dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------- main side
-class Worker:
-    """The main process's handle on one variant's worker process."""
-
-    def __init__(self, variant: str, config: dict[str, Any], log_dir: str):
-        env = dict(os.environ)
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        if VARIANTS[variant][0] == "tfmot":
-            env["TF_USE_LEGACY_KERAS"] = "1"
-        else:
-            env.pop("TF_USE_LEGACY_KERAS", None)
-        self.variant = variant
-        self.log_path = os.path.join(log_dir, f"{variant}.log")
-        self.log = open(self.log_path, "w")  # noqa: SIM115 (the worker's stderr, open as long as it runs)
-        self.process = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--worker", variant, "--worker-config", json.dumps(config)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
-
-    def read(self) -> dict[str, Any]:
-        """The worker's next JSON line; a dead worker reads as failed, with its log's last line."""
-        line = self.process.stdout.readline()
-        if not line:
-            self.process.wait()
-            with open(self.log_path) as f:
-                tail = [l.strip() for l in f.read().strip().splitlines()][-1:] or [""]
-            return {"status": "failed", "error": f"worker exited with {self.process.returncode}: {tail[0]} "
-                                                 f"(log: {self.log_path})"}
-        return json.loads(line)
-
-    def round(self) -> dict[str, Any]:
-        self.process.stdin.write("round\n")
-        self.process.stdin.flush()
-        return self.read()
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            try:
-                self.process.stdin.write("stop\n")
-                self.process.stdin.close()
-                self.process.wait(timeout=60)
-            except (OSError, subprocess.TimeoutExpired):
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
+def start_worker(variant: str, config: dict[str, Any], log_dir: str) -> harness.Worker:
+    """One variant's worker process (this file with ``--worker``); tfmot's with tf_keras."""
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if VARIANTS[variant][0] == "tfmot":
+        env["TF_USE_LEGACY_KERAS"] = "1"
+    else:
+        env.pop("TF_USE_LEGACY_KERAS", None)
+    command = [sys.executable, os.path.abspath(__file__), "--worker", variant, "--worker-config", json.dumps(config)]
+    return harness.Worker(command, env, os.path.join(log_dir, f"{variant}.log"))
 
 
 def _check(variant: str, result: dict[str, Any], config: dict[str, Any]) -> list[str]:
@@ -381,7 +293,7 @@ def _check(variant: str, result: dict[str, Any], config: dict[str, Any]) -> list
 def run(variants: list[str], config: dict[str, Any]) -> dict[str, Any]:
     """Starts one worker per variant, alternates their rounds, and collects the results."""
     log_dir = tempfile.mkdtemp(prefix="vs_tfmot_")
-    workers = {v: Worker(v, config, log_dir) for v in variants}  # set-ups run concurrently: not timed
+    workers = {v: start_worker(v, config, log_dir) for v in variants}  # set-ups run concurrently: not timed
     results: dict[str, dict[str, Any]] = {}
     try:
         for variant, w in workers.items():
@@ -396,7 +308,7 @@ def run(variants: list[str], config: dict[str, Any]) -> dict[str, Any]:
             for variant in order:
                 if results[variant]["status"] != "ready":
                     continue
-                record = workers[variant].round()
+                record = workers[variant].request("round")
                 if "status" in record:  # the worker died
                     print(f"note: {variant} failed in round {r + 1}: {record['error']}", flush=True)
                     results[variant].update(record)
@@ -419,6 +331,62 @@ def run(variants: list[str], config: dict[str, Any]) -> dict[str, Any]:
     return {"log_dir": log_dir, "variants": results}
 
 
+def valid_tfmot(run: dict[str, Any]) -> list[str]:
+    """The tfmot variants of ``run`` that ran and passed ``_check``."""
+    return [name for name, r in run["variants"].items()
+            if VARIANTS[name][0] == "tfmot" and r["status"] == "ok" and not r["problems"]]
+
+
+def fastest_tfmot(run: dict[str, Any]) -> str | None:
+    return max(valid_tfmot(run), key=lambda name: run["variants"][name]["median"], default=None)
+
+
+def report(runs: list[dict[str, Any]]) -> str:
+    """The table of one run, or of several (cells "A / B / …"; variants that ran in every run).
+
+    Ratios are to the tfmot variant with the best median, and, best round against best round,
+    to the fastest round of any valid tfmot variant (slow stretches only ever slow a round down)."""
+    def best_tfmot(run):
+        return max(max(run["variants"][name]["rates"]) for name in valid_tfmot(run))
+
+    def ratios(run, name, median):
+        r = run["variants"][name]
+        if not valid_tfmot(run):
+            return "–"
+        if median:
+            return f"{r['median'] / run['variants'][fastest_tfmot(run)]['median']:.2f}"
+        return f"{max(r['rates']) / best_tfmot(run):.2f}"
+
+    config = runs[0]["config"]
+    names = [name for name in runs[0]["variants"]
+             if all(name in run["variants"] and run["variants"][name]["status"] == "ok" for run in runs)]
+    rows = []
+    for name in names:
+        def of(run, name=name):
+            return run["variants"][name]
+
+        rows.append([name, of(runs[0])["description"], harness.cells(runs, lambda run: of(run)["median"], 1),
+                     harness.cells(runs, lambda run: f"{min(of(run)['rates']):.1f}–{max(of(run)['rates']):.1f}"),
+                     harness.cells(runs, lambda run, n=name: ratios(run, n, True)),
+                     harness.cells(runs, lambda run, n=name: ratios(run, n, False)),
+                     harness.cells(runs, lambda run: of(run)["cpu_ms_per_step"], 2),
+                     harness.cells(runs, lambda run: f"{of(run)['sparsity']:.2%}")])
+    for run in runs:
+        for name, r in run["variants"].items():
+            if r["status"] != "ok":
+                rows.append([name, r["description"], f"{r['status']}: {r.get('error')}", "", "", "", "", ""])
+    warnings = [f"warning: {name}: {problem}" for run in runs for name, r in run["variants"].items()
+                for problem in r.get("problems", [])]
+    return "\n".join([
+        f"LeNet-300-100, batch {config['batch']}, magnitude pruning 0 → {config['sparsity']:.0%} every "
+        f"{config['frequency']} steps up to step {config['end_step']} of {config['total_steps']} (1 warm-up round + "
+        f"{config['rounds']} timed rounds of {config['steps']} steps), K = {config['spe']}; medians over alternating "
+        f"rounds; ratios to the fastest tfmot setting by median: "
+        + " / ".join(fastest_tfmot(run) or "none" for run in runs), "",
+        harness.table(["variant", "setting", "median steps/s", "min–max", "÷ fastest tfmot (medians)",
+                       "best ÷ tfmot's best", "CPU ms/step", "final sparsity"], rows), *warnings])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300, help="training steps a round")
@@ -429,7 +397,11 @@ def main() -> None:
     parser.add_argument("--out", default="vs_tfmot.json")
     parser.add_argument("--worker", choices=list(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--worker-config", help=argparse.SUPPRESS)
+    parser.add_argument("--combine", nargs="+", metavar="JSON", help=harness.COMBINE_HELP)
     args = parser.parse_args()
+    if args.combine:
+        print(report(harness.load_runs(args.combine)))
+        return
     if args.worker:
         worker(args.worker, json.loads(args.worker_config))
         return
@@ -442,48 +414,16 @@ def main() -> None:
     config = {"steps": args.steps, "rounds": args.rounds, "spe": args.steps_per_execution,
               "frequency": args.frequency, "end_step": end_step, "batch": BATCH, "sparsity": SPARSITY}
     outcome = run(args.variants, config)
-    results = outcome["variants"]
-
-    valid_tfmot = {v: r["median"] for v, r in results.items()
-                   if VARIANTS[v][0] == "tfmot" and r["status"] == "ok" and not r["problems"]}
-    fastest = max(valid_tfmot, key=valid_tfmot.get) if valid_tfmot else None
-    # Best rounds: the stalls only ever slow a round down, so each variant's fastest round is its
-    # nearest to an unstalled speed; compared with the best round of any valid tfmot variant.
-    best_tfmot = max((max(results[v]["rates"]) for v in valid_tfmot), default=None)
-    for result in results.values():
-        if fastest and result["status"] == "ok":
-            result["ratio_to_fastest_tfmot"] = result["median"] / results[fastest]["median"]
-            result["best_ratio_to_best_tfmot"] = max(result["rates"]) / best_tfmot
-
-    print(f"\nLeNet-300-100, batch {BATCH}, magnitude pruning 0 → {SPARSITY:.0%} every {args.frequency} steps "
-          f"up to step {end_step} of {total_steps} (1 warm-up round + {args.rounds} timed rounds of "
-          f"{args.steps} steps), K = {args.steps_per_execution}; median of {args.rounds} alternating rounds; "
-          f"ratio to the fastest tfmot setting ({fastest or 'none'})\n")
-    print("| variant | setting | median steps/s | min–max | ÷ fastest tfmot | best ÷ tfmot's best | CPU ms/step "
-          "| final sparsity |")
-    print("|---|---|---|---|---|---|---|---|")
-    for variant, r in results.items():
-        if r["status"] != "ok":
-            why = r.get("reason") or r.get("error")
-            print(f"| {variant} | {r['description']} | {r['status']}: {why} | | | | | |")
-            continue
-        ratio, best = (f"{r[key]:.2f}" if key in r else "–"
-                       for key in ("ratio_to_fastest_tfmot", "best_ratio_to_best_tfmot"))
-        print(f"| {variant} | {r['description']} | {r['median']:.1f} | {min(r['rates']):.1f}–{max(r['rates']):.1f} "
-              f"| {ratio} | {best} | {r['cpu_ms_per_step']:.2f} | {r['sparsity']:.2%} |")
-    for variant, r in results.items():
-        for problem in r.get("problems", []):
-            print(f"warning: {variant}: {problem}")
-
-    versions = next((r["versions"] for v, r in results.items() if VARIANTS[v][0] == "tfmot" and "versions" in r), {})
-    versions.update(next((r["versions"] for v, r in results.items() if VARIANTS[v][0] != "tfmot" and "versions" in r),
-                         {}))
-    with open(args.out, "w") as f:
-        json.dump({"config": {**config, "total_steps": total_steps}, "fastest_tfmot": fastest,
-                   "python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
-                   "versions": versions, **outcome}, f, indent=1)
+    versions: dict[str, str] = {}
+    for framework_is_tfmot in (True, False):  # tf_keras's versions from a tfmot worker, Keras 3's from another
+        versions.update(next((r["versions"] for v, r in outcome["variants"].items()
+                              if (VARIANTS[v][0] == "tfmot") == framework_is_tfmot and "versions" in r), {}))
+    run_record = {"config": {**config, "total_steps": total_steps}, "python": platform.python_version(),
+                  "machine": platform.machine(), "cpus": os.cpu_count(), "versions": versions, **outcome}
+    run_record["fastest_tfmot"] = fastest_tfmot(run_record)
+    print(report([run_record]))
+    harness.write_json(args.out, run_record)
     print(f"\nraw rates: {args.out}; worker logs: {outcome['log_dir']}")
-
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,149 @@
+"""The standard-library parts of the benchmarks: paired ratios over alternating rounds, markdown
+tables over one or several runs, and worker processes that answer in JSON lines.
+
+Nothing here imports TensorFlow: the processes that only coordinate workers
+(``vs_tfmot.py``, ``loop_before_after.py``) must not load a Keras or a keras-sparse of their own.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import statistics
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TextIO
+
+
+def round_ratios(rates: Mapping[str, Sequence[float]], name: str, baseline: str) -> dict[str, Any]:
+    """``name``'s rate ÷ ``baseline``'s in each round, with their median, min, max and quartiles.
+
+    Both sides of a ratio are timed in the same round, so a slow stretch of a shared machine that
+    covers the round slows both; a ratio of medians lets such a stretch fall on one side only.
+    """
+    return spread([a / b for a, b in zip(rates[name], rates[baseline])])
+
+
+def spread(values: Sequence[float]) -> dict[str, Any]:
+    """Median, min, max and quartiles of ``values`` (kept as ``per_round``)."""
+    quartiles = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+    return {"per_round": list(values), "median": statistics.median(values), "min": min(values), "max": max(values),
+            "q1": quartiles[0], "q3": quartiles[2]}
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def cells(runs: Sequence[Any], value: Callable[[Any], Any], digits: int = 3) -> str:
+    """One table cell over several runs: each run's value, in the order given ("A / B / …");
+    numbers with ``digits`` decimals, anything else as it is."""
+    def text(v):
+        return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+    return " / ".join(text(value(run)) for run in runs)
+
+
+def ratio_cells(ratios: Sequence[Mapping[str, Any]], spread: str | None = None) -> str:
+    """A cell of ``round_ratios`` results over runs: the median of per-round ratios, with
+    ``spread`` "iqr" (quartiles) or "range" (min–max) in parentheses, or ``spread`` alone
+    ("iqr only", "range only")."""
+    def text(q):
+        iqr, full = f"{q['q1']:.3f}–{q['q3']:.3f}", f"{q['min']:.3f}–{q['max']:.3f}"
+        return {None: f"{q['median']:.3f}", "iqr": f"{q['median']:.3f} ({iqr})",
+                "range": f"{q['median']:.3f} ({full})", "iqr only": iqr, "range only": full}[spread]
+
+    return " / ".join(text(q) for q in ratios)
+
+
+#: The help of every script's ``--combine`` (each script defines the option itself, so that its
+#: source names every option its command lines in BENCHMARKS.md use).
+COMBINE_HELP = ("print the tables over earlier runs' JSON files (--out), cells 'A / B / …' in the order given, and "
+                "run nothing")
+
+
+def load_runs(paths: Sequence[str]) -> list[Any]:
+    runs = []
+    for path in paths:
+        with open(path) as f:
+            runs.append(json.load(f))
+    return runs
+
+
+def write_json(path: str, data: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1)
+
+
+def gin_bindings(path: str) -> dict[str, Any]:
+    """The literal bindings of a gin file and the files it includes (relative to its folder),
+    later bindings overriding earlier ones: ``{"training.epochs": 60, "training.algorithm":
+    "@RigL()", ...}``. Enough for the shipped configs' ``name.param = literal`` lines."""
+    bindings: dict[str, Any] = {}
+    with open(path) as f:
+        lines = f.read().splitlines()
+    for line in lines:
+        line = line.split("#", 1)[0].strip()
+        if line.startswith("include "):
+            bindings.update(gin_bindings(os.path.join(os.path.dirname(path), ast.literal_eval(line[8:].strip()))))
+        elif "=" in line:
+            key, value = (part.strip() for part in line.split("=", 1))
+            bindings[key] = value if value.startswith("@") else ast.literal_eval(value)
+    return bindings
+
+
+# ------------------------------------------------------------------------ worker processes
+def json_lines_out() -> Callable[[dict[str, Any]], None]:
+    """In a worker: returns ``emit(record)``, which writes one JSON line to the real stdout, and
+    sends everything else written to stdout (TensorFlow's C++ logs included) to stderr, so that
+    the coordinating process reads records only."""
+    out: TextIO = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    def emit(record: dict[str, Any]) -> None:
+        out.write(json.dumps(record) + "\n")
+        out.flush()
+
+    return emit
+
+
+class Worker:
+    """The coordinating process's handle on one worker process: ``command`` runs it, its stderr
+    goes to ``log_path``; ``request(line)`` sends a line and returns the worker's next record."""
+
+    def __init__(self, command: Sequence[str], env: Mapping[str, str], log_path: str):
+        self.log_path = log_path
+        self.log = open(log_path, "w")  # noqa: SIM115 (the worker's stderr, open as long as it runs)
+        self.process = subprocess.Popen(list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=self.log, text=True, env=dict(env))
+
+    def read(self) -> dict[str, Any]:
+        """The worker's next JSON line; a dead worker reads as failed, with its log's last line."""
+        line = self.process.stdout.readline()
+        if not line:
+            self.process.wait()
+            with open(self.log_path) as f:
+                tail = [text.strip() for text in f.read().strip().splitlines()][-1:] or [""]
+            return {"status": "failed", "error": f"worker exited with {self.process.returncode}: {tail[0]} "
+                                                 f"(log: {self.log_path})"}
+        return json.loads(line)
+
+    def request(self, line: str) -> dict[str, Any]:
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+        return self.read()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            try:
+                self.process.stdin.write("stop\n")
+                self.process.stdin.close()
+                self.process.wait(timeout=60)
+            except (OSError, subprocess.TimeoutExpired):
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
