@@ -1,6 +1,8 @@
-"""The further pruning study: flags → gin → `keras_sparse.studies.further_pruning.run` (also `keras-sparse-study further_pruning`).
+r"""The further pruning study: flags → gin → `keras_sparse.studies.further_pruning.run`
+(also `keras-sparse-study further_pruning`).
 
-    python binaries/further_pruning_study.py --gin_config=gin_configs/studies/further_pruning.gin --logdir=/tmp/further_pruning
+    python binaries/further_pruning_study.py --gin_config=gin_configs/studies/further_pruning.gin \
+        --logdir=/tmp/further_pruning
 
 ``--gin_help`` lists every gin parameter a ``--gin_bindings`` can set, with its default.
 """

@@ -28,7 +28,8 @@ def shipped_configs() -> list[str]:
 def define_flags(study: bool = False) -> None:
     """Defines ``--gin_config``, ``--gin_bindings``, ``--gin_help``, ``--logdir``, and ``--seed``
     for training or ``--jobs`` for a study (whose seeds are part of its grid)."""
-    flags.DEFINE_multi_string("gin_config", [], "Gin config file (repeatable). Shipped: " + ", ".join(shipped_configs()))
+    flags.DEFINE_multi_string("gin_config", [],
+                              "Gin config file (repeatable). Shipped: " + ", ".join(shipped_configs()))
     flags.DEFINE_multi_string("gin_bindings", [], "Gin binding such as 'RigL.sparsity = 0.95' (repeatable); "
                               "--gin_help lists every parameter that can be bound, with its default.")
     flags.DEFINE_bool("gin_help", False, "Print every gin parameter this command can bind (training.*, data.*, "

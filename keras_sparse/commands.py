@@ -25,7 +25,8 @@ STUDIES = {"reinit": "keras_sparse.studies.reinit", "further_pruning": "keras_sp
 
 TRAIN_USAGE = """Train one sparse network, configured by gin files and bindings.
 
-USAGE: keras-sparse-train --gin_config=CONFIG.gin [--gin_config=...] --logdir=DIR [--gin_bindings='NAME.PARAMETER = VALUE' ...] [--seed=N]
+USAGE: keras-sparse-train --gin_config=CONFIG.gin [--gin_config=...] --logdir=DIR \
+[--gin_bindings='NAME.PARAMETER = VALUE' ...] [--seed=N]
        (or: python binaries/train.py ...)
 
   e.g. keras-sparse-train --gin_config=rigl.gin --gin_bindings='RigL.sparsity = 0.95' --logdir=/tmp/rigl95

@@ -32,7 +32,8 @@ def parse_gin(config_files: Sequence[str], bindings: Sequence[str]) -> None:
         lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
         where = f" ({lines[-1]})" if len(lines) > 1 else ""
         raise ConfigError(f"Bad gin config: {lines[0] if lines else error}{where}: check the name against "
-                          "gin_configs/ and the arguments of training, data, model and the algorithm classes.") from None
+                          "gin_configs/ and the arguments of training, data, model and the algorithm classes."
+                          ) from None
     finally:
         root.removeFilter(_not_found_filter)
 

@@ -101,7 +101,8 @@ def layer_sparsities(shapes: Shapes, sparsity: float, distribution: Distribution
     if isinstance(distribution, Mapping):
         return _explicit(shapes, sparsity, distribution)
     if distribution not in _DISTRIBUTIONS:
-        raise ConfigError(f"Unknown sparsity distribution {distribution!r}: use one of {names()} or a dict {{layer_name: sparsity}}.")
+        raise ConfigError(f"Unknown sparsity distribution {distribution!r}: use one of {names()} "
+                          "or a dict {layer_name: sparsity}.")
     return _DISTRIBUTIONS[distribution](shapes, sparsity, **options)
 
 

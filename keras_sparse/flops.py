@@ -44,7 +44,8 @@ def forward_macs(model: keras.Model, weights: Sequence[MaskedWeight]) -> list[in
     repeats = {}  # id(inner layer) -> time steps of the RNN / TimeDistributed layer that runs it
     lengths = {}  # id(sublayer of an attention layer) -> the query length, where its own shape lost it
     for layer in all_layers(model, include_self=False):
-        inner = getattr(layer, "cell", None) or (layer.layer if isinstance(layer, keras.layers.TimeDistributed) else None)
+        inner = getattr(layer, "cell", None) or (
+            layer.layer if isinstance(layer, keras.layers.TimeDistributed) else None)
         if isinstance(inner, keras.layers.Layer) and _input_shape(layer) is not None:
             repeats[id(inner)] = int(_input_shape(layer)[1] or 1)
         if isinstance(layer, keras.layers.MultiHeadAttention) and _input_shape(layer) is not None:
@@ -85,7 +86,8 @@ def _einsum_macs(equation: str, input_shape: Sequence, kernel_shape: Sequence) -
         before, after = x_spec.split("...")
         free = list(input_shape[len(before):len(input_shape) - len(after)])
         extra = int(np.prod([d or 1 for d in (free[1:] if not before else free)]))
-        letters, dims = before + after, list(input_shape[:len(before)]) + list(input_shape[len(input_shape) - len(after):])
+        letters = before + after
+        dims = list(input_shape[:len(before)]) + list(input_shape[len(input_shape) - len(after):])
         batch = before[:1] or None
     else:
         letters, dims, batch = x_spec, list(input_shape), x_spec[0]

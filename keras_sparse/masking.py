@@ -296,7 +296,8 @@ def _check_model(model) -> None:
 
 def _check_in_scope(model, variable) -> None:
     strategy = tf.distribute.get_strategy()
-    if tf.distribute.has_strategy() and not strategy.extended.variable_created_in_scope(getattr(variable, "value", variable)):
+    if tf.distribute.has_strategy() and not strategy.extended.variable_created_in_scope(
+            getattr(variable, "value", variable)):
         raise ConfigError(f"Model {model.name!r} was built outside this strategy's scope: build and wrap it inside "
                           "the same `with strategy.scope():`.")
     if not tf.distribute.has_strategy():

@@ -102,7 +102,8 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         """Ties the optimizer to one model's masked weights (``build`` finds them from its variables)."""
         weights = list(weights)
         if self.weights_:
-            if len(weights) != len(self.weights_) or any(a.variable is not b.variable for a, b in zip(weights, self.weights_)):
+            if len(weights) != len(self.weights_) or any(
+                    a.variable is not b.variable for a, b in zip(weights, self.weights_)):
                 raise ConfigError(f"This SparseOptimizer was built for another model's weights "
                                   f"({[w.key for w in self.weights_][:3]}…): make one optimizer per model.")
             return
@@ -193,7 +194,9 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             if data is None:
                 raise ConfigError(f"{type(self.algorithm).__name__} scores weights on training batches: call "
                                   "optimizer.initialize_masks(train_data) once, after compile and before fit.")
-            gradients = lambda: _summed_gradients(self._state_ref().model_ref(), self.weights_, data, scoring)
+
+            def gradients():
+                return _summed_gradients(self._state_ref().model_ref(), self.weights_, data, scoring)
         weights = {w.key: w.variable.numpy() for w in self.weights_}
         masks = self.algorithm.initial_masks(weights, gradients if scoring else None)
         for w in self.weights_:
@@ -251,11 +254,13 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             raise ConfigError(f"SparseOptimizer: the masked weights {missing[:3]} are not among the variables "
                               "being trained: this optimizer was built for another model.")
         positions = [index[id(w.variable)] for w in self.weights_]
-        dense = [grads[i] if grads[i] is not None else tf.zeros_like(w.variable) for i, w in zip(positions, self.weights_)]
+        dense = [grads[i] if grads[i] is not None else tf.zeros_like(w.variable)
+                 for i, w in zip(positions, self.weights_)]
         if update is None:
             update = self.is_update_now()
         if isinstance(update, bool):
-            counts = self._update_masks(dense, grads, variables, positions) if update else self._step(grads, variables, positions)
+            counts = (self._update_masks(dense, grads, variables, positions) if update
+                      else self._step(grads, variables, positions))
         else:
             counts = tf.cond(update, lambda: self._update_masks(dense, grads, variables, positions),
                              lambda: self._step(grads, variables, positions, zeros=True))

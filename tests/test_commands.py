@@ -69,7 +69,8 @@ def test_gin_reference_lists_every_bindable_parameter_with_its_default(clean_gin
     lines = text.splitlines()
     for expected in ("training.epochs = 60", "training.batch_size = 64", "data.validation_fraction = 0.1",
                      "data.eval_batch_size = 1000", "model.name = 'mnist1d_cnn'", "mnist1d_cnn: model.width = 128",
-                     "resnet: model.depth = 20, model.width = 1", "RigL.drop_fraction = 0.3", "SNIP.scoring_batches = 1",
+                     "resnet: model.depth = 20, model.width = 1", "RigL.drop_fraction = 0.3",
+                     "SNIP.scoring_batches = 1",
                      "MagnitudePruning.frequency = 100"):
         assert any(line.strip() == expected for line in lines), expected
     for algorithm in algorithms.REGISTRY:  # every registered algorithm class has its section

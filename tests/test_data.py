@@ -33,7 +33,8 @@ def test_validation_split_is_held_out_of_training_and_fixed_across_seeds():
     name, total = "digits", 1437
     d = data.load(batch_size=100, seed=1, name=name)  # default: 10% held out
     held_out = int(round(0.1 * total))
-    assert (d.train_size, d.validation_size, d.steps_per_epoch) == (total - held_out, held_out, (total - held_out) // 100)
+    assert (d.train_size, d.validation_size, d.steps_per_epoch) == (
+        total - held_out, held_out, (total - held_out) // 100)
     validation = _examples(d.validation)
     assert len(validation) == held_out
     assert [int(x.shape[0]) for x, _ in d.validation][0] == min(held_out, 1000)  # batched like test
@@ -76,7 +77,8 @@ def test_digits_offline():
 
 def test_training_order_is_seeded():
     def labels(seed, epoch):
-        return np.concatenate([y.numpy() for _, y in data.load(batch_size=400, seed=seed, name="mnist1d").train_epoch(epoch)])
+        loaded = data.load(batch_size=400, seed=seed, name="mnist1d")
+        return np.concatenate([y.numpy() for _, y in loaded.train_epoch(epoch)])
 
     first = labels(3, 0)
     assert np.array_equal(first, labels(3, 0))  # an epoch's order depends on (seed, epoch) alone

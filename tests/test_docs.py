@@ -15,7 +15,8 @@ names the docs leave to the user:
 Imports (``keras``, ``tf``, ``ks``) are not provided: a block has those it makes itself and
 those of the blocks above it in the same file (a reader goes on from there). Each block runs in
 a temporary working directory, so relative paths ("sparse.keras", "logs") land there; absolute
-``/tmp/...`` paths in the block's text are rewritten to that directory too. Blocks that use tensorflow-model-optimization (the "before" code
+``/tmp/...`` paths in the block's text are rewritten to that directory too. Blocks that use
+tensorflow-model-optimization (the "before" code
 of docs/migrating_from_tfmot.md) run in a child process with a ``tf_keras`` model under the same
 names: importing tfmot switches ``tf.keras`` to Keras 2 in its process (see the brief's pitfalls).
 """

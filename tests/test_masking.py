@@ -39,7 +39,8 @@ def build_functional(seed: int = 0) -> keras.Model:
 
 def build_nested(seed: int = 0, inner_layers=None) -> keras.Model:
     keras.utils.set_random_seed(seed)
-    inner_layers = inner_layers or [L.Dense(6, activation="tanh", name="inner_fc"), L.LayerNormalization(name="inner_ln")]
+    inner_layers = inner_layers or [L.Dense(6, activation="tanh", name="inner_fc"),
+                                    L.LayerNormalization(name="inner_ln")]
     inner = keras.Sequential([keras.Input((4,)), *inner_layers], name="inner")
     inputs = keras.Input((4,))
     x = L.Dense(4, name="pre")(inputs)
@@ -261,7 +262,8 @@ def test_rnn_cells_kernel_and_recurrent_kernel_are_masked(make_rnn, cell):
 
 def test_bidirectional_and_time_distributed_in_one_model():
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((5, 3)), L.Bidirectional(L.LSTM(4, return_sequences=True, name="lstm"), name="bi"),
+    model = keras.Sequential([keras.Input((5, 3)),
+                              L.Bidirectional(L.LSTM(4, return_sequences=True, name="lstm"), name="bi"),
                               L.TimeDistributed(L.Dense(2, name="td_dense"), name="td"),
                               L.SimpleRNN(2, name="srnn")], name="rnns")
     ks.wrap(model)

@@ -34,8 +34,8 @@ class TransformerBlock(L.Layer):
         super().__init__(**kwargs)
         self.embed_dim, self.num_heads, self.ff_dim, self.rate = embed_dim, num_heads, ff_dim, rate
         self.att = L.MultiHeadAttention(num_heads=num_heads, key_dim=embed_dim, name="att")
-        self.ffn = keras.Sequential([L.Dense(ff_dim, activation="relu", name="ffn_1"), L.Dense(embed_dim, name="ffn_2")],
-                                    name="ffn")
+        self.ffn = keras.Sequential([L.Dense(ff_dim, activation="relu", name="ffn_1"),
+                                     L.Dense(embed_dim, name="ffn_2")], name="ffn")
         self.layernorm1 = L.LayerNormalization(epsilon=1e-6, name="layernorm1")
         self.layernorm2 = L.LayerNormalization(epsilon=1e-6, name="layernorm2")
         self.dropout1 = L.Dropout(rate, name="dropout1")

@@ -55,7 +55,8 @@ def test_further_pruning_study_and_rerun_skips_finished_cells(tmp_path):
 
 def test_structure_study(tmp_path):
     results, markdown, _ = run_study("structure", tmp_path, "structure_study.seeds = [0]",
-                                     "structure_study.freeze_epochs = [0.5, 1.0]", "structure_study.first_epoch_points = 4")
+                                     "structure_study.freeze_epochs = [0.5, 1.0]",
+                                     "structure_study.first_epoch_points = 4")
     rows = results["rows"]
     overall = sorted((r["step"], r["final_present"]) for r in rows if r.get("layer") == "overall")
     # 7 steps an epoch (3600 training examples, batches of 500). Snapshots: the initial mask,

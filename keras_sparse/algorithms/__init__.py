@@ -45,5 +45,5 @@ def from_config(config: dict) -> SparseAlgorithm:
     return cls(**{k: v for k, v in settings.items() if k in accepted})
 
 
-__all__ = ["from_config", "SparseAlgorithm", "FixedMask", "Dense", "StaticSparse", "MagnitudePruning", "SNIP", "SET", "RigL",
-           "REGISTRY", "register", "get"]
+__all__ = ["from_config", "SparseAlgorithm", "FixedMask", "Dense", "StaticSparse", "MagnitudePruning", "SNIP", "SET",
+           "RigL", "REGISTRY", "register", "get"]

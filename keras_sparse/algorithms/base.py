@@ -48,7 +48,8 @@ class SparseAlgorithm:
                  first_layer_dense: bool = False, seed: int = 0):
         self.sparsity = distributions.check_sparsity(sparsity)
         if isinstance(distribution, str) and distribution not in distributions.names():
-            raise ConfigError(f"Unknown sparsity distribution {distribution!r}: use one of {distributions.names()} or a dict {{layer_name: sparsity}}.")
+            raise ConfigError(f"Unknown sparsity distribution {distribution!r}: use one of {distributions.names()} "
+                              "or a dict {layer_name: sparsity}.")
         self.distribution = distribution
         self.first_layer_dense = first_layer_dense
         self.seed = int(seed)

@@ -44,7 +44,8 @@ class SET(SparseAlgorithm):
         if not 0.0 <= drop_fraction <= 1.0:
             raise ConfigError(f"{type(self).__name__}.drop_fraction={drop_fraction} must be in [0, 1].")
         if update_frequency < 1:
-            raise ConfigError(f"{type(self).__name__}.update_frequency={update_frequency} must be a positive number of steps.")
+            raise ConfigError(f"{type(self).__name__}.update_frequency={update_frequency} "
+                              "must be a positive number of steps.")
         if freeze_step is not None and freeze_epoch is not None:
             raise ConfigError(f"{type(self).__name__}: set freeze_step or freeze_epoch, not both.")
         self.drop_fraction = float(drop_fraction)

@@ -50,7 +50,8 @@ class FixedMask(SparseAlgorithm):
     def setup(self, shapes, total_steps: int, steps_per_epoch: int) -> None:
         super().setup(shapes, total_steps, steps_per_epoch)
         if set(self.masks) != set(self.shapes):
-            raise ConfigError(f"FixedMask has masks for {sorted(self.masks)} but the model masks {sorted(self.shapes)}.")
+            raise ConfigError(f"FixedMask has masks for {sorted(self.masks)} "
+                              f"but the model masks {sorted(self.shapes)}.")
         for key, mask in self.masks.items():
             if mask.shape != self.shapes[key]:
                 raise ConfigError(f"FixedMask: mask {key!r} has shape {mask.shape}, the kernel {self.shapes[key]}.")

@@ -75,7 +75,9 @@ def run_grid(logdir: str, cells: Sequence[Cell], function: CellFunction, jobs: i
             log(f"[{n}/{len(pending)}] done: {cell_id(cell)}")
     else:
         context = multiprocessing.get_context("spawn")
-        with context.Pool(jobs, initializer=_init_worker, initargs=(gin.config_str(), getattr(function, "func", function).__module__), maxtasksperchild=1) as pool:
+        with context.Pool(jobs, initializer=_init_worker,
+                          initargs=(gin.config_str(), getattr(function, "func", function).__module__),
+                          maxtasksperchild=1) as pool:
             for n, (cell, result, _) in enumerate(pool.imap_unordered(_call, pending), 1):
                 results[cell_id(cell)] = result
                 log(f"[{n}/{len(pending)}] done: {cell_id(cell)}")
