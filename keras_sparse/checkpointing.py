@@ -1,12 +1,13 @@
 """Checkpoints of a training run: the model, the optimizer (its step counter is the resume
-position), the masks, and the loop's host-side state (history and callbacks' counters) as JSON."""
+position), the masks, and the loop's host-side state as JSON: the history and each callback's
+``get_state()``."""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
-from typing import Any
+from typing import Any, Sequence
 
 import tensorflow as tf
 
@@ -40,13 +41,16 @@ class RunCheckpoint:
         """The newest checkpoint's path, or None."""
         return self._open().latest_checkpoint
 
-    def save(self, step: int, state: dict[str, Any]) -> str:
-        """Writes a checkpoint numbered ``step`` with ``state``; returns its path."""
-        self._state.assign(json.dumps(state))
+    def save(self, step: int, history: list, callbacks: Sequence = ()) -> str:
+        """Writes a checkpoint numbered ``step`` with ``history`` and the callbacks' states;
+        returns its path."""
+        states = {key: c.get_state() for key, c in _keyed(callbacks).items() if c.get_state() is not None}
+        self._state.assign(json.dumps({"history": history, "callbacks": states}))
         return self._open().save(checkpoint_number=step)
 
-    def restore(self) -> dict[str, Any] | None:
-        """Restores the newest readable checkpoint and returns its state (None: no checkpoint).
+    def restore(self, callbacks: Sequence = ()) -> list | None:
+        """Restores the newest readable checkpoint, gives each callback its saved state, and
+        returns the history (None: no checkpoint).
 
         A corrupt or truncated checkpoint is reported by name and the previous one is tried; if
         none can be read, a ``ConfigError`` names the newest.
@@ -58,10 +62,27 @@ class RunCheckpoint:
             try:
                 self._checkpoint.restore(path).assert_existing_objects_matched()
                 self.restored_from = path
-                return json.loads(self._state.numpy().decode())
+                state = json.loads(self._state.numpy().decode())
+                for key, callback in _keyed(callbacks).items():
+                    if key in state["callbacks"]:
+                        callback.set_state(state["callbacks"][key])
+                return state["history"]
             except (tf.errors.OpError, ValueError, AssertionError, IndexError, KeyError) as error:
                 print(f"warning: checkpoint {path} cannot be read ({type(error).__name__}); trying the previous one.",
                       file=sys.stderr, flush=True)
         raise ConfigError(f"No readable checkpoint in {os.path.dirname(manager.checkpoints[-1])} "
                           f"(newest: {manager.checkpoints[-1]}): restore it from a backup, or use "
                           "another logdir / --overwrite to start again.")
+
+
+def _keyed(callbacks: Sequence) -> dict[str, Any]:
+    """Callbacks by a key for their saved state: the class name, numbered when repeated."""
+    keyed: dict[str, Any] = {}
+    for callback in callbacks:
+        name = type(callback).__name__
+        key, n = name, 1
+        while key in keyed:
+            n += 1
+            key = f"{name}#{n}"
+        keyed[key] = callback
+    return keyed

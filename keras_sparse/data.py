@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_sparse.errors import ConfigError
+from keras_sparse.registry import Registry
 
 
 class DataUnavailableError(ConfigError):
@@ -57,6 +58,10 @@ class Data:
     validation_size: int = 0
 
 
+OFFLINE: Registry[Callable[[int], tuple[np.ndarray, ...]]] = Registry("offline data set")
+
+
+@OFFLINE.register("mnist1d")
 def _mnist1d(seed: int) -> tuple[np.ndarray, ...]:
     from mnist1d.data import get_dataset_args, make_dataset
 
@@ -70,6 +75,7 @@ def _mnist1d(seed: int) -> tuple[np.ndarray, ...]:
             data["x_test"][..., None].astype("float32"), data["y_test"].astype("int64"))
 
 
+@OFFLINE.register("digits")
 def _digits(seed: int) -> tuple[np.ndarray, ...]:
     from sklearn.datasets import load_digits
 
@@ -82,7 +88,6 @@ def _digits(seed: int) -> tuple[np.ndarray, ...]:
     return x[train], y[train], x[test], y[test]
 
 
-OFFLINE = {"mnist1d": _mnist1d, "digits": _digits}
 
 
 # Where tensorflow-datasets keeps its own files and many of its image sets: if this host cannot be
@@ -95,7 +100,7 @@ def _no_network(host: str = PROBE_HOST, timeout: float = PROBE_TIMEOUT_S) -> str
     """Why ``host`` cannot be reached (DNS and a TCP connection to port 443, ``timeout`` in all),
     or None if it can, or if a proxy is configured (then the proxy resolves names).
 
-    tfds retries a failed download 10 times with exponential backoff (3 min 24 s offline), and a
+    tfds retries a failed download 10 times with exponential backoff (minutes, offline), and a
     stalled DNS lookup has no timeout of its own: the probe runs in a daemon thread and is
     abandoned after ``timeout``.
     """
@@ -156,11 +161,13 @@ def _tfds_splits(name: str, data_dir: str | None, download: bool):
         builder = tfds.builder(name, data_dir=data_dir, try_gcs=False)
     except Exception as error:  # tfds raises DatasetNotFoundError for an unknown name
         raise DataUnavailableError(
-            f"Unknown data set {name!r}: use one of {sorted(OFFLINE)} or a tensorflow-datasets name ({error.__class__.__name__})."
+            f"Unknown data set {name!r}: use one of {sorted(OFFLINE)} or a tensorflow-datasets name "
+            f"({error.__class__.__name__})."
         ) from None
     if not builder.is_prepared():
         if not download:
-            raise DataUnavailableError(f"Data set {name!r} is not prepared in {where}: download it there (tfds build {name}) or set data.download = True.")
+            raise DataUnavailableError(f"Data set {name!r} is not prepared in {where}: download it there "
+                                       f"(tfds build {name}) or set data.download = True.")
         # tfds.testing.mock_data makes download_and_prepare a no-op: then nothing goes on the network.
         mocked = type(builder).download_and_prepare.__module__.startswith("tensorflow_datasets.testing")
         reason = None if mocked else _no_network()
@@ -206,7 +213,8 @@ def _split_arrays(x: np.ndarray, y: np.ndarray, fraction: float) -> tuple[np.nda
     """Training and validation arrays: a fixed random share held out (``VALIDATION_SPLIT_SEED``);
     the training examples keep their order."""
     held_out = np.zeros(len(y), dtype=bool)
-    held_out[np.random.default_rng(VALIDATION_SPLIT_SEED).permutation(len(y))[:validation_count(len(y), fraction)]] = True
+    order = np.random.default_rng(VALIDATION_SPLIT_SEED).permutation(len(y))
+    held_out[order[:validation_count(len(y), fraction)]] = True
     return x[~held_out], y[~held_out], x[held_out], y[held_out]
 
 
@@ -250,7 +258,7 @@ def load(batch_size: int, seed: int = 0, name: str = "mnist1d", data_dir: str | 
         raise ConfigError(f"data.validation_fraction={validation_fraction!r} must be at least 0 and below 1: "
                           "e.g. 0.1 holds out 10% of the training examples, 0 none.")
     if name in OFFLINE:
-        x, y, x_test, y_test = OFFLINE[name](seed)
+        x, y, x_test, y_test = OFFLINE.get(name)(seed)
         total = len(y)
         train_size = _check_sizes(name, batch_size, validation_fraction, total)
         input_shape, num_classes = x.shape[1:], int(y.max()) + 1

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from keras_sparse.errors import ConfigError
 
+
 def as_dataset(data: Any, batch_size: int) -> Any:
     """``data`` as batches: a tf.data data set or a function of the epoch as it is, NumPy arrays
     ``(x, y)`` batched by ``batch_size`` in order (as ``model.fit(x, y, shuffle=False)``)."""

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from keras_sparse.epochs import without_autotune
 
+
 def resolve_metric(metric: Any, y_shape: tf.TensorShape, prediction_shape: tf.TensorShape) -> keras.metrics.Metric:
     """A Keras metric from what ``model.compile(metrics=...)`` takes: a ``Metric`` as it is; the
     names ``"accuracy"``/``"acc"`` as the accuracy that fits the labels (one-hot, integer class

@@ -18,9 +18,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_sparse import data as data_lib
-from keras_sparse import files
+from keras_sparse import files, models
 from keras_sparse import logdir as logdir_lib
-from keras_sparse import models
 from keras_sparse.algorithms import SparseAlgorithm, get
 from keras_sparse.errors import ConfigError
 from keras_sparse.masking import export_saved_model, wrap

@@ -21,7 +21,7 @@ def topk_mask(scores: tf.Tensor, k: tf.Tensor | int) -> tf.Tensor:
 
     No sort: a radix select over the float32 values' bit patterns finds the k-th largest score
     in three histogram passes (``_kth_largest_key``), then ties at it are taken in index order.
-    A full sort of a 235k-weight kernel took 44 ms under XLA on CPU, this about 0.5 ms
+    A full sort of a large kernel dominated RigL's update time on CPU; a select does not sort
     (BENCHMARKS.md). ``k`` may be a tensor that changes from call to call without recompiling.
     """
     flat = tf.reshape(scores, [-1])

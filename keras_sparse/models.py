@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import gin
 import keras
 
+from keras_sparse.errors import ConfigError
 from keras_sparse.registry import Registry
 
 layers = keras.layers

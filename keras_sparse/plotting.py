@@ -17,7 +17,6 @@ process's matplotlib backend, no display needed.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any, Mapping, Sequence
@@ -27,27 +26,11 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from keras_sparse.errors import ConfigError
+from keras_sparse.files import read_metrics
 
-METRICS_FILE = "metrics.json"
 LAYER_SPARSITY_PNG = "layer_sparsity.png"
 CURVES_PNG = "training_curves.png"
 MAX_LEGEND_LAYERS = 10
-
-
-def read_metrics(logdir: str) -> dict[str, Any]:
-    """The run's ``metrics.json``; a ``ConfigError`` naming the file if it is missing or unreadable."""
-    path = os.path.join(logdir, METRICS_FILE)
-    if not os.path.isfile(path):
-        raise ConfigError(f"No {METRICS_FILE} in {logdir!r}: plot the logdir of a finished run "
-                          "(binaries/train.py writes it at the end).")
-    try:
-        with open(path) as f:
-            metrics = json.load(f)
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"Cannot read {path}: {error}") from None
-    if not isinstance(metrics, dict):
-        raise ConfigError(f"{path} does not hold a JSON object.")
-    return metrics
 
 
 def _number(value: Any) -> float:

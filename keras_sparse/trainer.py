@@ -1,17 +1,15 @@
 """``Trainer``: the training loop for masked models: epochs, compiled calls and the resume position.
 
-What a step computes lives in ``keras_sparse.steps`` (XLA-compiled programs on the
-``SparseOptimizer``, the core ``model.fit`` uses too), the batches of each epoch in
-``keras_sparse.epochs``, evaluation in ``keras_sparse.evaluation``, checkpoints in
-``keras_sparse.checkpointing``; progress lines, TensorBoard, training-cost accounting and the
-NaN check are callbacks (``keras_sparse.callbacks``). The loop asks the algorithm only when its
-masks change (``is_update_step``); it never branches on which algorithm it runs.
+The compiled steps are in ``steps``, each epoch's batches in ``epochs``, evaluation in
+``evaluation``, checkpoints in ``checkpointing``; everything else is a callback (``callbacks``).
+The loop asks the algorithm only when masks change; it never branches on which algorithm runs.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from typing import Any, Callable, Sequence
 
@@ -49,17 +47,14 @@ class Trainer:
             and ``fit`` resumes from the latest checkpoint it finds.
         progress: print a line per epoch (``callbacks.ProgressLogger``).
         log_every_steps: how often the training loss is read (progress bar, TensorBoard, NaN check).
-        strategy: a ``tf.distribute`` strategy; build and wrap the model (and make the optimizer)
-            inside ``strategy.scope()``. Batches are global batches, split over the replicas;
-            mask updates use the all-reduced gradients, so every replica holds the same masks.
-            With more than one replica the step is not XLA-compiled: XLA cannot compile a step
-            whose variables live on several devices.
-        steps_per_execution: run up to this many training steps per compiled call (like Keras's
-            ``steps_per_execution``): batches are stacked K at a time and looped over inside
-            one XLA program. Mask updates stay on schedule (a call ends at each update step).
-            Batches must have a fixed shape (``drop_remainder=True``); one device only.
-            Callbacks' ``on_step_end`` then runs once per call. The arithmetic is the same as
-            one step a call up to float rounding (XLA may fuse the loop body differently).
+        strategy: a ``tf.distribute`` strategy; build and wrap the model inside its scope.
+            Batches are global batches; mask updates use the all-reduced gradients, so every
+            replica holds the same masks. Several replicas run without XLA (it cannot compile a
+            step whose variables live on several devices).
+        steps_per_execution: up to this many steps per compiled call (one XLA loop over batches
+            stacked K at a time; one device only; a call ends at each mask update). Callbacks'
+            ``on_step_end`` then runs once per call; results equal one step a call up to float
+            rounding.
     """
 
     def __init__(self, model: keras.Model, algorithm: SparseAlgorithm | None,
@@ -124,15 +119,17 @@ class Trainer:
         """Gives the algorithm the length of training; its checks (a per-layer map naming a
         missing layer, a freeze step after the end, …) raise here, before anything is read from
         or written to the logdir. ``fit`` calls it. Once training has started the schedule stays:
-        a later, longer ``fit`` call says once that it trains past the schedule's end."""
+        a later, longer ``fit`` call says once (on stderr) that it trains past the schedule's end."""
         self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
         if not self._set_up:
             self.optimizer.set_schedule(epochs * steps_per_epoch, steps_per_epoch)
             self.optimizer.prepare(initialize=False)
         elif epochs * steps_per_epoch > self.optimizer.total_steps and not self._said_past_end:
             self._said_past_end = True
-            print(f"keras-sparse: this fit call runs to step {epochs * steps_per_epoch}, past the schedule's "
-                  f"{self.optimizer.total_steps} steps: from there on the masks stay as they are.", flush=True)
+            print(f"keras-sparse: this fit call runs to step {epochs * steps_per_epoch}, past the "
+                  f"{self.optimizer.total_steps} steps the sparsity schedule was set up for by the first fit call: "
+                  f"it is not stretched (mask updates stop at step {self.algorithm.update_horizon()}).",
+                  file=sys.stderr, flush=True)
 
     def fit(self, train_data: tf.data.Dataset | Callable[[int], tf.data.Dataset] | tuple, epochs: int,
             validation_data: tf.data.Dataset | tuple | None = None, steps_per_epoch: int | None = None,
@@ -167,7 +164,7 @@ class Trainer:
                 if stop_signal() is not None:
                     self._stop(stop_signal(), callbacks)
                 record = {"epoch": epoch + 1, "step": self.step,
-                          "train_loss": float(np.mean(np.concatenate([np.reshape(l, -1) for l in losses]))),
+                          "train_loss": float(np.mean(np.concatenate([np.reshape(loss, -1) for loss in losses]))),
                           "seconds": time.perf_counter() - started, "sparsity": self.sparsity()}
                 if validation_data is not None:
                     record.update({f"val_{k}": v for k, v in self.evaluate(validation_data).items()})
@@ -185,13 +182,9 @@ class Trainer:
         if self._set_up:
             return
         self._set_up = True
-        state = self.checkpoint.restore() if self.checkpoint is not None else None
-        if state is not None:
-            self.step = int(self.optimizer.iterations.numpy())
-            self.history = state["history"]
-            for key, callback in _keyed(callbacks).items():
-                if key in state["callbacks"]:
-                    callback.set_state(state["callbacks"][key])
+        history = self.checkpoint.restore(callbacks) if self.checkpoint is not None else None
+        if history is not None:
+            self.step, self.history = int(self.optimizer.iterations.numpy()), history
             print(f"Resuming from step {self.step} of {self.epochs * self.steps_per_epoch} "
                   f"({self.checkpoint.restored_from}).", flush=True)
         elif self.step == 0 and not self.optimizer.masks_initialized:
@@ -261,8 +254,7 @@ class Trainer:
             return None
         for callback in callbacks:
             callback.on_checkpoint(self)
-        states = {key: c.get_state() for key, c in _keyed(callbacks).items() if c.get_state() is not None}
-        return self.checkpoint.save(self.step, {"history": self.history, "callbacks": states})
+        return self.checkpoint.save(self.step, self.history, callbacks)
 
     def _stop(self, signal_number: int, callbacks: Sequence[Callback]) -> None:
         path = self._save(callbacks)
@@ -302,15 +294,3 @@ class Trainer:
             "algorithm": self.algorithm.config(),
         }
 
-
-def _keyed(callbacks: Sequence[Callback]) -> dict[str, Callback]:
-    """Callbacks by a key for their checkpointed state: the class name, numbered when repeated."""
-    keyed: dict[str, Callback] = {}
-    for callback in callbacks:
-        name = type(callback).__name__
-        key, n = name, 1
-        while key in keyed:
-            n += 1
-            key = f"{name}#{n}"
-        keyed[key] = callback
-    return keyed

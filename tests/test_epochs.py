@@ -3,11 +3,10 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import make_arrays
 
 from keras_sparse import epochs
 from keras_sparse.errors import ConfigError
-
-from conftest import make_arrays
 
 
 def _batches(n=32, batch=8, options: tf.data.Options | None = None, drop_remainder=True) -> tf.data.Dataset:

@@ -7,7 +7,8 @@ import sys
 import gin
 import pytest
 
-from keras_sparse import config, experiment, logdir
+from keras_sparse import experiment, logdir
+from keras_sparse.config import parse_gin
 from keras_sparse.errors import ConfigError, TrainingDivergedError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,14 +39,14 @@ def finished_run(tmp_path_factory):
     """A logdir holding a finished one-epoch RigL run."""
     gin.clear_config()
     path = str(tmp_path_factory.mktemp("finished") / "run")
-    config.parse_gin([RIGL], FAST)
+    parse_gin([RIGL], FAST)
     experiment.train(path, seed=0)
     gin.clear_config()
     return path
 
 
 def train(logdir_path, *bindings, overwrite=False):
-    config.parse_gin([RIGL], [*FAST, *bindings])
+    parse_gin([RIGL], [*FAST, *bindings])
     return experiment.train(logdir_path, seed=0, overwrite=overwrite)
 
 
@@ -70,12 +71,12 @@ def test_bad_setting_is_refused_before_touching_the_logdir(finished_run, binding
                                              ("RigL.spars = 0.5", "doesn't have a parameter named 'spars'")])
 def test_unknown_gin_configurable_or_parameter(binding, message):
     with pytest.raises(ConfigError, match=message):
-        config.parse_gin([RIGL], [binding])
+        parse_gin([RIGL], [binding])
 
 
 def test_missing_gin_file():
     with pytest.raises(ConfigError, match="not found"):
-        config.parse_gin(["gin_configs/no_such.gin"], [])
+        parse_gin(["gin_configs/no_such.gin"], [])
 
 
 def test_a_failed_start_leaves_no_empty_logdir(tmp_path):
@@ -144,7 +145,7 @@ def test_second_process_on_the_same_logdir_is_refused(tmp_path):
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     path = str(tmp_path / "run")
-    config.parse_gin([RIGL], [*FAST, "training.lr_schedule = 'constant'"])
+    parse_gin([RIGL], [*FAST, "training.lr_schedule = 'constant'"])
     run = experiment.build_run(0, logdir=path)
     run.trainer.fit(run.data.train_epoch, 1, steps_per_epoch=run.data.steps_per_epoch)  # ckpt-7, healthy
     run.trainer.optimizer.learning_rate.assign(1e30)  # then the weights blow up

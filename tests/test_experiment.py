@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_sparse import config, data, experiment
+from keras_sparse import data, experiment
+from keras_sparse.config import parse_gin
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = ["dense", "static", "magnitude", "snip", "set", "rigl", "rigl_frozen"]
@@ -29,11 +31,11 @@ def clean_gin():
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_every_algorithm_config_trains(config, tmp_path):
-    config.parse_gin([os.path.join(ROOT, "gin_configs", f"{config}.gin")], SHORT + ["training.export = False"])
+    parse_gin([os.path.join(ROOT, "gin_configs", f"{config}.gin")], SHORT + ["training.export = False"])
     metrics = experiment.train(str(tmp_path), seed=1)
     expected_sparsity = 0.0 if config == "dense" else 0.9
     assert metrics["sparsity"] == pytest.approx(expected_sparsity, abs=2e-3)
-    assert metrics["steps"] == 124
+    assert metrics["steps"] == 112  # 2 epochs of 3600 training examples (10% held out) in batches of 64
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and np.isfinite(metrics["test_loss"])
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("test_accuracy", "test_loss", "sparsity", "layer_sparsity", "steps", "dense_gradient_steps",
@@ -46,11 +48,11 @@ def test_dense_gradient_counts_per_config(tmp_path):
     counts = {}
     for config in ("dense", "rigl", "rigl_frozen", "static"):
         gin.clear_config()
-        config.parse_gin([os.path.join(ROOT, "gin_configs", f"{config}.gin")], SHORT + ["training.export = False"])
+        parse_gin([os.path.join(ROOT, "gin_configs", f"{config}.gin")], SHORT + ["training.export = False"])
         counts[config] = experiment.train(str(tmp_path / config), seed=0)["dense_gradient_steps"]
-    # RigL updates every 15 steps from step 0 until 75% of 124 steps (steps 0..90); frozen RigL
-    # stops at the end of epoch 1 (step 62): updates at 0, 15, 30, 45, 60.
-    assert counts == {"dense": 124, "rigl": 7, "rigl_frozen": 5, "static": 0}
+    # RigL updates every 15 steps from step 0 until 75% of 112 steps (steps 0..75); frozen RigL
+    # stops at the end of epoch 1 (step 56): updates at 0, 15, 30, 45.
+    assert counts == {"dense": 112, "rigl": 6, "rigl_frozen": 4, "static": 0}
 
 
 def _run_binary(*args, cwd=ROOT):
@@ -74,21 +76,32 @@ def test_train_binary_end_to_end_and_resume_past_a_corrupt_checkpoint(tmp_path):
     assert not (logdir / ".lock").exists()
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(logdir))
     metrics = json.loads((logdir / "metrics.json").read_text())
-    assert metrics["steps"] == 124 and metrics["seed"] == 3
+    assert metrics["steps"] == 112 and metrics["seed"] == 3
+    # Each epoch line has its time and speed; the run ends with a summary of the result and its files.
+    epoch_lines = [line for line in first.stdout.splitlines() if line.startswith("  train_loss=")]
+    assert len(epoch_lines) == 2 and all(re.search(r"val_accuracy=.* — [\d.]+ s, \d+ steps/s$", line)
+                                         for line in epoch_lines)
+    assert re.search(r"^Done: test accuracy \d+\.\d\d%, test loss", first.stdout, re.M)
+    for path in ("metrics.json", "saved_model"):
+        assert str(logdir / path) in first.stdout
+    assert f"tensorboard --logdir {logdir}" in first.stdout
+    assert "test_accuracy" in metrics and all("test_accuracy" not in record for record in metrics["history"])
 
     loaded = tf.saved_model.load(str(logdir / "saved_model"))
     x = next(iter(data.load(batch_size=4, name="mnist1d").test))[0][:4]
     assert loaded.signatures["serving_default"](x)["output_0"].shape == (4, 10)
 
-    # Truncate the newest checkpoint (step 124): the rerun names it, falls back to step 62,
+    # Truncate the newest checkpoint (step 112): the rerun names it, falls back to step 56,
     # trains epoch 2 again and ends where the first run ended.
-    newest = next(p for p in (logdir / "checkpoints").iterdir() if p.name.startswith("ckpt-124.data"))
+    newest = next(p for p in (logdir / "checkpoints").iterdir() if p.name.startswith("ckpt-112.data"))
     newest.write_bytes(newest.read_bytes()[:100])
+    (logdir / "metrics.json").unlink()  # else the rerun would find the run finished
     second = _run_binary(*args)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "ckpt-124" in second.stderr and "trying the previous one" in second.stderr
+    assert "ckpt-112" in second.stderr and "trying the previous one" in second.stderr
+    assert f"Resuming from step 56 of 112 ({logdir / 'checkpoints' / 'ckpt-56'})." in second.stdout
     resumed = json.loads((logdir / "metrics.json").read_text())
-    assert resumed["steps"] == 124
+    assert resumed["steps"] == 112
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     assert resumed["test_accuracy"] == metrics["test_accuracy"]
 
@@ -109,7 +122,7 @@ def test_train_binary_missing_tfds_set_is_one_clear_line(tmp_path):
 def test_tfds_data_and_model_configs_compose_with_an_algorithm_config(config, shape, tmp_path):
     import tensorflow_datasets as tfds
 
-    config.parse_gin([os.path.join(ROOT, "gin_configs", "rigl.gin"), os.path.join(ROOT, "gin_configs", config)],
+    parse_gin([os.path.join(ROOT, "gin_configs", "rigl.gin"), os.path.join(ROOT, "gin_configs", config)],
                          ["training.epochs = 1", "training.batch_size = 32", "training.progress = False",
                           "training.jit_compile = False"])
     with tfds.testing.mock_data(num_examples=64):
@@ -117,13 +130,14 @@ def test_tfds_data_and_model_configs_compose_with_an_algorithm_config(config, sh
         assert run.data.input_shape == shape
         assert run.trainer.algorithm.update_frequency == 100  # the data config's own setting
         run.fit()
-    assert run.trainer.step == 2 and abs(run.trainer.sparsity() - 0.9) < 2e-3
+    # 64 mock examples: 6 held out for validation, 58 train: one batch of 32 an epoch.
+    assert run.trainer.step == 1 and abs(run.trainer.sparsity() - 0.9) < 2e-3
 
 
 def test_model_seed_changes_the_initialization_not_the_data_order():
     """The reinit study's "new_init" variant: another model_seed gives other initial weights,
     and the same seed gives the same data order."""
-    config.parse_gin([os.path.join(ROOT, "gin_configs", "static.gin")], SHORT)
+    parse_gin([os.path.join(ROOT, "gin_configs", "static.gin")], SHORT)
     same = experiment.build_run(seed=0, model_seed=0)
     new = experiment.build_run(seed=0, model_seed=10_000)
     again = experiment.build_run(seed=0)

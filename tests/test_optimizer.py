@@ -14,12 +14,23 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import (
+    RUN_EPOCHS,
+    RUN_STEPS_PER_EPOCH,
+    RUN_TOTAL_STEPS,
+    SMALL_RUN_ALGORITHMS,
+    build_convnet,
+    build_mlp,
+    build_small_convnet,
+    loss_fn,
+    make_arrays,
+    make_dataset,
+    run_algorithms,
+    small_convnet_data,
+)
 
 import keras_sparse as ks
 from keras_sparse import algorithms
-
-from conftest import (RUN_EPOCHS, RUN_STEPS_PER_EPOCH, RUN_TOTAL_STEPS, SMALL_RUN_ALGORITHMS, build_convnet, build_mlp,
-                      build_small_convnet, loss_fn, make_arrays, make_dataset, run_algorithms, small_convnet_data)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12  # small_convnet_data: 6 steps an epoch, 2 epochs
@@ -110,7 +121,8 @@ def test_data_kinds_and_string_losses(kind):
     x, y = make_arrays(64, (8,), 2, seed=1)
     y = y.astype("float32")[:, None]
     model = build_mlp(n_in=8, n_out=1)
-    model.compile(optimizer=ks.SparseOptimizer(keras.optimizers.SGD(0.1), algorithms.RigL(sparsity=0.7, update_frequency=2),
+    model.compile(optimizer=ks.SparseOptimizer(keras.optimizers.SGD(0.1),
+                                               algorithms.RigL(sparsity=0.7, update_frequency=2),
                                                total_steps=16, model=model),
                   loss="binary_crossentropy", jit_compile=True)
     if kind == "numpy":
@@ -198,7 +210,8 @@ def test_keras_callbacks(tmp_path):
     callbacks = [ks.SparsityCallback(), keras.callbacks.EarlyStopping(monitor="loss", patience=5),
                  keras.callbacks.ModelCheckpoint(str(tmp_path / "best.keras")),
                  keras.callbacks.ModelCheckpoint(str(tmp_path / "w.weights.h5"), save_weights_only=True),
-                 keras.callbacks.TensorBoard(str(tmp_path / "tb")), keras.callbacks.CSVLogger(str(tmp_path / "log.csv"))]
+                 keras.callbacks.TensorBoard(str(tmp_path / "tb")),
+                 keras.callbacks.CSVLogger(str(tmp_path / "log.csv"))]
     model.fit(small_convnet_data(), epochs=2, verbose=0, callbacks=callbacks)
     assert "sparsity" in (tmp_path / "log.csv").read_text().splitlines()[0]
     assert os.listdir(tmp_path / "tb")
@@ -239,7 +252,8 @@ np.savez(out, *[v.numpy() for v in model.weights], *ks.get_masks(model).values()
 
 def test_backup_and_restore_after_a_kill_gives_the_uninterrupted_run(tmp_path):
     def run(mode, name):
-        return subprocess.run([sys.executable, "-c", BACKUP, mode, str(tmp_path / name), str(tmp_path / f"backup-{name}")],
+        return subprocess.run([sys.executable, "-c", BACKUP, mode, str(tmp_path / name),
+                               str(tmp_path / f"backup-{name}")],
                               cwd=ROOT, capture_output=True, text=True, timeout=300,
                               env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
 

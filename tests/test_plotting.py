@@ -12,7 +12,8 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from keras_sparse import config, experiment, plotting
+from keras_sparse import experiment, plotting
+from keras_sparse.config import parse_gin
 from keras_sparse.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -103,7 +104,7 @@ def clean_gin():
 
 def test_plot_a_real_run(tmp_path, clean_gin):
     """A two-epoch RigL run through keras_sparse.experiment, plotted into its logdir."""
-    config.parse_gin([os.path.join(ROOT, "gin_configs", "rigl.gin")],
+    parse_gin([os.path.join(ROOT, "gin_configs", "rigl.gin")],
                          ["training.epochs = 2", "model.width = 8", "training.progress = False",
                           "training.export = False"])
     logdir = str(tmp_path / "run")

@@ -19,13 +19,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = r"""
 import json, os, sys
 import numpy as np
-from keras_sparse import config, experiment
+from keras_sparse import experiment
+from keras_sparse.config import parse_gin
 from keras_sparse.callbacks import Callback
 from keras_sparse.errors import TrainingInterrupted
 
 logdir, root = sys.argv[1], sys.argv[2]
 kill = (int(sys.argv[3]), int(sys.argv[4])) if len(sys.argv) > 4 else None
-config.parse_gin([os.path.join(root, "gin_configs", "rigl.gin")],
+parse_gin([os.path.join(root, "gin_configs", "rigl.gin")],
                      ["training.epochs = 3", "training.batch_size = 500", "model.width = 8",
                       "training.progress = False", "RigL.update_frequency = 2", "training.export = False"])
 

@@ -10,7 +10,8 @@ import gin
 import pytest
 import tensorflow as tf
 
-from keras_sparse import config, experiment
+from keras_sparse import experiment
+from keras_sparse.config import parse_gin
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,7 +33,7 @@ def read_events(logdir):
 def rigl_run(tmp_path_factory):
     gin.clear_config()
     logdir = str(tmp_path_factory.mktemp("tb") / "run")
-    config.parse_gin([os.path.join(ROOT, "gin_configs", "rigl.gin")],
+    parse_gin([os.path.join(ROOT, "gin_configs", "rigl.gin")],
                          ["training.epochs = 2", "training.batch_size = 500", "model.width = 8",
                           "RigL.update_frequency = 2", "training.progress = False", "training.export = False"])
     experiment.train(logdir, seed=0)

@@ -6,12 +6,18 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import (
+    RUN_EPOCHS,
+    RUN_STEPS_PER_EPOCH,
+    RUN_TOTAL_STEPS,
+    build_convnet,
+    loss_fn,
+    make_dataset,
+    run_algorithms,
+)
 
 import keras_sparse as ks
 from keras_sparse import algorithms, mask_ops
-
-from conftest import (RUN_EPOCHS, RUN_STEPS_PER_EPOCH, RUN_TOTAL_STEPS, build_convnet, loss_fn, make_arrays,
-                      make_dataset, run_algorithms)
 
 
 def _loss():

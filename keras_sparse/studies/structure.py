@@ -14,11 +14,11 @@ from typing import Any, Sequence
 import gin
 import matplotlib.pyplot as plt
 
+from keras_sparse.callbacks import Callback
 from keras_sparse.masking import get_masks
 from keras_sparse.studies import common
 from keras_sparse.studies.grid import run_grid
 from keras_sparse.studies.measures import mask_overlap
-from keras_sparse.callbacks import Callback
 
 
 class MaskSnapshots(Callback):
