@@ -33,13 +33,16 @@ def test_help_lists_the_shipped_gin_configs(command, tmp_path):
             assert f"\n  {name} " in result.stdout
 
 
-def test_train_runs_from_any_directory_with_a_shipped_config_name(tmp_path):
+def test_train_runs_from_any_directory_with_a_shipped_config_name_and_noprogress(tmp_path):
     result = subprocess.run(["keras-sparse-train", "--gin_config=static.gin", f"--logdir={tmp_path / 'run'}",
                              "--gin_bindings=training.epochs = 1", "--gin_bindings=model.width = 8",
-                             "--gin_bindings=training.batch_size = 500", "--gin_bindings=training.export = False"],
+                             "--gin_bindings=training.batch_size = 500", "--gin_bindings=training.export = False",
+                             "--noprogress"],
                             capture_output=True, text=True, timeout=300, env=ENV, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "run" / "metrics.json").exists()
+    # --noprogress silences the epoch lines, not the final summary.
+    assert "Epoch" not in result.stdout and result.stdout.startswith("Done: test accuracy ")
     plot = subprocess.run(["keras-sparse-plot", str(tmp_path / "run")], capture_output=True, text=True, timeout=120,
                           env=ENV)
     assert plot.returncode == 0, plot.stderr[-2000:]

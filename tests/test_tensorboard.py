@@ -3,8 +3,6 @@
 import glob
 import math
 import os
-import subprocess
-import sys
 
 import gin
 import pytest
@@ -71,16 +69,3 @@ def test_drop_fraction_and_overlap_at_each_update(rigl_run):
 def test_mask_images(rigl_run):
     _, images = rigl_run
     assert {"masks/conv1/kernel", "masks/conv2/kernel", "masks/logits/kernel"} <= images
-
-
-def test_noprogress_silences_the_epoch_lines(tmp_path):
-    args = [sys.executable, os.path.join(ROOT, "binaries", "train.py"), "--gin_config=static.gin",
-            "--gin_bindings=training.epochs = 1", "--gin_bindings=model.width = 8",
-            "--gin_bindings=training.batch_size = 500", "--gin_bindings=training.export = False"]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    loud = subprocess.run(args + [f"--logdir={tmp_path / 'a'}"], capture_output=True, text=True, env=env, timeout=300)
-    quiet = subprocess.run(args + [f"--logdir={tmp_path / 'b'}", "--noprogress"], capture_output=True, text=True,
-                           env=env, timeout=300)
-    assert loud.returncode == quiet.returncode == 0, quiet.stderr[-2000:]
-    assert "Epoch 1/1" in loud.stdout and "Epoch" not in quiet.stdout
-    assert "\r" not in loud.stdout  # not a terminal: no progress bar, only the epoch lines
