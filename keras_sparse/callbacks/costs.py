@@ -21,7 +21,7 @@ class TrainingCost(Callback):
         self.training_flops = 0.0  # in dense training steps
         self._counted = 0  # steps counted so far
         self._forward: dict[str, float] = {}
-        self._densities: dict[str, float] = {}
+        self._step_cost = {False: 0.0, True: 0.0}  # a step's cost in dense steps, by dense-gradient use
 
     def relative_flops(self, steps: int) -> float:
         """Training FLOPs per step relative to dense training, over ``steps`` steps."""
@@ -35,21 +35,27 @@ class TrainingCost(Callback):
     def on_train_begin(self, trainer) -> None:
         macs = flops.forward_macs(trainer.model, trainer.kernels)
         self._forward = {k.key: 2.0 * m for k, m in zip(trainer.kernels, macs)}
-        self._densities = trainer.layer_densities()
+        self._set_densities(trainer.layer_densities())
         self._counted = trainer.step
+
+    def _set_densities(self, densities: dict[str, float]) -> None:
+        # A step's cost depends only on the densities and on whether it needs the dense gradient:
+        # both costs are worked out once per mask change, not once per step.
+        dense_step = flops.dense_step_cost(self._forward)
+        self._step_cost = {uses_dense: flops.step_cost(self._forward, densities, uses_dense) / dense_step
+                           for uses_dense in (False, True)}
 
     def on_step_end(self, trainer, losses) -> None:
         # Steps are costed at the densities before this call's mask update (if any).
-        dense_cost = flops.dense_step_cost(self._forward)
         for step in range(self._counted, trainer.step):
             uses_dense = trainer.algorithm.uses_dense_gradient(step)
-            self.training_flops += flops.step_cost(self._forward, self._densities, uses_dense) / dense_cost
+            self.training_flops += self._step_cost[uses_dense]
             self.dense_gradient_steps += int(uses_dense)
         self._counted = trainer.step
 
     def on_mask_update_end(self, trainer, active_counts: np.ndarray) -> None:
-        self._densities = {k.key: float(n) / float(np.prod(k.mask.shape))
-                           for k, n in zip(trainer.kernels, active_counts)}
+        self._set_densities({k.key: float(n) / float(np.prod(k.mask.shape))
+                             for k, n in zip(trainer.kernels, active_counts)})
 
     def on_epoch_end(self, trainer, record: dict[str, Any]) -> None:
         record["dense_gradient_steps"] = self.dense_gradient_steps
