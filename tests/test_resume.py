@@ -13,7 +13,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Trains RigL for 3 epochs of 8 steps (masks change every 2 steps) into argv[1]. Given a step
+# Trains RigL for 3 epochs of 7 steps (masks change every 2 steps) into argv[1]. Given a step
 # and a signal (argv[3], argv[4]) it sends itself that signal after that step. At the end it
 # dumps every weight, mask and optimizer variable, and its counters.
 WORKER = r"""
@@ -84,7 +84,7 @@ def assert_same_end(logdir, uninterrupted):
 
 
 def test_sigkill_at_a_random_step_then_rerun_ends_identically(tmp_path, uninterrupted):
-    step = random.Random().randint(1, 23)  # any step; the result must not depend on which
+    step = random.Random().randint(1, 20)  # any step before the last (21); the result must not depend on which
     killed = run_worker(tmp_path, step, signal.SIGKILL)
     assert killed.returncode == -signal.SIGKILL, f"killed at step {step}: {killed.stderr[-2000:]}"
     resumed = run_worker(tmp_path)
