@@ -7,6 +7,7 @@ Nothing here imports TensorFlow: the processes that only coordinate workers
 
 from __future__ import annotations
 
+import argparse
 import ast
 import json
 import os
@@ -96,6 +97,37 @@ def gin_bindings(path: str) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------ worker processes
+def common_cases(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The cases of the first run that every run has, in the first run's order."""
+    return [case for case in runs[0]["cases"] if all(case in run["cases"] for run in runs)]
+
+
+def add_worker_flags(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
+    """``--combine`` and the internal ``--worker NAME --worker-config JSON`` that a script with
+    worker processes passes to itself (``worker_command``)."""
+    parser.add_argument("--worker", choices=list(names) if names else None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-config", help=argparse.SUPPRESS)
+    parser.add_argument("--combine", nargs="+", metavar="JSON", help=COMBINE_HELP)
+
+
+def worker_command(script: str, name: str, config: Mapping[str, Any]) -> list[str]:
+    """The command line that runs ``script`` as worker ``name`` with ``config``."""
+    return [sys.executable, os.path.abspath(script), "--worker", name, "--worker-config", json.dumps(config)]
+
+
+def ran_combine_or_worker(args: argparse.Namespace, report: Callable[[list[Any]], str],
+                          worker: Callable[[str, dict[str, Any]], None]) -> bool:
+    """Prints ``report`` over ``--combine``'s runs, or runs ``worker(name, config)`` for
+    ``--worker``; whether either ran (then the script has nothing left to do)."""
+    if args.combine:
+        print(report(load_runs(args.combine)))
+        return True
+    if args.worker:
+        worker(args.worker, json.loads(args.worker_config))
+        return True
+    return False
+
+
 def json_lines_out() -> Callable[[dict[str, Any]], None]:
     """In a worker: returns ``emit(record)``, which writes one JSON line to the real stdout, and
     sends everything else written to stdout (TensorFlow's C++ logs included) to stderr, so that

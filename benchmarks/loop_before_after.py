@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import platform
 import statistics
@@ -142,7 +141,7 @@ def working_tree() -> dict[str, Any]:
 def start_workers(side: str, tree: str, count: int, config: dict[str, Any], log_dir: str) -> list[harness.Worker]:
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env.update(PYTHONPATH=tree, TF_CPP_MIN_LOG_LEVEL=env.get("TF_CPP_MIN_LOG_LEVEL", "2"))
-    command = [sys.executable, os.path.abspath(__file__), "--worker", tree, "--worker-config", json.dumps(config)]
+    command = harness.worker_command(__file__, tree, config)
     return [harness.Worker(command, env, os.path.join(log_dir, f"{side}{i}.log")) for i in range(count)]
 
 
@@ -209,8 +208,7 @@ def summarize(run: dict[str, Any]) -> None:
 
 def report(runs: list[dict[str, Any]]) -> str:
     """The table of one run, or of several (cells "A / B / …"; cases that every run has)."""
-    first = runs[0]
-    cases = [case for case in first["cases"] if all(case in run["cases"] for run in runs)]
+    cases = harness.common_cases(runs)
     rows = []
     for case in cases:
         points = [run["cases"][case] for run in runs]
@@ -249,15 +247,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: 100-step LeNet epochs, 3 alternations, "
                                                              "1 worker a tree")
     parser.add_argument("--out", default="loop_before_after.json")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--worker-config", help=argparse.SUPPRESS)
-    parser.add_argument("--combine", nargs="+", metavar="JSON", help=harness.COMBINE_HELP)
+    harness.add_worker_flags(parser)
     args = parser.parse_args()
-    if args.combine:
-        print(report(harness.load_runs(args.combine)))
-        return
-    if args.worker:
-        worker(args.worker, json.loads(args.worker_config))
+    if harness.ran_combine_or_worker(args, report, worker):
         return
     alternations = args.alternations or (3 if args.quick else 9)
     workers = args.workers or (1 if args.quick else 2)

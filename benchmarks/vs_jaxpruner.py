@@ -109,7 +109,6 @@ rounds, 3 alternations.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -566,7 +565,7 @@ def start_worker(side: str, config: dict[str, Any], log_dir: str) -> harness.Wor
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env.pop("TF_USE_LEGACY_KERAS", None)
-    command = [sys.executable, os.path.abspath(__file__), "--worker", side, "--worker-config", json.dumps(config)]
+    command = harness.worker_command(__file__, side, config)
     return harness.Worker(command, env, os.path.join(log_dir, f"{side}.log"))
 
 
@@ -664,8 +663,7 @@ def summarize(run: dict[str, Any]) -> None:
 
 def report(runs: list[dict[str, Any]]) -> str:
     """The table of one run, or of several (cells "A / B / …"; cases that every run has)."""
-    first = runs[0]
-    cases = [case for case in first["cases"] if all(case in run["cases"] for run in runs)]
+    cases = harness.common_cases(runs)
     rows = []
     for case in cases:
         points = [run["cases"][case] for run in runs]
@@ -715,15 +713,12 @@ def main() -> None:
                         help="folder holding the jaxpruner package (google-research/jaxpruner at f133ee5)")
     parser.add_argument("--quick", action="store_true", help="smoke run: short rounds, 3 alternations")
     parser.add_argument("--out", default="vs_jaxpruner.json")
-    parser.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
-    parser.add_argument("--worker-config", help=argparse.SUPPRESS)
-    parser.add_argument("--combine", nargs="+", metavar="JSON", help=harness.COMBINE_HELP)
+    harness.add_worker_flags(parser, SIDES)
     args = parser.parse_args()
-    if args.combine:
-        print(report(harness.load_runs(args.combine)))
-        return
-    if args.worker:
-        (ours_worker if args.worker == "keras_sparse" else theirs_worker)(json.loads(args.worker_config))
+    def run_worker(side: str, config: dict[str, Any]) -> None:
+        (ours_worker if side == "keras_sparse" else theirs_worker)(config)
+
+    if harness.ran_combine_or_worker(args, report, run_worker):
         return
     alternations = args.alternations or (3 if args.quick else 5)
     steps = {"lenet_300_100": args.lenet_steps or (100 if args.quick else 300),

@@ -52,7 +52,6 @@ other jobs on a shared machine move it less than the wall time, though it counts
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -273,7 +272,7 @@ def start_worker(variant: str, config: dict[str, Any], log_dir: str) -> harness.
         env["TF_USE_LEGACY_KERAS"] = "1"
     else:
         env.pop("TF_USE_LEGACY_KERAS", None)
-    command = [sys.executable, os.path.abspath(__file__), "--worker", variant, "--worker-config", json.dumps(config)]
+    command = harness.worker_command(__file__, variant, config)
     return harness.Worker(command, env, os.path.join(log_dir, f"{variant}.log"))
 
 
@@ -395,15 +394,9 @@ def main() -> None:
     parser.add_argument("--frequency", type=int, default=100, help="steps between mask updates")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", default="vs_tfmot.json")
-    parser.add_argument("--worker", choices=list(VARIANTS), help=argparse.SUPPRESS)
-    parser.add_argument("--worker-config", help=argparse.SUPPRESS)
-    parser.add_argument("--combine", nargs="+", metavar="JSON", help=harness.COMBINE_HELP)
+    harness.add_worker_flags(parser, VARIANTS)
     args = parser.parse_args()
-    if args.combine:
-        print(report(harness.load_runs(args.combine)))
-        return
-    if args.worker:
-        worker(args.worker, json.loads(args.worker_config))
+    if harness.ran_combine_or_worker(args, report, worker):
         return
 
     total_steps = args.steps * (args.rounds + 1)  # warm-up round + timed rounds
