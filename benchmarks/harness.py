@@ -11,9 +11,11 @@ import argparse
 import ast
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
@@ -100,6 +102,19 @@ def gin_bindings(path: str) -> dict[str, Any]:
 def common_cases(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     """The cases of the first run that every run has, in the first run's order."""
     return [case for case in runs[0]["cases"] if all(case in run["cases"] for run in runs)]
+
+
+def finish_run(run: dict[str, Any], out: str, started: float, problems_of: Callable[[dict[str, Any]], list[str]],
+               summarize: Callable[[dict[str, Any]], None], report: Callable[[list[Any]], str], **extra: Any) -> None:
+    """Adds the machine and the wall time to a measured ``run``, its problems and summary; prints
+    its table and writes it to ``out`` (JSON)."""
+    run.update(python=platform.python_version(), machine=platform.machine(), cpus=os.cpu_count(),
+               wall_seconds=time.perf_counter() - started, **extra)
+    run["problems"] = problems_of(run)
+    summarize(run)
+    print(report([run]))
+    write_json(out, run)
+    print(f"\n{out}; worker logs: {run['log_dir']} ({run['wall_seconds']:.0f} s)")
 
 
 def add_worker_flags(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:

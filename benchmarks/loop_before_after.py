@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -267,13 +266,7 @@ def main() -> None:
         config = {"cases": args.cases, "steps": steps, "alternations": alternations, "workers": workers,
                   "mnist1d_bindings": harness.gin_bindings(bindings_path)}
         run = {"trees": trees, "config": config, **measure(trees, config, workers)}
-    run.update(python=platform.python_version(), machine=platform.machine(), cpus=os.cpu_count(),
-               wall_seconds=time.perf_counter() - started)
-    run["problems"] = problems_of(run)
-    summarize(run)
-    print(report([run]))
-    harness.write_json(args.out, run)
-    print(f"\n{args.out}; worker logs: {run['log_dir']} ({run['wall_seconds']:.0f} s)")
+    harness.finish_run(run, args.out, started, problems_of, summarize, report)
 
 
 if __name__ == "__main__":

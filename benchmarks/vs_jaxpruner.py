@@ -741,13 +741,7 @@ def main() -> None:
     run = {"config": config, "commit": subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True,
                                                       text=True).stdout.strip(),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **measure(config)}
-    run.update(python=platform.python_version(), machine=platform.machine(), cpus=os.cpu_count(),
-               cpu_model=cpu_model(), wall_seconds=time.perf_counter() - started)
-    run["problems"] = problems_of(run)
-    summarize(run)
-    print(report([run]))
-    harness.write_json(args.out, run)
-    print(f"\n{args.out}; worker logs: {run['log_dir']} ({run['wall_seconds']:.0f} s)")
+    harness.finish_run(run, args.out, started, problems_of, summarize, report, cpu_model=cpu_model())
 
 
 if __name__ == "__main__":
