@@ -44,7 +44,7 @@ class RunCheckpoint:
     def save(self, step: int, history: list, callbacks: Sequence = ()) -> str:
         """Writes a checkpoint numbered ``step`` with ``history`` and the callbacks' states;
         returns its path."""
-        states = {key: c.get_state() for key, c in _keyed(callbacks).items() if c.get_state() is not None}
+        states = {key: state for key, c in _keyed(callbacks).items() if (state := c.get_state()) is not None}
         self._state.assign(json.dumps({"history": history, "callbacks": states}))
         return self._open().save(checkpoint_number=step)
 

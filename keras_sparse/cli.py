@@ -84,7 +84,6 @@ def run_main(job: Callable[[], Any], gin_modules: Iterable[str] = ()) -> Any:
 
 def first_line(error: BaseException) -> str:
     """An error's message as one line (gin appends "In call to configurable ..." on a second)."""
-    # gin appends "In call to configurable ..." on a second line: keep the first.
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 

@@ -311,6 +311,15 @@ class SparseOptimizer(keras.optimizers.Optimizer):
                                        if v.name.startswith(prefix) and tuple(v.shape) == tuple(weight.variable.shape)]
         return self._slots[weight.key]
 
+    def past_schedule_note(self, last_step: int) -> str | None:
+        """The one line to show when training runs to ``last_step``, past the schedule's end (the
+        schedule is not stretched); None within the schedule, or when it has no length."""
+        if self.total_steps is None or last_step <= self.total_steps:
+            return None
+        stop = f" (mask updates stop at step {self.algorithm.update_horizon()})" if self._ready else ""
+        return (f"keras-sparse: this fit call runs to step {last_step}, past the schedule's {self.total_steps} "
+                f"steps: the schedule is not stretched{stop}.")
+
     def sparsity(self) -> float:
         """Fraction of the masked weights that are pruned now."""
         self._require_bound()

@@ -124,12 +124,9 @@ class Trainer:
         if not self._set_up:
             self.optimizer.set_schedule(epochs * steps_per_epoch, steps_per_epoch)
             self.optimizer.prepare(initialize=False)
-        elif epochs * steps_per_epoch > self.optimizer.total_steps and not self._said_past_end:
+        elif (note := self.optimizer.past_schedule_note(epochs * steps_per_epoch)) and not self._said_past_end:
             self._said_past_end = True
-            print(f"keras-sparse: this fit call runs to step {epochs * steps_per_epoch}, past the "
-                  f"{self.optimizer.total_steps} steps the sparsity schedule was set up for by the first fit call: "
-                  f"it is not stretched (mask updates stop at step {self.algorithm.update_horizon()}).",
-                  file=sys.stderr, flush=True)
+            print(note, file=sys.stderr, flush=True)
 
     def fit(self, train_data: tf.data.Dataset | Callable[[int], tf.data.Dataset] | tuple, epochs: int,
             validation_data: tf.data.Dataset | tuple | None = None, steps_per_epoch: int | None = None,
@@ -267,9 +264,10 @@ class Trainer:
         """Mean loss and the trainer's ``metrics`` over ``data``."""
         return self.evaluator.evaluate(as_dataset(data, batch_size))
 
-    def layer_densities(self) -> dict[str, float]:
-        """Each masked weight's share of active weights, counted on the device."""
-        counts = self.programs.active_counts()
+    def layer_densities(self, active_counts: np.ndarray | None = None) -> dict[str, float]:
+        """Each masked weight's share of active weights, from ``active_counts`` (one per masked
+        weight, as a mask update returns them) or counted on the device now."""
+        counts = self.programs.active_counts() if active_counts is None else active_counts
         return {k.key: float(n) / float(np.prod(k.mask.shape)) for k, n in zip(self.kernels, counts)}
 
     def sparsity(self) -> float:

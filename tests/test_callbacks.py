@@ -59,7 +59,9 @@ def test_training_cost_counts_dense_gradient_steps_and_flops_at_each_steps_densi
     model = ks.wrap(keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="fc")]), quiet=True)
     kernels = ks.masked_weights(model)
     densities = {"fc/kernel": 0.5}
-    trainer = stand_in(model=model, kernels=kernels, step=0, layer_densities=lambda: dict(densities),
+    trainer = stand_in(model=model, kernels=kernels, step=0,  # as Trainer.layer_densities: now, or from counts
+                       layer_densities=lambda counts=None: dict(densities) if counts is None
+                       else {"fc/kernel": float(counts[0]) / 12},
                        algorithm=types.SimpleNamespace(uses_dense_gradient=lambda step: step == 0))
     cost = TrainingCost()
     cost.on_masks_initialized(trainer, 2)  # two dense scoring batches (SNIP)

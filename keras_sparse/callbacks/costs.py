@@ -54,8 +54,7 @@ class TrainingCost(Callback):
         self._counted = trainer.step
 
     def on_mask_update_end(self, trainer, active_counts: np.ndarray) -> None:
-        self._set_densities({k.key: float(n) / float(np.prod(k.mask.shape))
-                             for k, n in zip(trainer.kernels, active_counts)})
+        self._set_densities(trainer.layer_densities(active_counts))
 
     def on_epoch_end(self, trainer, record: dict[str, Any]) -> None:
         record["dense_gradient_steps"] = self.dense_gradient_steps

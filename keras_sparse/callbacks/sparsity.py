@@ -15,8 +15,8 @@ class SparsityCallback(keras.callbacks.Callback):
 
     * Takes the schedule's length from the first ``fit`` call (epochs × steps per epoch) when the
       optimizer was given no ``total_steps``; later calls continue that schedule.
-    * Says once, in one line, when a ``fit`` call trains past the schedule's end: from there on
-      the masks stay as they are (the algorithm's final state), as they do without this callback.
+    * Says once, in one line, when a ``fit`` call trains past the schedule's end: the schedule is
+      not stretched (``SparseOptimizer.past_schedule_note``).
     * Adds ``sparsity`` (of the masked weights) to every epoch's logs, for ``CSVLogger``,
       ``TensorBoard`` and ``EarlyStopping``.
     """
@@ -39,13 +39,10 @@ class SparsityCallback(keras.callbacks.Callback):
                 raise ConfigError("SparsityCallback: this fit call's data has no known length: pass steps_per_epoch "
                                   "to fit, or total_steps to SparseOptimizer.")
             optimizer.set_schedule(epochs * steps, steps)
-        step = int(optimizer.iterations.numpy())
-        end = optimizer.total_steps
-        planned = step + (epochs or 0) * (steps or 0)
-        if end is not None and planned > end and not self._said_past_end:
+        note = optimizer.past_schedule_note(int(optimizer.iterations.numpy()) + (epochs or 0) * (steps or 0))
+        if note and not self._said_past_end:
             self._said_past_end = True
-            print(f"keras-sparse: this fit call runs to step {planned}, past the schedule's {end} steps: from step "
-                  f"{end} on the masks stay as they are.", file=sys.stderr, flush=True)
+            print(note, file=sys.stderr, flush=True)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
