@@ -158,6 +158,12 @@ def json_lines_out() -> Callable[[dict[str, Any]], None]:
     return emit
 
 
+def failed_record(error: BaseException) -> dict[str, Any]:
+    """The record a worker sends when its set-up fails: the error's type and first line."""
+    lines = str(error).strip().splitlines() or [""]
+    return {"status": "failed", "error": f"{type(error).__name__}: {lines[0]}"}
+
+
 class Worker:
     """The coordinating process's handle on one worker process: ``command`` runs it, its stderr
     goes to ``log_path``; ``request(line)`` sends a line and returns the worker's next record."""

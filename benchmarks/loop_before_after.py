@@ -100,8 +100,7 @@ def worker(tree: str, config: dict[str, Any]) -> None:
     try:
         cases = {name: Case(name, config) for name in config["cases"]}
     except Exception as error:
-        lines = str(error).strip().splitlines() or [""]
-        emit({"status": "failed", "error": f"{type(error).__name__}: {lines[0]}"})
+        emit(harness.failed_record(error))
         raise
     emit({"status": "ready", "keras_sparse": origin, "tensorflow": tf.__version__,
           "setup_seconds": time.perf_counter() - started,

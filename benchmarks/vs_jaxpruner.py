@@ -259,8 +259,7 @@ def ours_worker(config: dict[str, Any]) -> None:
         if loaded(JAX_MODULES):
             raise RuntimeError(f"the TensorFlow worker loaded {loaded(JAX_MODULES)}")
     except Exception as error:
-        lines = str(error).strip().splitlines() or [""]
-        emit({"status": "failed", "error": f"{type(error).__name__}: {lines[0]}"})
+        emit(harness.failed_record(error))
         raise
     emit({"status": "ready", "setup_seconds": time.perf_counter() - started,
           "versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
@@ -547,8 +546,7 @@ def theirs_worker(config: dict[str, Any]) -> None:
         if loaded(TF_MODULES):
             raise RuntimeError(f"the JAX worker loaded {loaded(TF_MODULES)}")
     except Exception as error:
-        lines = str(error).strip().splitlines() or [""]
-        emit({"status": "failed", "error": f"{type(error).__name__}: {lines[0]}"})
+        emit(harness.failed_record(error))
         raise
     emit({"status": "ready", "setup_seconds": time.perf_counter() - started,
           "versions": {"jax": jax.__version__, "jaxlib": __import__("jaxlib").__version__, "flax": flax.__version__,

@@ -248,8 +248,7 @@ def worker(variant: str, config: dict[str, Any]) -> None:
     try:
         runner = _make_runner(variant, config)
     except Exception as error:  # reported, e.g. a variant XLA cannot compile
-        lines = str(error).strip().splitlines() or [""]
-        emit({"status": "failed", "error": f"{type(error).__name__}: {lines[0]}"})
+        emit(harness.failed_record(error))
         raise
     emit({"status": "ready", "setup_seconds": time.perf_counter() - started, "versions": _versions(),
           **runner.state()})
