@@ -72,8 +72,8 @@ class TrainingSettings:
     warmup_epochs: float = 0.0
     momentum: float = 0.9
     weight_decay: float = 0.0
-    jit_compile: bool = True
-    steps_per_execution: int = 1
+    jit_compile: bool | str = "auto"
+    steps_per_execution: int | str = "auto"
     progress: bool = True
     export: bool = True
     exclude: Sequence[str] = ()

@@ -4,8 +4,14 @@ steps in one call.
 Each step is forward, gradients, then the ``SparseOptimizer``'s step (the core ``model.fit``
 uses too): gradients masked, optimizer step, weights re-masked, so pruned weights are exactly
 zero after every step. The mask-update step is a program of its own (the update is decided
-while tracing), so neither program is ever retraced. On one device the programs are compiled
-with XLA; on several, ``strategy.run`` runs them on every replica.
+while tracing), so no program is ever retraced. On one device the step programs exist in two
+settings, XLA-compiled and a plain graph (``tuning.XlaChoice`` picks); on several,
+``strategy.run`` runs them on every replica.
+
+K steps a call run in one program with the loop inside it, except XLA-compiled steps with
+convolutions: XLA's CPU compiler leaves the convolutions of a loop body in a layout its fast
+convolution does not take (one step a call gets the fast one), so there the loop is a graph
+loop that calls the one-step XLA program (BENCHMARKS.md, "K steps a call on convnets").
 """
 
 from __future__ import annotations
@@ -29,31 +35,37 @@ def as_loss(loss: keras.losses.Loss | str | Callable) -> keras.losses.Loss:
 
 
 class StepPrograms:
-    """The training loop's compiled programs for ``model`` trained by ``optimizer``.
+    """The training loop's compiled programs for ``model`` trained by ``optimizer``:
+    ``train[jit]`` (one step a call) and ``staged[jit]`` (K steps a call) for each XLA setting
+    in ``settings``, and ``update`` (a mask-update step), XLA-compiled if ``update_jit``.
 
     Batches are global batches: under a strategy each replica takes its share, and the
     optimizer sums the gradients over replicas.
     """
 
     def __init__(self, model: keras.Model, optimizer: SparseOptimizer, loss: keras.losses.Loss,
-                 kernels: Sequence[MaskedWeight], strategy: tf.distribute.Strategy, jit_compile: bool):
+                 kernels: Sequence[MaskedWeight], strategy: tf.distribute.Strategy,
+                 settings: Sequence[bool] = (True,), update_jit: bool = True):
         self.model = model
         self.optimizer = optimizer
         self.loss = loss
         self.kernels = list(kernels)
         self.strategy = strategy
         self.replicas = strategy.num_replicas_in_sync
-        self.jit_compile = jit_compile
         self.variables = list(model.trainable_variables)
-        self.train = self._compile(lambda x, y: self._step(x, y, False)[0])
-        self.update = self._compile(lambda x, y: self._step(x, y, True))
-        self.staged = _SignatureDispatch(tf.function(self._staged_fn, jit_compile=jit_compile))
-        self._active_counts = tf.function(self._active_counts_fn, jit_compile=jit_compile)
+        settings = (False,) if self.replicas > 1 else tuple(settings)
+        self.train = {jit: self._compile(lambda x, y: self._step(x, y, False)[0], jit) for jit in settings}
+        self.update = self._compile(lambda x, y: self._step(x, y, True), update_jit and self.replicas == 1)
+        self.staged = {jit: _StagedDispatch(tf.function(self._staged_fn, jit_compile=jit),
+                                            self.train[jit].function if jit else None)
+                       for jit in settings if self.replicas == 1}
+        self._active_counts = tf.function(self._active_counts_fn, jit_compile=self.replicas == 1)
 
-    def _compile(self, step_fn):
-        """XLA-compiled on one device; ``strategy.run`` on several, the loss averaged over replicas."""
+    def _compile(self, step_fn, jit: bool):
+        """One device: a ``tf.function``, XLA-compiled if ``jit``; several: ``strategy.run``, the
+        loss averaged over replicas."""
         if self.replicas == 1:
-            return _SignatureDispatch(tf.function(step_fn, jit_compile=self.jit_compile))
+            return _SignatureDispatch(tf.function(step_fn, jit_compile=jit))
 
         def distributed(x, y):
             results = self.strategy.run(step_fn, args=(x, y))
@@ -81,30 +93,11 @@ class StepPrograms:
         loss, gradients = self.gradients(x, y, self.replicas)
         return loss, self.optimizer.sparse_apply(gradients, self.variables, update=update_masks)
 
-    def _staged_fn(self, xs, ys, start, count, update_last):
+    def _staged_fn(self, xs, ys, start, count):
         """Steps ``start .. start + count - 1`` of a staged chunk (``xs``/``ys`` hold batches
-        stacked on a new leading axis) in one while loop; if ``update_last``, the last one is the
-        optimizer's mask-update step instead, after the loop. Returns the chunk's losses (zeros
-        where no step ran) and the masks' active counts after the update (zeros without one)."""
-        size = tf.nest.flatten(ys)[0].shape[0]
-
-        def one_step(i, losses, update):
-            # tf.gather, not t[i]: XLA compiles a slice's start as a constant where it can, and the
-            # last step's index is a function of the call's arguments: one compilation per value.
-            x, y = (tf.nest.map_structure(lambda t: tf.gather(t, i), staged) for staged in (xs, ys))
-            loss, counts = self._step(x, y, update)
-            return tf.tensor_scatter_nd_update(losses, [[i]], [tf.cast(loss, tf.float32)]), counts
-
-        def body(i, losses):
-            return i + 1, one_step(i, losses, False)[0]
-
-        last = start + count - 1
-        plain_end = tf.where(update_last, last, start + count)  # an updating last step runs after the loop
-        _, losses = tf.while_loop(lambda i, _: i < plain_end, body, (start, tf.zeros([size], tf.float32)))
-        # The update step runs after the loop, not in its body: XLA copies a conditional's operands
-        # every time it runs, which cost every step when the loop held one.
-        return tf.cond(update_last, lambda: one_step(last, losses, True),
-                       lambda: (losses, tf.zeros([len(self.kernels)], tf.int64)))
+        stacked on a new leading axis) in one while loop. Returns the chunk's losses (zeros where
+        no step ran)."""
+        return _staged_loop(xs, ys, start, count, lambda x, y: self._step(x, y, False)[0])
 
     def active_counts(self) -> np.ndarray:
         """Each mask's number of active weights, counted on the device in one call."""
@@ -132,9 +125,31 @@ class StepPrograms:
 
     def trace_counts(self) -> dict[str, int]:
         """How often each compiled program was traced: once per input signature, else every call
-        would pay for compiling."""
-        programs = {"train": self.train, "update": self.update, "staged": self.staged}
-        return {name: getattr(p, "function", p).experimental_get_tracing_count() for name, p in programs.items()}
+        would pay for compiling. (A K-step XLA program with convolutions counts its XLA loop,
+        traced to find them, and the graph loop it runs instead.)"""
+        programs = {"train": list(self.train.values()), "update": [self.update],
+                    "staged": list(self.staged.values())}
+        return {name: sum(f.experimental_get_tracing_count() for p in ps for f in _functions(p))
+                for name, ps in programs.items()}
+
+
+def _staged_loop(xs, ys, start, count, step):
+    """Losses of ``step(x, y)`` over the batches ``start .. start + count - 1`` stacked in
+    ``xs``/``ys``, in a ``tf.while_loop``; zeros where no step ran."""
+    size = tf.shape(tf.nest.flatten(ys)[0])[0]
+
+    def body(i, losses):
+        # tf.gather, not t[i]: XLA compiles a slice's start as a constant where it can, and the
+        # index is a function of the call's arguments: one compilation per value.
+        x, y = (tf.nest.map_structure(lambda t: tf.gather(t, i), staged) for staged in (xs, ys))
+        return i + 1, tf.tensor_scatter_nd_update(losses, [[i]], [tf.cast(step(x, y), tf.float32)])
+
+    return tf.while_loop(lambda i, _: i < start + count, body, (start, tf.zeros([size], tf.float32)))[1]
+
+
+def _functions(program) -> list:
+    """The ``tf.function``s behind a program (a dispatch holds one or two)."""
+    return [f for f in (getattr(program, "function", program), getattr(program, "graph_loop", None)) if f is not None]
 
 
 class _SignatureDispatch:
@@ -154,8 +169,47 @@ class _SignatureDispatch:
         key = (repr(tf.nest.map_structure(lambda _: 0, args)), tuple((t.shape, t.dtype) for t in flat))
         concrete = self._concrete.get(key)
         if concrete is None:
-            concrete = self._concrete[key] = self.function.get_concrete_function(*args)
+            concrete = self._concrete[key] = self.concrete_function(*args)
         return concrete(*args)
+
+    def concrete_function(self, *args):
+        return self.function.get_concrete_function(*args)
+
+
+class _StagedDispatch(_SignatureDispatch):
+    """The K-steps-a-call program, traced once for stacks of any length (the last stack of an
+    epoch may be short; XLA still compiles each length it runs). XLA-compiled, it is one program
+    with the loop inside, or for a step with convolutions (found in the traced one-step program
+    ``one_step``, so custom layers count too) a graph loop that calls ``one_step``."""
+
+    def __init__(self, function, one_step=None):
+        super().__init__(function)
+        self.one_step = one_step
+        self.graph_loop = None if one_step is None else tf.function(
+            lambda xs, ys, start, count: _staged_loop(xs, ys, start, count, one_step))
+        self._convolutions: bool | None = None
+
+    def __call__(self, xs, ys, start, count):
+        any_length = tf.nest.map_structure(lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype), (xs, ys))
+        key = (repr(any_length), tuple((spec.shape, spec.dtype) for spec in tf.nest.flatten(any_length)))
+        concrete = self._concrete.get(key)
+        if concrete is None:
+            concrete = self._concrete[key] = self.concrete_function(*any_length, start, count, first=(xs, ys))
+        return concrete(xs, ys, start, count)
+
+    def concrete_function(self, xs, ys, start, count, first=None):
+        if self.one_step is not None and self._convolutions is None:
+            batch = tf.nest.map_structure(lambda t: t[0], first)
+            self._convolutions = has_convolutions(self.one_step.get_concrete_function(*batch).graph)
+        program = self.graph_loop if self._convolutions else self.function
+        return program.get_concrete_function(xs, ys, start, count)
+
+
+def has_convolutions(graph: tf.Graph) -> bool:
+    """Whether ``graph`` (with the functions it calls: loop bodies, gradients) runs a convolution."""
+    definition = graph.as_graph_def()
+    nodes = [*definition.node, *(node for function in definition.library.function for node in function.node_def)]
+    return any(node.op.startswith(("Conv", "DepthwiseConv")) for node in nodes)
 
 
 class _FunctionLoss(keras.losses.Loss):

@@ -27,6 +27,8 @@ from keras_sparse.masking import mask_state, masked_weights, sparsity_report
 from keras_sparse.optimizer import SparseOptimizer
 from keras_sparse.signals import stop_requests
 from keras_sparse.steps import StepPrograms, as_loss
+from keras_sparse.tuning import AUTO, XlaChoice, check_jit_compile
+from keras_sparse.tuning import steps_per_execution as resolve_steps_per_execution
 
 __all__ = ["Callback", "Trainer"]
 
@@ -42,7 +44,11 @@ class Trainer:
         loss: a Keras loss, a loss name, or a function ``loss(y_true, y_pred)``.
         metrics: what ``evaluate`` and the per-epoch validation report besides the loss, as
             ``model.compile`` takes them (``["accuracy"]``, Keras metric objects, functions).
-        jit_compile: compile the train step with XLA (default on).
+        jit_compile: run the train step XLA-compiled (True), as a plain TensorFlow graph (False),
+            or (``"auto"``, the default) the faster of the two, timed on the first calls of
+            ``fit`` (``tuning.XlaChoice``; its choice goes to ``summary()``). With ``"auto"``
+            the mask-update step runs as a graph: its XLA compilation costs more than it saves
+            over the few hundred updates of a run (BENCHMARKS.md, "Fast by default").
         logdir: if set, checkpoints (``logdir/checkpoints``) and TensorBoard events go there,
             and ``fit`` resumes from the latest checkpoint it finds.
         progress: print a line per epoch (``callbacks.ProgressLogger``).
@@ -51,22 +57,23 @@ class Trainer:
             Batches are global batches; mask updates use the all-reduced gradients, so every
             replica holds the same masks. Several replicas run without XLA (it cannot compile a
             step whose variables live on several devices).
-        steps_per_execution: up to this many steps per compiled call (one XLA loop over batches
+        steps_per_execution: up to this many steps per compiled call (one loop over batches
             stacked K at a time; one device only; a call ends at each mask update). Callbacks'
             ``on_step_end`` then runs once per call; results equal one step a call up to float
-            rounding.
+            rounding. ``"auto"`` (the default): 20, fewer where 20 batches would pass 64 MiB,
+            and 1 under a strategy with several replicas.
     """
 
     def __init__(self, model: keras.Model, algorithm: SparseAlgorithm | None,
                  optimizer: keras.optimizers.Optimizer, loss: keras.losses.Loss | str | Callable,
-                 metrics: Sequence | None = None, jit_compile: bool = True, logdir: str | None = None,
+                 metrics: Sequence | None = None, jit_compile: bool | str = AUTO, logdir: str | None = None,
                  progress: bool = True, log_every_steps: int = 20, checkpoints_to_keep: int = 3,
-                 strategy: tf.distribute.Strategy | None = None, steps_per_execution: int = 1):
+                 strategy: tf.distribute.Strategy | None = None, steps_per_execution: int | str = AUTO):
         self.strategy = strategy or tf.distribute.get_strategy()
         replicas = self.strategy.num_replicas_in_sync
-        if int(steps_per_execution) != steps_per_execution or steps_per_execution < 1:
-            raise ConfigError(f"steps_per_execution={steps_per_execution} must be a positive whole number of steps.")
-        if steps_per_execution > 1 and replicas > 1:
+        if steps_per_execution != AUTO:
+            resolve_steps_per_execution(steps_per_execution, None, replicas)  # its one-line error, now
+        if steps_per_execution != AUTO and steps_per_execution > 1 and replicas > 1:
             raise ConfigError(f"steps_per_execution={steps_per_execution} needs a single device, but the strategy "
                               f"has {replicas} replicas: use steps_per_execution=1 with a distribution strategy.")
         if strategy is not None and not all(self.strategy.extended.variable_created_in_scope(getattr(v, "value", v))
@@ -84,16 +91,20 @@ class Trainer:
         self.optimizer = optimizer
         self.algorithm = optimizer.algorithm
         self.loss = as_loss(loss)
-        self.jit_compile = jit_compile and replicas == 1
-        self.steps_per_execution = int(steps_per_execution)
+        jit_compile = check_jit_compile(jit_compile)
+        self.xla = XlaChoice(jit_compile if replicas == 1 else False)
+        self.steps_per_execution = steps_per_execution  # a number once ``fit`` resolves "auto"
         self.log_every_steps = max(1, int(log_every_steps))
+        self.progress = progress
         self.kernels = masked_weights(model)
         with self.strategy.scope():
             self.optimizer.build(list(model.trainable_variables))
             self.optimizer.bind(self.kernels)
-        self.programs = StepPrograms(model, optimizer, self.loss, self.kernels, self.strategy, self.jit_compile)
-        self.evaluator = Evaluator(model, self.loss, metrics, self.strategy, self.jit_compile)
-        self.epoch_iterator = EpochIterator(self.strategy, self.steps_per_execution)
+        settings = (True, False) if self.xla.deciding else (self.xla.choice,)
+        self.programs = StepPrograms(model, optimizer, self.loss, self.kernels, self.strategy, settings,
+                                     update_jit=jit_compile is True)
+        self._evaluators = {jit: Evaluator(model, self.loss, metrics, self.strategy, jit) for jit in (True, False)}
+        self.epoch_iterator: EpochIterator | None = None  # made by ``fit``, once steps_per_execution is known
         # The masks are not among the model's tracked variables (``MaskState``): name them.
         self.checkpoint = None if not logdir else RunCheckpoint(
             os.path.join(logdir, "checkpoints"), checkpoints_to_keep, model=model, optimizer=optimizer,
@@ -144,6 +155,12 @@ class Trainer:
         train_data, validation_data = as_dataset(train_data, batch_size), as_dataset(validation_data, batch_size)
         epoch_data = train_data if callable(train_data) else (lambda epoch: train_data)
         self.configure(epochs, steps_per_epoch or cardinality(epoch_data(0)))
+        if self.epoch_iterator is None:
+            first = epoch_data(0)
+            self.steps_per_execution = resolve_steps_per_execution(
+                self.steps_per_execution, first.element_spec, self.strategy.num_replicas_in_sync,
+                first_batch=lambda: next(iter(first.take(1))))
+            self.epoch_iterator = EpochIterator(self.strategy, self.steps_per_execution)
         callbacks = [*self._before_user, *callbacks, *self._after_user]
         self._set_up_masks(epoch_data(0), callbacks)
         for callback in callbacks:
@@ -179,7 +196,7 @@ class Trainer:
         if self._set_up:
             return
         self._set_up = True
-        history = self.checkpoint.restore(callbacks) if self.checkpoint is not None else None
+        history = self.checkpoint.restore([*callbacks, self.xla]) if self.checkpoint is not None else None
         if history is not None:
             self.step, self.history = int(self.optimizer.iterations.numpy()), history
             print(f"Resuming from step {self.step} of {self.epochs * self.steps_per_epoch} "
@@ -202,16 +219,7 @@ class Trainer:
                 if update:
                     for callback in callbacks:
                         callback.on_mask_update_begin(self)
-                counts = None
-                if self.steps_per_execution > 1:
-                    loss, counts = self.programs.staged(x, y, self._scalar(start), self._scalar(count),
-                                                        self._scalar(update))
-                    if count < staged:
-                        loss = loss[start:start + count]
-                elif update:
-                    loss, counts = self.programs.update(x, y)
-                else:
-                    loss = self.programs.train(x, y)
+                loss, counts = self._call(x, y, start, count, update, staged)
                 every = self.log_every_steps
                 self.log_point = ((self.step + count) // every > self.step // every
                                   or self.epoch_step + count == self.steps_per_epoch)
@@ -228,6 +236,37 @@ class Trainer:
                 if stop_signal() is not None:
                     return losses
         return losses
+
+    def _call(self, x, y, start: int, count: int, update: bool, staged: int) -> tuple[tf.Tensor, Any]:
+        """Steps ``start .. start + count - 1`` of the batch or stack of batches ``x, y``, the last
+        one a mask update if ``update``, in compiled calls. Returns the steps' losses and the
+        active counts after the update (None without one). While the XLA setting is being
+        decided, each call of the step program is timed (``XlaChoice``)."""
+        plain = count - 1 if update else count
+        losses, counts = [], None
+        if plain:
+            jit = self.xla.next()
+            deciding, traces = self.xla.deciding, (sum(self.trace_counts().values()) if self.xla.deciding else 0)
+            started = time.perf_counter()
+            if self.steps_per_execution == 1:
+                loss = self.programs.train[jit](x, y)
+            else:
+                loss = self.programs.staged[jit](x, y, self._scalar(start), self._scalar(plain))
+                if plain < staged:
+                    loss = loss[start:start + plain]
+            if deciding:
+                np.asarray(loss)  # wait for the call
+                note = self.xla.record(jit, time.perf_counter() - started, plain,
+                                       compiled=sum(self.trace_counts().values()) != traces)
+                if note and self.progress:
+                    print(note, flush=True)
+            losses.append(loss)
+        if update:
+            if self.steps_per_execution > 1:
+                x, y = (tf.nest.map_structure(lambda t: t[start + plain], part) for part in (x, y))
+            loss, counts = self.programs.update(x, y)
+            losses.append(tf.reshape(loss, [1]) if losses else loss)
+        return (losses[0] if len(losses) == 1 else tf.concat(losses, 0)), counts
 
     def _next_call(self, most: int) -> tuple[int, bool]:
         """Steps for the next compiled call, and whether its last one updates the masks: up to
@@ -251,7 +290,7 @@ class Trainer:
             return None
         for callback in callbacks:
             callback.on_checkpoint(self)
-        return self.checkpoint.save(self.step, self.history, callbacks)
+        return self.checkpoint.save(self.step, self.history, [*callbacks, self.xla])
 
     def _stop(self, signal_number: int, callbacks: Sequence[Callback]) -> None:
         path = self._save(callbacks)
@@ -262,7 +301,7 @@ class Trainer:
 
     def evaluate(self, data: tf.data.Dataset | tuple, batch_size: int = 32) -> dict[str, float]:
         """Mean loss and the trainer's ``metrics`` over ``data``."""
-        return self.evaluator.evaluate(as_dataset(data, batch_size))
+        return self._evaluators[self.xla.current()].evaluate(as_dataset(data, batch_size))
 
     def layer_densities(self, active_counts: np.ndarray | None = None) -> dict[str, float]:
         """Each masked weight's share of active weights, from ``active_counts`` (one per masked
@@ -290,5 +329,7 @@ class Trainer:
             "layer_sparsity": {key: value["sparsity"] for key, value in report.items() if key != "total"},
             "sparsity_of_all_parameters": report["total"]["sparsity_of_all_parameters"],
             "algorithm": self.algorithm.config(),
+            "steps_per_execution": self.steps_per_execution,
+            **self.xla.summary(),
         }
 

@@ -220,7 +220,7 @@ class _Runs:
         initial_kernels = {k.key: k.kernel.numpy().copy() for k in kernels}
         initial_gradients = {k.key: g.numpy() for k, g in zip(kernels, grads)}
         trainer = ks.Trainer(model, self.factories[name](), keras.optimizers.SGD(0.05, momentum=0.9), loss_fn(),
-                             metrics=["accuracy"], jit_compile=True, progress=False)
+                             metrics=["accuracy"], jit_compile=True, steps_per_execution=1, progress=False)
         recorder = StepRecorder(trainer)
         trainer.fit(data, epochs=RUN_EPOCHS)
         return Run(trainer, recorder, recorder.finish(), (x0.numpy(), y0.numpy()), initial_kernels,

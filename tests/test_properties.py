@@ -346,7 +346,7 @@ def test_trainer_keeps_pruned_weights_zero_and_counts_exact(name, seed, sparsity
     # Momentum: a dropped weight would drift off zero without the trainer's re-masking.
     trainer = ks.Trainer(ks.wrap(net), algo, keras.optimizers.SGD(0.1, momentum=0.9),
                          keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=False,
-                         progress=False)
+                         steps_per_execution=1, progress=False)
     recorder = Recorder()
     trainer.fit(data, epochs=EPOCHS, callbacks=[recorder])
     check_run(name, algo, recorder, STEPS_PER_EPOCH * EPOCHS)
@@ -360,11 +360,11 @@ def test_masks_identical_with_and_without_xla(algorithm_runs, name, convnet, dat
     """Replays conftest's XLA run of ``name`` (``_Runs._train``: convnet seed 11, 6 batches of 8
     from data seed 5, SGD(0.05, momentum 0.9), 2 epochs) with ``jit_compile=False``."""
     compiled = algorithm_runs[name]
-    assert compiled.trainer.jit_compile
+    assert compiled.trainer.xla.choice is True
     algo = algorithm_runs.factories[name]()
     trainer = ks.Trainer(ks.wrap(convnet(seed=11)), algo, keras.optimizers.SGD(0.05, momentum=0.9),
                          keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=False,
-                         progress=False)
+                         steps_per_execution=1, progress=False)
     recorder = Recorder()
     trainer.fit(dataset(48, (6, 6, 1), 3, batch=8, seed=5), epochs=2, callbacks=[recorder])
     total = trainer.step
