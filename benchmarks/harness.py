@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import ast
+import io
 import json
 import os
 import platform
 import statistics
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
@@ -96,6 +98,32 @@ def gin_bindings(path: str) -> dict[str, Any]:
             key, value = (part.strip() for part in line.split("=", 1))
             bindings[key] = value if value.startswith("@") else ast.literal_eval(value)
     return bindings
+
+
+# ------------------------------------------------------------------------- other revisions
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", "-C", ROOT, *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def extract(revision: str, into: str, paths: Sequence[str] = ("keras_sparse", "gin_configs")) -> dict[str, Any]:
+    """``paths`` of ``revision`` (the library and its configs) under ``into``, by ``git archive``."""
+    commit = git("rev-parse", "--verify", f"{revision}^{{commit}}")
+    archive = subprocess.run(["git", "-C", ROOT, "archive", "--format=tar", commit, *paths],
+                             check=True, capture_output=True).stdout
+    os.makedirs(into)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    return {"revision": revision, "commit": commit, "path": into}
+
+
+def working_tree() -> dict[str, Any]:
+    """This working tree as ``extract`` describes a revision, with its uncommitted library files."""
+    changed = git("status", "--porcelain", "--", "keras_sparse").splitlines()
+    return {"revision": "working tree", "commit": git("rev-parse", "HEAD"), "path": ROOT,
+            "uncommitted_library_files": len(changed)}
 
 
 # ------------------------------------------------------------------------ worker processes

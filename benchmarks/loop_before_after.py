@@ -35,12 +35,9 @@ alternations, one worker a tree.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import statistics
-import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from typing import Any
@@ -115,27 +112,6 @@ def worker(tree: str, config: dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------------- main side
-def git(*args: str) -> str:
-    return subprocess.run(["git", "-C", ROOT, *args], check=True, capture_output=True, text=True).stdout.strip()
-
-
-def extract(revision: str, into: str) -> dict[str, Any]:
-    """The library (and configs) of ``revision`` under ``into``, by ``git archive``."""
-    commit = git("rev-parse", "--verify", f"{revision}^{{commit}}")
-    archive = subprocess.run(["git", "-C", ROOT, "archive", "--format=tar", commit, "keras_sparse", "gin_configs"],
-                             check=True, capture_output=True).stdout
-    os.makedirs(into)
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(into, filter="data")
-    return {"revision": revision, "commit": commit, "path": into}
-
-
-def working_tree() -> dict[str, Any]:
-    changed = git("status", "--porcelain", "--", "keras_sparse").splitlines()
-    return {"revision": "working tree", "commit": git("rev-parse", "HEAD"), "path": ROOT,
-            "uncommitted_library_files": len(changed)}
-
-
 def start_workers(side: str, tree: str, count: int, config: dict[str, Any], log_dir: str) -> list[harness.Worker]:
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env.update(PYTHONPATH=tree, TF_CPP_MIN_LOG_LEVEL=env.get("TF_CPP_MIN_LOG_LEVEL", "2"))
@@ -259,8 +235,9 @@ def main() -> None:
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="loop_trees_") as trees_dir:
-        trees = {"before": extract(args.before, os.path.join(trees_dir, "before")),
-                 "after": extract(args.after, os.path.join(trees_dir, "after")) if args.after else working_tree()}
+        trees = {"before": harness.extract(args.before, os.path.join(trees_dir, "before")),
+                 "after": (harness.extract(args.after, os.path.join(trees_dir, "after")) if args.after
+                           else harness.working_tree())}
         bindings_path = os.path.join(trees["after"]["path"], "gin_configs", "rigl.gin")
         config = {"cases": args.cases, "steps": steps, "alternations": alternations, "workers": workers,
                   "mnist1d_bindings": harness.gin_bindings(bindings_path)}
