@@ -23,6 +23,9 @@ Cases (``MODEL ALGORITHM K=k``, ``k`` steps a compiled call):
 - ``lenet_300_100 {dense,static,set,rigl,magnitude} K={1,20}``: LeNet-300-100 (Flatten, Dense
   300 ReLU, Dense 100 ReLU, Dense 10) on random 28×28×1 (784-d) inputs, batch 128, SGD(0.01,
   momentum 0.9);
+- ``lenet_300_100 static_fit K={1,20}``: the same static case with Keras's own loop on our side,
+  ``model.compile(optimizer=ks.SparseOptimizer(...), jit_compile=True, steps_per_execution=k)``
+  and ``model.fit`` (the path most users run), against jaxpruner's static case;
 - ``resnet20 {static,rigl} K=1``: the CIFAR ResNet-20 of ``keras_sparse.models`` (3×3 convs
   without bias, BatchNorm, 1×1 shortcut convs with BatchNorm) on random 32×32×3 inputs, batch
   128, SGD(0.01, momentum 0.9); a flax module of the same layers, names and shapes on the JAX
@@ -126,8 +129,8 @@ DEFAULT_JAXPRUNER = os.path.normpath(os.path.join(ROOT, "..", "shared", "vendor"
 SIDES = ("keras_sparse", "jaxpruner")
 #: Case models: name in the case -> ``common.MODELS`` name.
 MODELS = {"lenet_300_100": "lenet_300_100", "resnet20": "resnet", "mnist1d_transformer": "mnist1d_transformer"}
-CASES = ([f"lenet_300_100 {algorithm} K={k}" for algorithm in ("dense", "static", "set", "rigl", "magnitude")
-          for k in (1, 20)]
+CASES = ([f"lenet_300_100 {algorithm} K={k}" for algorithm in ("dense", "static", "static_fit", "set", "rigl",
+                                                                 "magnitude") for k in (1, 20)]
          + [f"{model} {algorithm} K=1" for model in ("resnet20", "mnist1d_transformer")
             for algorithm in ("static", "rigl")])
 DISTINCT_BATCHES = 20  # both sides cycle through this many random batches
@@ -196,15 +199,21 @@ class OursCase:
             self.algo = ks.algorithms.MagnitudePruning(sparsity=common.SPARSITY, distribution="erdos_renyi_kernel",
                                                        begin_step=0, end_step=s["end"], frequency=s["every"])
         else:
-            self.algo = common.algorithm(self.algorithm, s["every"], end_step=s["end"])
+            self.algo = common.algorithm(self.algorithm.removesuffix("_fit"), s["every"], end_step=s["end"])
         optimizer = common.optimizer_for(key)
         self.hyper = {"batch": batch, "input_shape": list(shape), "optimizer": type(optimizer).__name__,
                       **{name: float(value) for name, value in optimizer.get_config().items()
                          if name in ("learning_rate", "momentum", "weight_decay", "beta_1", "beta_2", "epsilon")
                          and value is not None},
                       "drop_fraction": getattr(self.algo, "drop_fraction", None)}
-        self.trainer = common.trainer(self.model, self.algo, optimizer, steps_per_execution=k)
-        self.run = common.epochs_of(self.trainer, common.dataset(shape, s["steps"], batch, distinct=DISTINCT_BATCHES))
+        data = common.dataset(shape, s["steps"], batch, distinct=DISTINCT_BATCHES)
+        if self.algorithm.endswith("_fit"):  # Keras's own loop: model.fit with the sparse optimizer
+            self.sparse = ks.SparseOptimizer(optimizer, self.algo, model=self.model)
+            self.model.compile(optimizer=self.sparse, loss=common.loss_fn(), jit_compile=True, steps_per_execution=k)
+            self.run = lambda rounds=1: self.model.fit(data, epochs=rounds, verbose=0)
+        else:
+            self.trainer = common.trainer(self.model, self.algo, optimizer, steps_per_execution=k)
+            self.run = common.epochs_of(self.trainer, data)
         start = time.perf_counter()
         self.run(WARMUP_ROUNDS)
         self.warmup_seconds = time.perf_counter() - start
@@ -221,7 +230,8 @@ class OursCase:
         return result
 
     def state(self) -> dict[str, Any]:
-        return {"step": int(self.trainer.step), "sparsity": float(self.ks.sparsity(self.model)),
+        step = self.sparse.iterations.numpy() if self.algorithm.endswith("_fit") else self.trainer.step
+        return {"step": int(step), "sparsity": float(self.ks.sparsity(self.model)),
                 "active": {key: entry["active"] for key, entry in self.layout().items()}}
 
 
@@ -377,6 +387,7 @@ class TheirsCase:
 
         self.jax, self.np, self.flax = jax, np, flax
         model_name, self.algorithm, self.k = parse(case)
+        self.algorithm = self.algorithm.removesuffix("_fit")  # the same jaxpruner run for ours in model.fit
         s = schedule(case, config)
         self.steps = s["steps"]
         hyper, layout = ours["hyper"], ours["layout"]
