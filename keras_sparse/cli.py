@@ -25,9 +25,13 @@ def shipped_configs() -> list[str]:
     return sorted(os.path.relpath(p, CONFIG_DIR) for p in paths)
 
 
+GRID_FLAGS = ("jobs", "list_cells", "cell", "assemble", "executor", "ray_address", "cpus_per_cell", "gpus_per_cell")
+
+
 def define_flags(study: bool = False) -> None:
     """Defines ``--gin_config``, ``--gin_bindings``, ``--gin_help``, ``--logdir``, and ``--seed``
-    for training or ``--jobs`` for a study (whose seeds are part of its grid)."""
+    for training or, for a study (whose seeds are part of its grid), how its cells run: ``--jobs``,
+    ``--list_cells``, ``--cell``, ``--assemble``, ``--executor`` and Ray's resources."""
     flags.DEFINE_multi_string("gin_config", [],
                               "Gin config file (repeatable). Shipped: " + ", ".join(shipped_configs()))
     flags.DEFINE_multi_string("gin_bindings", [], "Gin binding such as 'RigL.sparsity = 0.95' (repeatable); "
@@ -37,7 +41,7 @@ def define_flags(study: bool = False) -> None:
                       "and, with --gin_config/--gin_bindings, the value they bind; then exit.")
     flags.DEFINE_string("logdir", None, "Directory for the run's (or study's) outputs (required).")
     if study:
-        flags.DEFINE_integer("jobs", 1, "Run this many grid cells at a time, each in its own process.")
+        define_grid_flags()
     else:
         flags.DEFINE_integer("seed", 0, "Seeds initialization, data order and the algorithm's random choices.")
         flags.DEFINE_enum("strategy", None, list(STRATEGIES), "tf.distribute strategy; the same as the gin "
@@ -51,9 +55,32 @@ def define_flags(study: bool = False) -> None:
                                          message="--logdir is required: name the directory for the outputs.")
     # --help lists the main module's key flags; ours are defined here, so register them there.
     names = ["gin_config", "gin_bindings", "gin_help", "logdir"] + (
-        ["jobs"] if study else ["seed", "strategy", "progress", "overwrite"])
+        list(GRID_FLAGS) if study else ["seed", "strategy", "progress", "overwrite"])
     for name in names:
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
+
+
+def define_grid_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """A study's flags for how its grid of cells runs (``commands.grid_executor`` reads them)."""
+    flags.DEFINE_integer("jobs", 1, "Run this many grid cells at a time on this machine, each in its own process.",
+                         flag_values=flag_values)
+    flags.DEFINE_bool("list_cells", False, "Run nothing: print one self-contained command per grid cell still to "
+                      "do (--cell=K, writing into --logdir), for a Slurm job array, GNU parallel or any scheduler.",
+                      flag_values=flag_values)
+    flags.DEFINE_integer("cell", None, "Run only grid cell K (as --list_cells prints); the run that finishes the "
+                         "last cell writes the study's tables.", lower_bound=0, flag_values=flag_values)
+    flags.DEFINE_bool("assemble", False, "Run nothing: write the study's tables and plots from the cells done "
+                      "so far, naming the ones missing.", flag_values=flag_values)
+    flags.DEFINE_enum("executor", "local", ["local", "ray"], "Where the cells run: 'local' (--jobs processes on "
+                      "this machine) or 'ray' (each cell a Ray task; pip install -e '.[ray]').",
+                      flag_values=flag_values)
+    flags.DEFINE_string("ray_address", None, "With --executor=ray: the cluster to join ('auto', HOST:PORT or "
+                        "ray://HOST:10001); default: RAY_ADDRESS, a cluster 'ray start' runs here, else a new "
+                        "local one.", flag_values=flag_values)
+    flags.DEFINE_float("cpus_per_cell", 1.0, "With --executor=ray: the CPUs each cell's task requests.",
+                       flag_values=flag_values)
+    flags.DEFINE_float("gpus_per_cell", 0.0, "With --executor=ray: the GPUs each cell's task requests (0.5: two "
+                       "cells share a GPU).", flag_values=flag_values)
 
 
 def run_main(job: Callable[[], Any], gin_modules: Iterable[str] = ()) -> Any:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from absl import app, flags
@@ -40,6 +41,10 @@ STUDY_USAGE = """Run one of the studies: a grid of training runs and the table t
 
 USAGE: keras-sparse-study NAME --gin_config=studies/NAME.gin --logdir=DIR [--jobs=N] [--gin_bindings=...]
        (or: python binaries/NAME_study.py ...)
+   or: ... --list_cells    (print one --cell=K command per cell still to do, for a scheduler)
+   or: ... --cell=K        (run cell K alone; the run that finishes the last cell writes the tables)
+   or: ... --assemble      (write the tables from the cells done so far)
+   or: ... --executor=ray [--ray_address=ADDR] [--cpus_per_cell=1] [--gpus_per_cell=0]
 
 NAME is one of:
   reinit           retrain each trained network's final mask from its original initialization,
@@ -50,8 +55,10 @@ NAME is one of:
                    a static mask (claims 3 and 4)
 
   e.g. keras-sparse-study reinit --gin_config=studies/reinit.gin --logdir=/tmp/reinit --jobs=2
+       keras-sparse-study reinit --gin_config=studies/reinit.gin --logdir=/shared/reinit --list_cells > cells.txt
 
 studies/NAME.gin are the small MNIST-1D grids; studies/NAME_full.gin the paper-scale ones.
+Each cell's result is stored in DIR/cells/ as it ends; rerunning skips finished cells.
 --gin_help lists every parameter a binding can set, with its default.
 """
 
@@ -95,10 +102,50 @@ def study(name: str | None = None) -> None:
         if chosen not in STUDIES or rest:
             sys.exit(f"error: name one study: keras-sparse-study {{{'|'.join(STUDIES)}}} --gin_config=... --logdir=... "
                      "(--help describes them)")
+        from keras_sparse.studies import grid
+
+        executor = grid_executor(flags.FLAGS, program=[sys.executable, os.path.abspath(sys.argv[0])] if name
+                                 else [os.path.abspath(sys.argv[0]), chosen])
         module = importlib.import_module(STUDIES[chosen])
-        cli.run_main(lambda: module.run(flags.FLAGS.logdir, jobs=flags.FLAGS.jobs), gin_modules=[STUDIES[chosen]])
+
+        def job():
+            with grid.using(executor):
+                try:
+                    module.run(flags.FLAGS.logdir, jobs=flags.FLAGS.jobs)
+                except grid.GridStopped as stop:  # --list_cells, or --cell=K with cells still to do
+                    print(cli.first_line(stop), file=sys.stderr)
+
+        cli.run_main(job, gin_modules=[STUDIES[chosen]])
 
     app.run(main)
+
+
+def grid_executor(f: flags.FlagValues, program: list[str]):
+    """The grid executor the study flags in ``f`` ask for (None: ``--jobs`` processes on this
+    machine; ``program`` starts the commands ``--list_cells`` prints); a conflicting combination
+    exits with one ``error:`` line."""
+    from keras_sparse.studies import grid
+
+    modes = ([f"--cell={f.cell}"] if f.cell is not None else []) + [
+        f"--{name}" for name in ("list_cells", "assemble") if f[name].value]
+    if f.executor == "ray":
+        modes.append("--executor=ray")
+    if len(modes) > 1:
+        sys.exit(f"error: {' and '.join(modes)} exclude each other: give one.")
+    if modes and f.jobs != 1:
+        sys.exit(f"error: --jobs={f.jobs} runs cells in processes on this machine, not with {modes[0]}: drop it.")
+    ray_flags = [f"--{name}" for name in ("ray_address", "cpus_per_cell", "gpus_per_cell") if f[name].present]
+    if ray_flags and f.executor != "ray":
+        sys.exit(f"error: {', '.join(ray_flags)} apply to --executor=ray only: add it, or drop them.")
+    if f.cell is not None:
+        return grid.OneCell(f.cell)
+    if f.list_cells:
+        return grid.ListCells(program)
+    if f.assemble:
+        return grid.Assemble()
+    if f.executor == "ray":
+        return grid.Ray(f.ray_address, f.cpus_per_cell, f.gpus_per_cell)
+    return None
 
 
 def plot(argv: list[str] | None = None) -> None:

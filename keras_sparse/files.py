@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
+import uuid
 from typing import Any
 
 import tensorflow as tf
@@ -17,10 +19,27 @@ METRICS_FILE = "metrics.json"
 
 def write_text(path: str, text: str) -> None:
     """Writes ``text`` to ``path`` atomically (local or any ``tf.io.gfile`` file system)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(text)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    _write(path, text, "w")
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Writes ``data`` to ``path`` atomically, as ``write_text`` does."""
+    _write(path, data, "wb")
+
+
+def _write(path: str, data: str | bytes, mode: str) -> None:
+    # The temporary name is unique to its writer (host, process, call), so writers on several
+    # machines sharing a directory never write into each other's temporary file; the rename
+    # then replaces the file whole.
+    tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        with tf.io.gfile.GFile(tmp, mode) as f:
+            f.write(data)
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+    except BaseException:
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.remove(tmp)
+        raise
 
 
 def write_json(path: str, value: Any, indent: int = 2) -> None:

@@ -9,9 +9,11 @@ import sys
 
 import gin
 import pytest
+from absl import flags
 
 from keras_sparse import cli, commands
 from keras_sparse.errors import ConfigError, TrainingInterrupted
+from keras_sparse.studies import grid
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -139,3 +141,30 @@ def test_summarize_binary_help(monkeypatch, capsys):
         runpy.run_path(os.path.join(ROOT, "binaries", "summarize.py"), run_name="__main__")
     assert stop.value.code == 0
     assert capsys.readouterr().out.startswith("usage: python binaries/summarize.py [-h] LOGDIR [LOGDIR ...]")
+
+
+def grid_flags(*argv):
+    values = flags.FlagValues()
+    cli.define_grid_flags(values)
+    values(["study", *argv])
+    return values
+
+
+@pytest.mark.parametrize("argv, executor", [
+    ((), type(None)), (("--jobs=4",), type(None)), (("--cell=3",), grid.OneCell), (("--list_cells",), grid.ListCells),
+    (("--assemble",), grid.Assemble), (("--executor=ray", "--gpus_per_cell=0.5"), grid.Ray)])
+def test_the_study_flags_choose_the_grid_executor(argv, executor):
+    chosen = commands.grid_executor(grid_flags(*argv), program=["python", "x_study.py"])
+    assert isinstance(chosen, executor)
+    if executor is grid.Ray:
+        assert (chosen.address, chosen.cpus_per_cell, chosen.gpus_per_cell) == (None, 1, 0.5)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--cell=1", "--list_cells"), "--cell=1 and --list_cells exclude each other"),
+    (("--assemble", "--executor=ray"), "--assemble and --executor=ray exclude each other"),
+    (("--jobs=2", "--cell=0"), "--jobs=2 runs cells in processes on this machine, not with --cell=0"),
+    (("--gpus_per_cell=1",), "--gpus_per_cell apply to --executor=ray only")])
+def test_conflicting_study_flags_exit_with_one_line(argv, message):
+    with pytest.raises(SystemExit, match=message):
+        commands.grid_executor(grid_flags(*argv), program=["python", "x_study.py"])

@@ -1,21 +1,41 @@
-"""Tests for keras_sparse.studies.grid: results stored per cell, reruns skip finished cells."""
+"""Tests for keras_sparse.studies.grid: results stored per cell, reruns skip finished cells, failed
+cells named with their logs, and every executor (local processes, one cell, listed commands,
+assembly from the cells done) on one code path. The Ray executor: tests/test_grid_ray.py."""
 
 import json
 import os
+import shlex
+import sys
+import threading
 
+import gin
 import pytest
 
+from keras_sparse import files
 from keras_sparse.errors import ConfigError
-from keras_sparse.studies.grid import cell_id, run_grid
+from keras_sparse.studies import common, grid
+from keras_sparse.studies.grid import GridError, GridStopped, cell_id, run_grid
 
 CALLS = []
 
 
+@gin.configurable("grid_test")
+def offset(value: int = 0) -> int:
+    return value
+
+
 def square(cell):
     CALLS.append(dict(cell))
+    print(f"working on x={cell['x']}", flush=True)
     if cell.get("fail"):
         raise RuntimeError("interrupted")
-    return {"value": cell["x"] ** 2}
+    if cell.get("bad_input"):
+        raise ConfigError("unknown algorithm 'rigel': use one of dense, rigl")
+    return {"value": cell["x"] ** 2 + offset()}
+
+
+def quiet(_):
+    pass
 
 
 def test_cell_id_is_file_name_safe():
@@ -26,31 +46,156 @@ def test_cell_id_is_file_name_safe():
 def test_results_in_cell_order_and_stored_as_they_end(tmp_path):
     CALLS.clear()
     cells = [{"x": 3}, {"x": 1}, {"x": 2}]
-    assert run_grid(str(tmp_path), cells, square, log=lambda _: None) == [{"value": 9}, {"value": 1}, {"value": 4}]
+    assert run_grid(str(tmp_path), cells, square, log=quiet) == [{"value": 9}, {"value": 1}, {"value": 4}]
     stored = json.loads((tmp_path / "cells" / "x=1.json").read_text())
-    assert stored == {"cell": {"x": 1}, "result": {"value": 1}}
+    assert stored["cell"] == {"x": 1} and stored["result"] == {"value": 1}
+    assert stored["seconds"] >= 0 and stored["host"]
+    assert not list((tmp_path / "cells").glob("*.log"))  # run in this process: the console is its log
 
 
-def test_interrupted_grid_keeps_finished_cells_and_reruns_only_the_rest(tmp_path):
+def test_a_failed_cell_is_named_with_its_log_the_others_run_and_a_rerun_runs_only_it(tmp_path, capsys):
     CALLS.clear()
     cells = [{"x": 1}, {"x": 2, "fail": True}, {"x": 3}]
-    with pytest.raises(RuntimeError):
-        run_grid(str(tmp_path), cells, square, log=lambda _: None)
-    assert os.path.exists(tmp_path / "cells" / "x=1.json")
-    assert not any(name.startswith("x=2") for name in os.listdir(tmp_path / "cells"))
+    with pytest.raises(GridError, match=r"1 of 3 cells failed: x=2,fail=True;.*rerunning the same command"):
+        run_grid(str(tmp_path), cells, square)
+    report = capsys.readouterr()
+    log = tmp_path / "cells" / "x=2,fail=True.log"
+    assert f"FAILED: x=2,fail=True: RuntimeError: interrupted (log: {log})" in report.out
+    assert "RuntimeError: interrupted" in log.read_text() and "Traceback" in report.err
+    assert [c["x"] for c in CALLS] == [1, 2, 3]  # the failure did not stop the grid
+    assert {p.name for p in (tmp_path / "cells").iterdir()} == {"x=1.json", "x=3.json", "x=2,fail=True.log"}
     CALLS.clear()
-    cells[1] = {"x": 2, "fail": False}
-    results = run_grid(str(tmp_path), cells, square, log=lambda _: None)
-    assert [c["x"] for c in CALLS] == [2, 3]  # x=1 was not redone
+    results = run_grid(str(tmp_path), cells, lambda cell: square({**cell, "fail": False}), log=quiet)  # fixed
+    assert [c["x"] for c in CALLS] == [2]  # x=1 and x=3 were not redone
     assert results == [{"value": 1}, {"value": 4}, {"value": 9}]
+    assert not log.exists()  # the stale log of the failure went
+
+
+def test_bad_input_in_a_cell_stops_the_grid_at_once(tmp_path):
+    CALLS.clear()
+    cells = [{"x": 1}, {"x": 2, "bad_input": True}, {"x": 3}]
+    with pytest.raises(ConfigError, match=r"^cell x=2,bad_input=True: unknown algorithm 'rigel'"):
+        run_grid(str(tmp_path), cells, square, log=quiet)
+    assert [c["x"] for c in CALLS] == [1, 2]
 
 
 def test_repeated_cells_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="repeated cells"):
-        run_grid(str(tmp_path), [{"x": 1}, {"x": 1}], square, log=lambda _: None)
+        run_grid(str(tmp_path), [{"x": 1}, {"x": 1}], square, log=quiet)
 
 
-def test_parallel_jobs_give_the_same_results(tmp_path):
-    cells = [{"x": x} for x in range(4)]
-    assert run_grid(str(tmp_path), cells, square, jobs=2, log=lambda _: None) == [{"value": x * x} for x in range(4)]
-    assert len(os.listdir(tmp_path / "cells")) == 4
+def test_parallel_jobs_give_the_same_results_and_keep_each_cells_output_in_its_log(tmp_path):
+    cells = [{"x": x} for x in range(2)] + [{"x": 2, "fail": True}]  # a fresh process each: 3 in all
+    lines = []
+    gin.clear_config()
+    gin.parse_config(["grid_test.value = 100"])  # the workers get this process's gin configuration
+    try:
+        with pytest.raises(GridError, match="1 of 3 cells failed: x=2,fail=True"):
+            run_grid(str(tmp_path), cells, square, jobs=2, log=lines.append)
+    finally:
+        gin.clear_config()
+    assert run_grid(str(tmp_path), cells[:2], square, jobs=2, log=quiet) == [{"value": x * x + 100} for x in range(2)]
+    for x in range(2):
+        assert (tmp_path / "cells" / f"x={x}.log").read_text() == f"working on x={x}\n"
+    failed = (tmp_path / "cells" / "x=2,fail=True.log").read_text()
+    assert failed.startswith("working on x=2\nTraceback") and "RuntimeError: interrupted" in failed
+    report = next(line for line in lines if "FAILED" in line)
+    assert "its last lines:" in report and "    RuntimeError: interrupted" in report
+
+
+def test_one_cell_runs_alone_and_the_last_one_returns_every_result(tmp_path):
+    CALLS.clear()
+    cells = [{"x": 1}, {"x": 2}]
+    with pytest.raises(GridStopped, match="1 of 2 cells done, 1 to go"):
+        run_grid(str(tmp_path), cells, square, executor=grid.OneCell(1), log=quiet)
+    assert CALLS == [{"x": 2}]
+    lines = []
+    assert run_grid(str(tmp_path), cells, square, executor=grid.OneCell(0), log=lines.append) == [
+        {"value": 1}, {"value": 4}]
+    assert lines[-1] == "All 2 cells are done: writing the study's tables."
+    lines.clear()
+    assert run_grid(str(tmp_path), cells, square, executor=grid.OneCell(0), log=lines.append)[0] == {"value": 1}
+    assert lines[0] == "Cell 0 of 2 (x=1) is already done." and len(CALLS) == 2
+    with pytest.raises(ConfigError, match=r"--cell=2: this grid has 2 cells, numbered 0 to 1"):
+        run_grid(str(tmp_path), cells, square, executor=grid.OneCell(2), log=quiet)
+
+
+def test_list_cells_prints_a_command_per_cell_to_do_and_keeps_the_config_in_the_logdir(tmp_path, capsys):
+    gin.clear_config()
+    gin.parse_config(["training.epochs = 3"])
+    run_grid(str(tmp_path), [{"x": 1}], square, log=quiet)
+    capsys.readouterr()
+    cells = [{"x": 1}, {"x": 2}, {"x": 3}]
+    program = [sys.executable, "/somewhere/binaries/reinit_study.py"]
+    with pytest.raises(GridStopped, match="2 of 3 cells to run"):
+        run_grid(str(tmp_path), cells, square, executor=grid.ListCells(program))
+    out = capsys.readouterr().out
+    commands = [shlex.split(line) for line in out.splitlines()]
+    assert [c[-1] for c in commands] == ["--cell=1", "--cell=2"]  # cell 0 is done
+    config = commands[0][2]
+    assert commands[0][:2] == program and config.startswith(f"--gin_config={tmp_path}{os.sep}grid-")
+    assert commands[0][3] == f"--logdir={tmp_path}" and all(c[:4] == commands[0][:4] for c in commands)
+    assert open(config.split("=", 1)[1]).read() == gin.config_str() and "training.epochs = 3" in gin.config_str()
+    gin.clear_config()
+
+
+def test_assemble_returns_the_cells_done_and_names_the_others(tmp_path):
+    cells = [{"x": 1}, {"x": 2, "fail": True}, {"x": 3}]
+    with pytest.raises(ConfigError, match="No cell of this grid is done"):
+        run_grid(str(tmp_path), cells, square, executor=grid.Assemble(), log=quiet)
+    with pytest.raises(GridError):
+        run_grid(str(tmp_path), cells[:2], square, log=quiet)
+    lines = []
+    results = run_grid(str(tmp_path), cells, square, executor=grid.Assemble(), log=lines.append)
+    assert results == [{"value": 1}, None, None]
+    assert grid.finished(cells, results) == [({"x": 1}, {"value": 1})]
+    assert grid.missing(cells, results) == ["x=2,fail=True", "x=3"]
+    assert lines == ["Writing the study's tables from 1 of 3 cells; not done: x=2,fail=True, x=3 "
+                     "(1 of them failed last time: see their logs)."]
+
+
+def test_using_sets_the_executor_of_the_grids_in_its_block(tmp_path):
+    with grid.using(grid.OneCell(0)):
+        with pytest.raises(GridStopped):
+            run_grid(str(tmp_path), [{"x": 1}, {"x": 2}], square, log=quiet)
+    assert run_grid(str(tmp_path), [{"x": 1}, {"x": 2}], square, log=quiet) == [{"value": 1}, {"value": 4}]
+
+
+def test_the_ray_executor_without_ray_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    with pytest.raises(ConfigError, match=r"needs Ray, an optional extra: pip install -e '\.\[ray\]'"):
+        run_grid(str(tmp_path), [{"x": 1}], square, executor=grid.Ray(), log=quiet)
+
+
+def test_concurrent_writers_of_one_file_never_leave_it_partial(tmp_path):
+    path = str(tmp_path / "result.json")
+    seen, errors = [], []
+
+    def write(n):
+        for _ in range(30):
+            files.write_json(path, {"writer": n, "payload": [n] * 2000})
+
+    def read():
+        for _ in range(200):
+            if os.path.exists(path):
+                try:
+                    value = files.read_json(path)
+                except ConfigError as error:
+                    errors.append(error)
+                else:
+                    seen.append(set(value["payload"]) == {value["writer"]})
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(4)] + [threading.Thread(target=read)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and all(seen)
+    assert os.listdir(tmp_path) == ["result.json"]  # no temporary file left
+
+
+def test_partial_tables_say_which_cells_are_missing(tmp_path):
+    assert common.percent([]) == "—"
+    common.write_results(str(tmp_path), "reinit", {}, [], "# Title\n\nTable.", {}, missing=["x=2"])
+    assert json.loads((tmp_path / "results.json").read_text())["missing_cells"] == ["x=2"]
+    assert (tmp_path / "results.md").read_text() == (
+        "# Title\n\n**Partial:** 1 cells of the grid are not done yet and left out: x=2.\n\nTable.\n")

@@ -1,7 +1,9 @@
-"""The three study binaries end to end on a tiny grid: every expected row, table and plot."""
+"""The three study binaries end to end on a tiny grid: every expected row, table and plot; a grid
+run cell by cell from the commands --list_cells prints gives the results of --jobs 1."""
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -14,13 +16,20 @@ TINY = ["training.epochs = 2", "training.batch_size = 500", "model.width = 8", "
         "MagnitudePruning.frequency = 2", "SET.update_frequency = 2", "training.jit_compile = False"]
 
 
-def run_study(name, logdir, *bindings, jobs=1):
-    args = [sys.executable, os.path.join(ROOT, "binaries", f"{name}_study.py"),
-            f"--gin_config={os.path.join(ROOT, 'gin_configs', 'studies', name + '.gin')}", f"--logdir={logdir}",
-            f"--jobs={jobs}", *(f"--gin_bindings={b}" for b in [*TINY, *bindings])]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=600,
+def run(args, cwd=None):
+    result = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=cwd,
                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def run_study(name, logdir, *bindings, jobs=1, flags=()):
+    args = [sys.executable, os.path.join(ROOT, "binaries", f"{name}_study.py"),
+            f"--gin_config={os.path.join(ROOT, 'gin_configs', 'studies', name + '.gin')}", f"--logdir={logdir}",
+            f"--jobs={jobs}", *(f"--gin_bindings={b}" for b in [*TINY, *bindings]), *flags]
+    result = run(args)
+    if flags:
+        return result
     return json.loads((logdir / "results.json").read_text()), (logdir / "results.md").read_text(), result
 
 
@@ -35,10 +44,11 @@ def test_reinit_study(tmp_path):
     assert "| rigl | 0.8 |" in markdown and (tmp_path / "reinit.png").stat().st_size > 1000
 
 
-def test_further_pruning_study_and_rerun_skips_finished_cells(tmp_path):
+def test_further_pruning_study_and_the_same_grid_cell_by_cell_from_listed_commands(tmp_path):
     bindings = ['further_pruning_study.algorithms = ["magnitude", "static"]',
                 "further_pruning_study.sparsities = [0.8]", "further_pruning_study.extra_sparsities = [0.0, 0.5]"]
-    results, markdown, _ = run_study("further_pruning", tmp_path, *bindings, jobs=2)
+    one_process, listed = tmp_path / "jobs1", tmp_path / "cells"
+    results, markdown, _ = run_study("further_pruning", one_process, *bindings)
     rows = results["rows"]
     keys = {(r["algorithm"], r["sparsity"], r["scope"], r["extra_sparsity"]) for r in rows}
     assert keys == {(a, s, scope, e) for a in ("magnitude", "static") for s in (0.8,)
@@ -48,9 +58,22 @@ def test_further_pruning_study_and_rerun_skips_finished_cells(tmp_path):
         assert r["total_sparsity"] == pytest.approx(expected_total, abs=0.01)
     assert "## layer pruning" in markdown and "## global pruning" in markdown
     for scope in ("layer", "global"):
-        assert (tmp_path / f"further_pruning_{scope}.png").exists()
-    again = run_study("further_pruning", tmp_path, *bindings)[2]
-    assert "2 of 2 cells already done" in again.stdout + again.stderr
+        assert (one_process / f"further_pruning_{scope}.png").exists()
+
+    # --list_cells: one self-contained command per cell (run here from another directory, as a
+    # scheduler would); the one that finishes the grid writes the tables, those of --jobs 1.
+    listing = run_study("further_pruning", listed, *bindings, flags=["--list_cells"])
+    commands = listing.stdout.splitlines()
+    assert [shlex.split(c)[-1] for c in commands] == ["--cell=0", "--cell=1"]
+    assert "2 of 2 cells to run (0 done)" in listing.stderr
+    outputs = [run(shlex.split(command), cwd=tmp_path) for command in commands]
+    assert "1 of 2 cells done, 1 to go" in outputs[0].stderr
+    assert "All 2 cells are done: writing the study's tables." in outputs[1].stdout
+    for name in os.listdir(one_process / "cells"):
+        assert json.loads((listed / "cells" / name).read_text())["result"] == json.loads(
+            (one_process / "cells" / name).read_text())["result"]
+    assert json.loads((listed / "results.json").read_text()) == results
+    assert (listed / "results.md").read_text() == markdown
 
 
 def test_structure_study(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections import defaultdict
 from typing import Any, Iterable, Mapping, Sequence
@@ -45,8 +46,10 @@ def evaluate(run: Run) -> float:
 
 
 def mean_std(values: Iterable[float]) -> tuple[float, float]:
-    """Mean and (population) standard deviation."""
+    """Mean and (population) standard deviation; NaN for no values (a cell not done yet)."""
     array = np.asarray(list(values), float)
+    if not array.size:
+        return float("nan"), float("nan")
     return float(array.mean()), float(array.std())
 
 
@@ -59,7 +62,9 @@ def group(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], value: str) ->
 
 
 def percent(values: Sequence[float]) -> str:
-    """``"95.2 ± 0.3"`` (in %) over seeds; just the value for one seed."""
+    """``"95.2 ± 0.3"`` (in %) over seeds; just the value for one seed; ``"—"`` for none."""
+    if not len(values):
+        return "—"
     mean, std = mean_std(values)
     return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if len(values) > 1 else "")
 
@@ -72,12 +77,22 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 
 def write_results(logdir: str, study: str, settings: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
-                  markdown: str, figures: Mapping[str, plt.Figure]) -> None:
-    """Writes ``results.json`` (settings + every row), ``results.md`` and one PNG per figure."""
+                  markdown: str, figures: Mapping[str, plt.Figure], missing: Sequence[str] = ()) -> None:
+    """Writes ``results.json`` (settings + every row), ``results.md`` and one PNG per figure, each
+    atomically (cells finishing on several machines may write them at once). ``missing`` names
+    the grid's cells not done yet (``--assemble`` writes tables without them): results.json
+    lists them and results.md says so under its title."""
     os.makedirs(logdir, exist_ok=True)
-    files.write_json(os.path.join(logdir, "results.json"),
-                     {"study": study, "settings": dict(settings), "rows": list(rows)}, indent=1)
+    result = {"study": study, "settings": dict(settings), "rows": list(rows)}
+    if missing:
+        result["missing_cells"] = list(missing)
+        title, _, rest = markdown.partition("\n")
+        markdown = (f"{title}\n\n**Partial:** {len(missing)} cells of the grid are not done yet and left out: "
+                    f"{', '.join(missing)}.\n{rest}")
+    files.write_json(os.path.join(logdir, "results.json"), result, indent=1)
     files.write_text(os.path.join(logdir, "results.md"), markdown.rstrip() + "\n")
     for name, figure in figures.items():
-        figure.savefig(os.path.join(logdir, f"{name}.png"), dpi=90, bbox_inches="tight")
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
         plt.close(figure)
+        files.write_bytes(os.path.join(logdir, f"{name}.png"), buffer.getvalue())

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 from keras_sparse.errors import ConfigError
 from keras_sparse.masking import get_masks, set_masks, sparsity
 from keras_sparse.studies import common
-from keras_sparse.studies.grid import run_grid
+from keras_sparse.studies.grid import finished, missing, run_grid
 from keras_sparse.studies.measures import prune_further
 
 SCOPES = ("layer", "global")
@@ -51,7 +51,7 @@ def run(logdir: str, jobs: int = 1, algorithms: Sequence[str] = ("magnitude", "s
     cells = [{"algorithm": a, "sparsity": s, "seed": seed} for a in algorithms for s in sparsities for seed in seeds]
     cell_fn = functools.partial(further_pruning_cell, extra_sparsities=tuple(extra_sparsities), scopes=tuple(scopes))
     results = run_grid(logdir, cells, cell_fn, jobs)
-    rows = [{**cell, **point} for cell, result in zip(cells, results) for point in result["points"]]
+    rows = [{**cell, **point} for cell, result in finished(cells, results) for point in result["points"]]
     accuracy = common.group(rows, ["scope", "algorithm", "sparsity", "extra_sparsity"], "accuracy")
     sections = []
     for scope in scopes:
@@ -65,7 +65,7 @@ def run(logdir: str, jobs: int = 1, algorithms: Sequence[str] = ("magnitude", "s
     settings = {"algorithms": list(algorithms), "sparsities": list(sparsities), "seeds": list(seeds),
                 "extra_sparsities": list(extra_sparsities), "scopes": list(scopes)}
     figures = {f"further_pruning_{scope}": _plot(rows, scope, algorithms, sparsities) for scope in scopes}
-    common.write_results(logdir, "further_pruning", settings, rows, markdown, figures)
+    common.write_results(logdir, "further_pruning", settings, rows, markdown, figures, missing(cells, results))
     return rows
 
 

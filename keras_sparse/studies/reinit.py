@@ -17,7 +17,7 @@ from keras_sparse.algorithms import FixedMask
 from keras_sparse.errors import ConfigError
 from keras_sparse.masking import get_masks
 from keras_sparse.studies import common
-from keras_sparse.studies.grid import run_grid
+from keras_sparse.studies.grid import finished, missing, run_grid
 from keras_sparse.studies.measures import INIT_VARIANTS, init_variant
 
 NEW_INIT_SEED_OFFSET = 10_000  # "new_init" draws its kernels from seed + this
@@ -55,7 +55,7 @@ def run(logdir: str, jobs: int = 1, algorithms: Sequence[str] = ("magnitude", "s
     cells = [{"algorithm": a, "sparsity": s, "seed": seed} for a in algorithms for s in sparsities for seed in seeds]
     results = run_grid(logdir, cells, functools.partial(reinit_cell, variants=tuple(variants)), jobs)
     rows = []
-    for cell, result in zip(cells, results):
+    for cell, result in finished(cells, results):
         rows.append({**cell, "variant": "trained", "accuracy": result["original"]})
         rows += [{**cell, "variant": v, "accuracy": result["variants"][v]} for v in variants]
     order = ["trained", *variants]
@@ -68,7 +68,7 @@ def run(logdir: str, jobs: int = 1, algorithms: Sequence[str] = ("magnitude", "s
     settings = {"algorithms": list(algorithms), "sparsities": list(sparsities), "seeds": list(seeds),
                 "variants": list(variants), "new_init_seed_offset": NEW_INIT_SEED_OFFSET}
     common.write_results(logdir, "reinit", settings, rows, markdown,
-                         {"reinit": _plot(accuracy, algorithms, sparsities, order)})
+                         {"reinit": _plot(accuracy, algorithms, sparsities, order)}, missing(cells, results))
     return rows
 
 

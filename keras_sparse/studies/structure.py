@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 from keras_sparse.callbacks import Callback
 from keras_sparse.masking import get_masks
 from keras_sparse.studies import common
-from keras_sparse.studies.grid import run_grid
+from keras_sparse.studies.grid import finished, missing, run_grid
 from keras_sparse.studies.measures import mask_overlap
 
 
@@ -82,7 +82,7 @@ def run(logdir: str, jobs: int = 1, sparsity: float = 0.9, seeds: Sequence[int] 
     cell_fn = functools.partial(structure_cell, sparsity=sparsity, first_epoch_points=first_epoch_points)
     results = run_grid(logdir, cells, cell_fn, jobs)
     overlap_rows, freeze_rows = [], []
-    for cell, result in zip(cells, results):
+    for cell, result in finished(cells, results):
         variant = {"snapshots": "rigl (full)", "static": "static"}.get(cell["kind"])
         variant = variant or f"rigl frozen @ {cell['freeze_epoch']:g} epoch"
         freeze_rows.append({"variant": variant, "freeze_epoch": cell.get("freeze_epoch"), "seed": cell["seed"],
@@ -101,7 +101,8 @@ def run(logdir: str, jobs: int = 1, sparsity: float = 0.9, seeds: Sequence[int] 
                 "freeze_epochs": list(freeze_epochs)}
     figures = {"structure_overlap": _plot_overlap(overlap_rows),
                "early_freeze": _plot_freeze(freeze_rows, freeze_epochs)}
-    common.write_results(logdir, "structure", settings, overlap_rows + freeze_rows, markdown, figures)
+    common.write_results(logdir, "structure", settings, overlap_rows + freeze_rows, markdown, figures,
+                         missing(cells, results))
     return overlap_rows + freeze_rows
 
 
