@@ -345,12 +345,19 @@ class Ray:
         started = not ray.is_initialized()
         if started:
             try:
-                ray.init(address=self.address)
+                # Each cell's output goes to its log; the workers' own output stays in Ray's logs.
+                ray.init(address=self.address, log_to_driver=False)
             except (ConnectionError, ValueError, RuntimeError) as error:
                 raise ConfigError(f"Cannot start or join Ray at {self.address or 'RAY_ADDRESS / a local cluster'} "
                                   f"({_one_line(error)}): check --ray_address.") from None
         refs: dict[Any, int] = {}
         try:
+            have = ray.cluster_resources()
+            short = [f"{need:g} {name}" for name, need in (("CPU", self.cpus_per_cell), ("GPU", self.gpus_per_cell))
+                     if need > have.get(name, 0)]
+            if short:
+                grid.log(f"Each cell asks for {' and '.join(short)}, more than Ray's cluster has now: the cells wait "
+                         "for a node that has them to join (Ctrl-C stops).")
             task = ray.remote(num_cpus=self.cpus_per_cell, num_gpus=self.gpus_per_cell, max_calls=1,
                               max_retries=0)(_ray_task)
             config, module, function = gin.config_str(), _module(grid.function), ray.put(grid.function)
@@ -378,7 +385,8 @@ def _ray_outcomes(ray, refs: dict[Any, int]) -> Iterator[Outcome]:
         try:
             yield ray.get(ref)
         except ray.exceptions.RayError as error:  # the worker died: killed, out of memory, lost node
-            yield Outcome(index, error=f"its Ray task died: {_one_line(error)}", log=str(error))
+            yield Outcome(index, error=f"its Ray task died: {_one_line(error)} (the worker's own output is in Ray's "
+                                       "logs on its node: /tmp/ray/session_latest/logs)", log=str(error))
 
 
 class Assemble:
