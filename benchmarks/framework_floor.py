@@ -13,6 +13,11 @@ runs in its own worker process (the TensorFlow worker never imports JAX and the 
 round); rounds of ``--steps`` steps alternate between them. ``vs_jaxpruner.py`` compares the
 libraries; this script gives the ratio that the same model costs in the two frameworks with
 nothing of either library in it, the floor under keras-sparse ÷ jaxpruner at the same K.
+
+The TensorFlow worker also runs keras-sparse on the same batches (``--trainer``: ``ks.Trainer``,
+Keras's LeNet-300-100 of ``common.py``, static ERK 90%, XLA on, ``steps_per_execution`` K, an
+epoch of ``--steps`` a round), so that what keras-sparse adds to TensorFlow's own step is timed
+in the same process, round by round.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import harness
 SHAPES = [(784, 300), (300,), (300, 100), (100,), (100, 10), (10,)]
 BATCH, DISTINCT, KS = 128, 20, (1, 20)
 SIDES = ("tensorflow", "jax")
+PROGRAMS = ("tensorflow", "keras_sparse", "jax")
 
 
 def batches():
@@ -40,6 +46,20 @@ def batches():
     y = rng.integers(0, 10, (DISTINCT, BATCH)).astype("int32")
     params = [(rng.standard_normal(s) * 0.05).astype("float32") for s in SHAPES]
     return x, y, params
+
+
+def keras_sparse_programs(steps: int):
+    """``ks.Trainer`` (static ERK 90%, XLA on) for K = 1 and 20, an epoch of ``steps`` a run."""
+    import common
+
+    data = common.dataset((28, 28, 1), steps, BATCH, distinct=DISTINCT)  # the same sizes, common.py's draws
+    epochs = {k: common.epochs_of(common.trainer(common.lenet_300_100(), common.algorithm("static"), common.sgd(),
+                                                 k, True), data, steps) for k in KS}
+
+    def run(k: int, _steps: int) -> None:
+        epochs[k]()
+
+    return run
 
 
 def tensorflow_programs() -> dict[int, Any]:
@@ -129,51 +149,67 @@ def jax_programs():
 
 def worker(side: str, config: dict[str, Any]) -> None:
     emit = harness.json_lines_out()
-    run = tensorflow_programs() if side == "tensorflow" else jax_programs()
-    for k in KS:
-        run(k, 2 * config["steps"])  # compilation and warm-up
+    runs = {"jax": jax_programs()} if side == "jax" else {"tensorflow": tensorflow_programs()}
+    if side == "tensorflow" and config["trainer"]:
+        runs["keras_sparse"] = keras_sparse_programs(config["steps"])
+    for run in runs.values():
+        for k in KS:
+            run(k, 2 * config["steps"])  # compilation and warm-up
     emit({"status": "ready"})
     for line in sys.stdin:
-        command, _, k = line.strip().partition(" ")
+        command, _, what = line.strip().partition(" ")
         if command != "run":
             break
+        program, k = what.split()
         start = time.perf_counter()
-        run(int(k), config["steps"])
+        runs[program](int(k), config["steps"])
         emit({"seconds": time.perf_counter() - start})
 
 
 def summarize(run: dict[str, Any]) -> None:
     steps = run["config"]["steps"]
     run["cases"] = {}
-    for k, sides in run["seconds"].items():
-        rates = {side: [steps / s for s in seconds] for side, seconds in sides.items()}
-        run["cases"][k] = {**{side: statistics.median(r) for side, r in rates.items()},
-                           "ratio": harness.round_ratios(rates, "tensorflow", "jax")}
+    for k, programs in run["seconds"].items():
+        rates = {program: [steps / s for s in seconds] for program, seconds in programs.items() if seconds}
+        case = {**{program: statistics.median(r) for program, r in rates.items()},
+                "ratio": harness.round_ratios(rates, "tensorflow", "jax")}
+        if "keras_sparse" in rates:
+            case["trainer_ratio"] = harness.round_ratios(rates, "keras_sparse", "tensorflow")
+        run["cases"][k] = case
 
 
 def report(runs: list[dict[str, Any]]) -> str:
+    trainer = all("trainer_ratio" in case for r in runs for case in r["cases"].values())
     rows = [[f"K = {k}", harness.cells(runs, lambda r, k=k: r["cases"][k]["tensorflow"], 1),
              harness.cells(runs, lambda r, k=k: r["cases"][k]["jax"], 1),
-             harness.ratio_cells([r["cases"][k]["ratio"] for r in runs], "iqr")] for k in runs[0]["cases"]]
-    return harness.table(["steps a call", "TensorFlow steps/s", "JAX steps/s", "TensorFlow ÷ JAX (IQR)"], rows)
+             harness.ratio_cells([r["cases"][k]["ratio"] for r in runs], "iqr")]
+            + ([harness.cells(runs, lambda r, k=k: r["cases"][k]["keras_sparse"], 1),
+                harness.ratio_cells([r["cases"][k]["trainer_ratio"] for r in runs], "iqr")] if trainer else [])
+            for k in runs[0]["cases"]]
+    header = ["steps a call", "TensorFlow steps/s", "JAX steps/s", "TensorFlow ÷ JAX (IQR)"]
+    if trainer:
+        header += ["ks.Trainer static steps/s", "ks.Trainer ÷ TensorFlow (IQR)"]
+    return harness.table(header, rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--alternations", type=int, default=7)
     parser.add_argument("--steps", type=int, default=300, help="steps a round, a multiple of 20")
+    parser.add_argument("--trainer", action="store_true", help="also time ks.Trainer in the TensorFlow worker")
     parser.add_argument("--out", default="framework_floor.json")
     harness.add_worker_flags(parser, SIDES)
     args = parser.parse_args()
     if harness.ran_combine_or_worker(args, report, worker):
         return
     started = time.perf_counter()
-    config = {"steps": args.steps, "alternations": args.alternations}
+    config = {"steps": args.steps, "alternations": args.alternations, "trainer": args.trainer}
+    programs = PROGRAMS if args.trainer else SIDES
     log_dir = tempfile.mkdtemp(prefix="framework_floor_")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     workers = {side: harness.Worker(harness.worker_command(__file__, side, config), env,
                                     os.path.join(log_dir, f"{side}.log")) for side in SIDES}
-    seconds = {str(k): {side: [] for side in SIDES} for k in KS}
+    seconds = {str(k): {program: [] for program in programs} for k in KS}
     try:
         for side, w in workers.items():
             record = w.read()
@@ -181,8 +217,9 @@ def main() -> None:
                 raise SystemExit(f"the {side} worker failed: {record.get('error')}")
         for r in range(args.alternations):
             for c, k in enumerate(KS):
-                for side in (SIDES if (r + c) % 2 == 0 else SIDES[::-1]):
-                    seconds[str(k)][side].append(workers[side].request(f"run {k}")["seconds"])
+                for program in (programs if (r + c) % 2 == 0 else programs[::-1]):
+                    side = "jax" if program == "jax" else "tensorflow"
+                    seconds[str(k)][program].append(workers[side].request(f"run {program} {k}")["seconds"])
     finally:
         for w in workers.values():
             w.close()
