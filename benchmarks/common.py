@@ -334,6 +334,18 @@ def steps_per_second(step: Step, x: tf.Tensor, y: tf.Tensor, steps: int) -> floa
     return 1.0 / seconds_per_call(lambda: step(x, y), steps)
 
 
+def rotated_rates(variants: Mapping[str, Step], x: tf.Tensor, y: tf.Tensor, steps: int,
+                  rounds: int) -> dict[str, list[float]]:
+    """Steps/s of each of ``variants`` over ``rounds`` rounds of ``steps`` steps, the order
+    rotated by one variant each round (so each takes every place in turn)."""
+    names = list(variants)
+    rates: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            rates[n].append(steps_per_second(variants[n], x, y, steps))
+    return rates
+
+
 def steps_for(step: Step, x: tf.Tensor, y: tf.Tensor, seconds: float, most: int = 1000) -> int:
     """How many steps of ``step`` take about ``seconds`` (at least 1, at most ``most``), from a
     short timed warm-up of an already compiled step."""

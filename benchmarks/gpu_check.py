@@ -450,11 +450,7 @@ def time_model(prepared: Mapping[str, Any], rounds: int, seconds: float) -> dict
     started = time.perf_counter()
     x, y, variants, masked = prepared["x"], prepared["y"], prepared["variants"], prepared["masked"]
     steps = min(common.steps_for(step, x, y, seconds) for step in variants.values())
-    names = list(variants)
-    rates: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        for n in names[r % len(names):] + names[:r % len(names)]:
-            rates[n].append(common.steps_per_second(variants[n], x, y, steps))
+    rates = common.rotated_rates(variants, x, y, steps, rounds)
     last = {n: float(step(x, y).numpy()) for n, step in variants.items()}
     weights = ks.masked_weights(masked)
     nonzero = sum(pruned_nonzeros({w.key: w.variable.numpy() for w in weights},

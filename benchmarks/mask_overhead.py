@@ -99,11 +99,7 @@ def measure(name: str, batch: int | None, rounds: int, jit: bool, steps: int | N
         step(x, y).numpy()  # compile
     if steps is None:
         steps = min(common.steps_for(step, x, y, seconds) for step in variants.values())
-    names = list(variants)
-    rates: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        for n in names[r % len(names):] + names[:r % len(names)]:
-            rates[n].append(common.steps_per_second(variants[n], x, y, steps))
+    rates = common.rotated_rates(variants, x, y, steps, rounds)
     pairs = [(a, b) for a, b in RATIOS + RIGL_RATIOS if a in variants and b in variants]
     result = {"model": name, "options": options, "batch": int(x.shape[0]),
               "optimizer": type(common.optimizer_for(name)).__name__, "parameters": dense_model.count_params(),
