@@ -63,7 +63,8 @@ class XlaChoice:
     """Runs the training step XLA-compiled or not: as set, or (``"auto"``) the faster of the two
     by the median time a step over the run's first calls, alternating, ``timed_calls`` each (or
     fewer once a setting's timed calls add up to ``enough_seconds``: a slow step's long calls
-    average out the machine's noise themselves, and the slower setting trains meanwhile).
+    average out the machine's noise themselves, and the slower setting trains meanwhile; or
+    once one setting is twice as slow as the other over calls of half a second or more).
 
     The timed calls are training steps like any other (both programs compute the same step, up
     to float rounding). A call that compiled or traced a program is not timed. The decision is
@@ -108,7 +109,7 @@ class XlaChoice:
             return None
         self.seconds_per_step[jit].append(seconds / steps)
         self._seconds[jit] += seconds
-        if not all(self._timed_enough(j) for j in (True, False)):
+        if not (all(self._timed_enough(j) for j in (True, False)) or self._clear_already()):
             return None
         xla, graph = (statistics.median(self.seconds_per_step[j]) for j in (True, False))
         self.choice = xla <= graph
@@ -116,6 +117,14 @@ class XlaChoice:
         return (f"keras-sparse: XLA {'on' if self.choice else 'off'} for this run: "
                 f"{1e3 * xla:.2f} ms a step with XLA, {1e3 * graph:.2f} ms without "
                 f"(medians of {calls} timed calls).")
+
+    def _clear_already(self) -> bool:
+        """One setting at least twice as slow over calls of half a second or more each: more
+        calls would only train longer with it (depthwise convolutions under XLA on CPU, e.g.)."""
+        if not all(self.seconds_per_step[j] and self._seconds[j] >= 0.5 for j in (True, False)):
+            return False
+        xla, graph = (statistics.median(self.seconds_per_step[j]) for j in (True, False))
+        return max(xla, graph) >= 2 * min(xla, graph)
 
     def _timed_enough(self, jit: bool) -> bool:
         timed = len(self.seconds_per_step[jit])

@@ -50,6 +50,19 @@ def test_slow_steps_decide_on_fewer_calls():
     assert choice.choice is False and choice.summary()["ms_per_step"] == {"xla": [400.0], "graph": [300.0]}
 
 
+def test_a_setting_twice_as_slow_over_long_enough_calls_decides_at_once():
+    """Calls of 10 steps; a clear difference needs half a second of timed calls on each side."""
+    fast_graph = XlaChoice("auto", timed_calls=3, enough_seconds=100.0)
+    assert _decide(fast_graph, 200.0, 60.0) == [True, False] * 2  # 2 s and 0.6 s calls, 3.3× apart
+    assert fast_graph.choice is False
+    short_calls = XlaChoice("auto", timed_calls=3, enough_seconds=100.0)
+    assert _decide(short_calls, 60.0, 25.0) == [True, False] * 3  # 0.25 s calls: two needed to reach 0.5 s
+    assert short_calls.choice is False
+    close = XlaChoice("auto", timed_calls=3, enough_seconds=100.0)
+    assert _decide(close, 60.0, 40.0) == [True, False] * 4  # 1.5× apart: all three timed calls each
+    assert close.choice is False
+
+
 def test_a_fixed_setting_never_times_and_saves_nothing():
     for setting in (True, False):
         choice = XlaChoice(setting)
