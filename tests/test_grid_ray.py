@@ -39,18 +39,21 @@ def square_on_ray(cell):
     print(f"working on x={cell['x']}", flush=True)
     if cell.get("fail"):
         raise RuntimeError("interrupted")
-    return {"value": cell["x"] ** 2, "resources": ray.get_runtime_context().get_assigned_resources()}
+    return {"value": cell["x"] ** 2, "resources": ray.get_runtime_context().get_assigned_resources(),
+            "visible_gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
 
-def test_each_cell_is_a_ray_task_with_its_resources_and_a_failure_is_named_with_its_log(cluster, tmp_path):
+# The tests run in this order: CPU tasks reuse their worker processes (which have imported
+# TensorFlow by then), so the study's cells start at once; a GPU task gets a fresh worker.
+
+def test_each_cell_is_a_ray_task_and_a_failure_is_named_with_its_log(cluster, tmp_path):
     cells = [{"x": 3}, {"x": 2, "fail": True}]
     lines = []
     with pytest.raises(GridError, match=r"1 of 2 cells failed: x=2,fail=True; .*rerunning the same command"):
-        run_grid(str(tmp_path), cells, square_on_ray, executor=grid.Ray(cpus_per_cell=1, gpus_per_cell=0.5),
-                 log=lines.append)
-    assert lines[0] == "0 of 2 cells already done; running 2 as Ray tasks of 1 CPU and 0.5 GPU each."
+        run_grid(str(tmp_path), cells, square_on_ray, executor=grid.Ray(), log=lines.append)
+    assert lines[0] == "0 of 2 cells already done; running 2 as Ray tasks of 1 CPU and 0 GPU each."
     stored = json.loads((tmp_path / "cells" / "x=3.json").read_text())["result"]
-    assert stored == {"value": 9, "resources": {"CPU": 1.0, "GPU": 0.5}}
+    assert stored["value"] == 9 and stored["resources"] == {"CPU": 1.0}
     assert (tmp_path / "cells" / "x=3.log").read_text() == "working on x=3\n"  # the task's output, captured
     log = (tmp_path / "cells" / "x=2,fail=True.log").read_text()
     assert log.startswith("working on x=2\nTraceback") and log.rstrip().endswith("RuntimeError: interrupted")
@@ -76,3 +79,11 @@ def test_a_study_on_ray_gives_the_results_of_jobs_1_and_a_rerun_skips_its_cells(
     finally:
         gin.clear_config()
     assert (tmp_path / "ray" / "results.md").read_text() == (tmp_path / "jobs1" / "results.md").read_text()
+
+
+def test_each_cell_requests_the_gpus_per_cell(cluster, tmp_path):
+    lines = []
+    [result] = run_grid(str(tmp_path), [{"x": 1}], square_on_ray,
+                        executor=grid.Ray(cpus_per_cell=0.5, gpus_per_cell=0.5), log=lines.append)
+    assert lines[0] == "0 of 1 cells already done; running 1 as Ray tasks of 0.5 CPU and 0.5 GPU each."
+    assert result == {"value": 1, "resources": {"CPU": 0.5, "GPU": 0.5}, "visible_gpus": "0"}

@@ -120,6 +120,17 @@ def test_one_cell_runs_alone_and_the_last_one_returns_every_result(tmp_path):
         run_grid(str(tmp_path), cells, square, executor=grid.OneCell(2), log=quiet)
 
 
+def test_one_cell_sees_the_cells_that_finished_elsewhere_while_it_ran(tmp_path):
+    cells = [{"x": 1}, {"x": 2}]
+
+    def cell_while_another_machine_finishes_x1(cell):
+        grid.record(str(tmp_path), cells[0], grid.Outcome(0, {"value": 1}))
+        return square(cell)
+    # x=1 was not done when this run started; it is when x=2 ends: this run finishes the grid.
+    assert run_grid(str(tmp_path), cells, cell_while_another_machine_finishes_x1, executor=grid.OneCell(1),
+                    log=quiet) == [{"value": 1}, {"value": 4}]
+
+
 def test_list_cells_prints_a_command_per_cell_to_do_and_keeps_the_config_in_the_logdir(tmp_path, capsys):
     gin.clear_config()
     gin.parse_config(["training.epochs = 3"])
@@ -198,4 +209,4 @@ def test_partial_tables_say_which_cells_are_missing(tmp_path):
     common.write_results(str(tmp_path), "reinit", {}, [], "# Title\n\nTable.", {}, missing=["x=2"])
     assert json.loads((tmp_path / "results.json").read_text())["missing_cells"] == ["x=2"]
     assert (tmp_path / "results.md").read_text() == (
-        "# Title\n\n**Partial:** 1 cells of the grid are not done yet and left out: x=2.\n\nTable.\n")
+        "# Title\n\n**Partial:** 1 cell of the grid not done yet, left out: x=2.\n\nTable.\n")

@@ -87,8 +87,8 @@ def write_results(logdir: str, study: str, settings: Mapping[str, Any], rows: Se
     if missing:
         result["missing_cells"] = list(missing)
         title, _, rest = markdown.partition("\n")
-        markdown = (f"{title}\n\n**Partial:** {len(missing)} cells of the grid are not done yet and left out: "
-                    f"{', '.join(missing)}.\n{rest}")
+        cells = f"{len(missing)} cell{'s' if len(missing) > 1 else ''} of the grid"
+        markdown = f"{title}\n\n**Partial:** {cells} not done yet, left out: {', '.join(missing)}.\n{rest}"
     files.write_json(os.path.join(logdir, "results.json"), result, indent=1)
     files.write_text(os.path.join(logdir, "results.md"), markdown.rstrip() + "\n")
     for name, figure in figures.items():

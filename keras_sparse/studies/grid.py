@@ -212,6 +212,14 @@ class Grid:
     def pending(self) -> list[int]:
         return [i for i in range(len(self.cells)) if i not in self.results]
 
+    def load(self) -> None:
+        """Reads the stored result of every cell not yet known to be done (others may have
+        finished meanwhile, in other processes or on other machines)."""
+        for i in self.pending:
+            path = result_path(self.logdir, self.cells[i])
+            if os.path.exists(path):
+                self.results[i] = files.read_json(path)["result"]
+
     def in_order(self) -> list[Any]:
         """Every result in ``cells`` order, ``None`` for a cell not done."""
         return [self.results.get(i) for i in range(len(self.cells))]
@@ -283,6 +291,7 @@ class OneCell:
         else:
             grid.log(f"Running cell {self.index} of {n}: {name}.")
             grid.run([execute(grid.function, self.index, grid.cells[self.index])], 1)
+            grid.load()  # the cells that finished elsewhere while this one ran
         left = len(grid.pending)
         if left:
             raise GridStopped(f"{n - left} of {n} cells done, {left} to go: the run that finishes the last one writes "
@@ -310,8 +319,14 @@ class ListCells:
         if not os.path.exists(path):
             files.write_text(path, config)
         pending = grid.pending
-        for index in pending:
-            self.out(shlex.join([*self.program, f"--gin_config={path}", f"--logdir={logdir}", f"--cell={index}"]))
+        try:
+            for index in pending:
+                self.out(shlex.join([*self.program, f"--gin_config={path}", f"--logdir={logdir}", f"--cell={index}"]))
+            sys.stdout.flush()
+        except BrokenPipeError:  # whatever read the commands (GNU parallel, head) stopped reading
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            raise ConfigError("The program reading the listed commands stopped before the end (a closed pipe): "
+                              "see its own error above.") from None
         raise GridStopped(f"{len(pending)} of {len(grid.cells)} cells to run ({len(grid.cells) - len(pending)} done), "
                           f"one command a line; each writes into {logdir}, and the one that finishes the last cell "
                           "writes the study's tables.")
@@ -319,8 +334,8 @@ class ListCells:
 
 class Ray:
     """Each cell a Ray task requesting ``cpus_per_cell`` CPUs and ``gpus_per_cell`` GPUs (a
-    fraction shares a GPU), run in a fresh worker process with the driver's gin configuration;
-    its output comes back to the cell's log. ``address`` is ``ray.init``'s: None joins the
+    fraction shares a GPU), run in a worker process with the driver's gin configuration (a fresh
+    one for a GPU task); its output comes back to the cell's log. ``address`` is ``ray.init``'s: None joins the
     cluster that ``RAY_ADDRESS`` or a running ``ray start`` names, else starts one on this
     machine; ``"auto"``, ``HOST:PORT`` or ``ray://HOST:10001`` name a cluster. The results are
     written by this process, so only it needs the logdir. A worker that dies (killed, out of
@@ -358,8 +373,9 @@ class Ray:
             if short:
                 grid.log(f"Each cell asks for {' and '.join(short)}, more than Ray's cluster has now: the cells wait "
                          "for a node that has them to join (Ctrl-C stops).")
-            task = ray.remote(num_cpus=self.cpus_per_cell, num_gpus=self.gpus_per_cell, max_calls=1,
-                              max_retries=0)(_ray_task)
+            # A GPU task gets a fresh worker process (Ray's default: its TensorFlow sees only the GPUs
+            # Ray gave it); CPU tasks reuse workers, as --jobs 1 runs its cells in one process.
+            task = ray.remote(num_cpus=self.cpus_per_cell, num_gpus=self.gpus_per_cell, max_retries=0)(_ray_task)
             config, module, function = gin.config_str(), _module(grid.function), ray.put(grid.function)
             refs = {task.remote(config, module, function, i, grid.cells[i]): i for i in pending}
             grid.run(_ray_outcomes(ray, refs), len(refs))
@@ -436,8 +452,5 @@ def run_grid(logdir: str, cells: Sequence[Cell], function: CellFunction, jobs: i
     grid = Grid(logdir, list(cells), function, log)
     if len(set(grid.ids)) != len(grid.ids):
         raise ConfigError("The study grid has repeated cells: remove duplicate values from its lists.")
-    for i, cell in enumerate(grid.cells):
-        path = result_path(logdir, cell)
-        if os.path.exists(path):
-            grid.results[i] = files.read_json(path)["result"]
+    grid.load()
     return chosen.run(grid)
