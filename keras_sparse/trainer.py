@@ -124,6 +124,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self._set_up = False
         self._said_past_end = False
+        self._boundaries: set[int] = set()
         self._scalars: dict[Any, tf.Tensor] = {}
 
     def configure(self, epochs: int, steps_per_epoch: int) -> None:
@@ -162,6 +163,7 @@ class Trainer:
                 first_batch=lambda: next(iter(first.take(1))))
             self.epoch_iterator = EpochIterator(self.strategy, self.steps_per_execution)
         callbacks = [*self._before_user, *callbacks, *self._after_user]
+        self._boundaries = {int(step) for callback in callbacks for step in callback.step_boundaries(self)}
         self._set_up_masks(epoch_data(0), callbacks)
         for callback in callbacks:
             callback.on_train_begin(self)
@@ -271,10 +273,13 @@ class Trainer:
     def _next_call(self, most: int) -> tuple[int, bool]:
         """Steps for the next compiled call, and whether its last one updates the masks: up to
         ``most`` steps, ending at the next mask update, so callbacks see each update's masks
-        before the next one (FLOPs and summaries stay exact)."""
+        before the next one (FLOPs and summaries stay exact), and after any step a callback
+        asked for (``Callback.step_boundaries``)."""
         for n in range(1, most + 1):
             if self.algorithm.is_update_step(self.step + n - 1):
                 return n, True
+            if self.step + n in self._boundaries:
+                return n, False
         return most, False
 
     def _scalar(self, value: int | bool) -> tf.Tensor:

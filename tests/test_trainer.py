@@ -316,6 +316,27 @@ def test_staged_calls_end_at_mask_updates(mlp, dataset):
     assert trainer.trace_counts()["staged"] == 1  # stacks of 5 and of 2 batches: one trace for any length
 
 
+def test_calls_end_after_the_steps_a_callback_asks_for(mlp, dataset):
+    """Batches staged 5 at a time (12 steps); a callback asking for steps 3 and 7 gets on_step_end
+    right after each of them, besides the stack ends."""
+    trainer = ks.Trainer(ks.wrap(mlp(seed=0)), algorithms.StaticSparse(0.5), keras.optimizers.SGD(0.1), _loss(),
+                         progress=False, steps_per_execution=5, jit_compile=False)
+
+    class Snapshots(ks.Callback):
+        def __init__(self):
+            self.steps = []
+
+        def step_boundaries(self, trainer):
+            return [3, 7]
+
+        def on_step_end(self, trainer, losses):
+            self.steps.append(trainer.step)
+
+    snapshots = Snapshots()
+    trainer.fit(dataset(96, (8,), 4, batch=8), epochs=1, callbacks=[snapshots])
+    assert snapshots.steps == [3, 5, 7, 10, 12]
+
+
 @pytest.mark.parametrize("value", [0, -2, 1.5])
 def test_steps_per_execution_must_be_a_positive_whole_number(mlp, value):
     with pytest.raises(ValueError, match="steps_per_execution"):

@@ -7,7 +7,7 @@ own module (modelled on Keras's ``keras.callbacks``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 import tensorflow as tf
@@ -37,6 +37,12 @@ class Callback:
     def on_step_end(self, trainer: Trainer, losses: tf.Tensor) -> None:
         """After each compiled call: one step, or up to ``steps_per_execution`` steps whose
         losses ``losses`` holds (a device tensor: reading it waits for the call to finish)."""
+
+    def step_boundaries(self, trainer: Trainer) -> Iterable[int]:
+        """Steps after which a compiled call must end, so that ``on_step_end`` runs right after
+        each of them (a call of several steps ends only at mask updates and stack ends
+        otherwise). Asked once, when ``fit`` starts."""
+        return ()
 
     def on_mask_update_begin(self, trainer: Trainer) -> None:
         """Before a call whose last step updates the masks."""

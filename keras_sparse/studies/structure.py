@@ -31,6 +31,9 @@ class MaskSnapshots(Callback):
     def on_train_begin(self, trainer) -> None:
         self.masks[trainer.step] = get_masks(trainer.model)
 
+    def step_boundaries(self, trainer) -> set[int]:
+        return self.steps
+
     def on_step_end(self, trainer, losses) -> None:
         if trainer.step in self.steps:
             self.masks[trainer.step] = get_masks(trainer.model)
