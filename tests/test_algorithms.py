@@ -291,7 +291,8 @@ def test_rigl_resets_momentum_of_grown_weights(mlp, dataset):
     model = ks.wrap(mlp(seed=2))
     algo = _rigl(update_frequency=2, end_step=10, sparsity=0.6)
     trainer = ks.Trainer(model, algo, keras.optimizers.SGD(0.1, momentum=0.9),
-                         keras.losses.SparseCategoricalCrossentropy(from_logits=True), progress=False)
+                         keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=False,
+                         progress=False)
     data = dataset(32, (8,), 4, batch=8, seed=1)
     trainer.fit(data, epochs=1, steps_per_epoch=2)  # steps 0 (an update) and 1
     assert trainer.step == 2 and algo.is_update_step(2)
@@ -438,57 +439,76 @@ TFMOT_SCRIPT = textwrap.dedent(r"""
     import tf_keras
     import tensorflow_model_optimization as tfmot
 
-    config = json.loads(sys.argv[1])
-    kernels = np.load(config["weights"])
-    names = ["h", "o"]
-    model = tf_keras.Sequential([tf_keras.Input((10,)), tf_keras.layers.Dense(8, name="h"),
-                                 tf_keras.layers.Dense(3, name="o")])
-    schedule = tfmot.sparsity.keras.PolynomialDecay(
-        initial_sparsity=config["initial"], final_sparsity=config["final"], begin_step=config["begin"],
-        end_step=config["end"], frequency=config["frequency"])
-    pruned = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule)
-    for layer, name in zip(pruned.layers, names):
-        layer.pruning_vars[0][0].assign(kernels[name])
-    pruned.compile(optimizer=tf_keras.optimizers.SGD(0.0), loss="mse")
-    history = []
+    def masks_of(config):
+        kernels = np.load(config["weights"])
+        names = ["h", "o"]
+        model = tf_keras.Sequential([tf_keras.Input((10,)), tf_keras.layers.Dense(8, name="h"),
+                                     tf_keras.layers.Dense(3, name="o")])
+        schedule = tfmot.sparsity.keras.PolynomialDecay(
+            initial_sparsity=config["initial"], final_sparsity=config["final"], begin_step=config["begin"],
+            end_step=config["end"], frequency=config["frequency"])
+        pruned = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule)
+        for layer, name in zip(pruned.layers, names):
+            layer.pruning_vars[0][0].assign(kernels[name])
+        pruned.compile(optimizer=tf_keras.optimizers.SGD(0.0), loss="mse")
+        history = []
 
-    class Record(tf_keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            history.append({name: layer.pruning_vars[0][1].numpy().astype(bool)
-                            for layer, name in zip(pruned.layers, names)})
+        class Record(tf_keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                history.append({name: layer.pruning_vars[0][1].numpy().astype(bool)
+                                for layer, name in zip(pruned.layers, names)})
 
-    n = config["steps"]
-    pruned.fit(np.ones((n, 10), np.float32), np.zeros((n, 3), np.float32), batch_size=1, epochs=1,
-               shuffle=False, verbose=0, callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), Record()])
-    np.savez(config["out"], **{f"{i}_{name}": m[name] for i, m in enumerate(history) for name in names})
+        n = config["steps"]
+        pruned.fit(np.ones((n, 10), np.float32), np.zeros((n, 3), np.float32), batch_size=1, epochs=1,
+                   shuffle=False, verbose=0, callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), Record()])
+        np.savez(config["out"], **{f"{i}_{name}": m[name] for i, m in enumerate(history) for name in names})
+
+    for config in json.loads(sys.argv[1]):  # each its own model, schedule and step counter
+        masks_of(config)
 """)
 
 
 # Settings chosen so that no layer's size * (1 - s_t) is a rounding tie (x.5): at a tie
 # tfmot itself is not consistent (its graph-mode mask update, after Grappler's rewrites,
 # rounded 24 * 0.1875 = 4.5 up to 5 where eager mode and the plain formula give 4).
-@pytest.mark.parametrize("initial, final, begin, end, frequency", [
+TFMOT_SETTINGS = [
     (0.0, 0.8, 1, 5, 2),   # s = 0, 0.7, 0.8 at steps 1, 3, 5
     (0.1, 0.9, 2, 8, 3),   # s = 0.1, 0.8, 0.9 at steps 2, 5, 8
-])
-def test_magnitude_pruning_matches_tfmot(tmp_path, initial, final, begin, end, frequency):
+]
+
+
+def _tfmot_kernels():
+    rng = np.random.default_rng(3)
+    return {"h": rng.normal(size=(10, 8)).astype(np.float32), "o": rng.normal(size=(8, 3)).astype(np.float32)}
+
+
+@pytest.fixture(scope="module")
+def tfmot_masks(tmp_path_factory):
+    """tfmot's masks after each batch for every setting of TFMOT_SETTINGS: one child process
+    (tf_keras) runs them all, each with its own model, schedule and pruning step."""
+    directory = tmp_path_factory.mktemp("tfmot")
+    np.savez(directory / "weights.npz", **_tfmot_kernels())
+    configs = [dict(initial=initial, final=final, begin=begin, end=end, frequency=frequency, steps=end + 2,
+                    weights=str(directory / "weights.npz"), out=str(directory / f"masks_{i}.npz"))
+               for i, (initial, final, begin, end, frequency) in enumerate(TFMOT_SETTINGS)]
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    done = subprocess.run([sys.executable, "-c", TFMOT_SCRIPT, json.dumps(configs)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {setting: dict(np.load(config["out"])) for setting, config in zip(TFMOT_SETTINGS, configs)}
+
+
+@pytest.mark.parametrize("initial, final, begin, end, frequency", TFMOT_SETTINGS)
+def test_magnitude_pruning_matches_tfmot(tfmot_masks, initial, final, begin, end, frequency):
     for step in range(begin, end + 1, frequency):
         p = (step - begin) / (end - begin)
         s = final + (initial - final) * (1 - p) ** 3
         for size in (80, 24):
             assert abs(size * (1 - s) % 1 - 0.5) > 1e-3, "pick settings without rounding ties"
-    rng = np.random.default_rng(3)
-    kernels = {"h": rng.normal(size=(10, 8)).astype(np.float32), "o": rng.normal(size=(8, 3)).astype(np.float32)}
-    np.savez(tmp_path / "weights.npz", **kernels)
+    kernels = _tfmot_kernels()
     steps = end + 2
-    config = dict(initial=initial, final=final, begin=begin, end=end, frequency=frequency, steps=steps,
-                  weights=str(tmp_path / "weights.npz"), out=str(tmp_path / "masks.npz"))
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    done = subprocess.run([sys.executable, "-c", TFMOT_SCRIPT, json.dumps(config)], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    theirs = np.load(tmp_path / "masks.npz")
+    theirs = tfmot_masks[(initial, final, begin, end, frequency)]
 
     algo = algorithms.MagnitudePruning(final, "uniform", initial_sparsity=initial, begin_step=begin,
                                        end_step=end, frequency=frequency)
