@@ -227,41 +227,52 @@ def test_keras_callbacks(tmp_path):
     _check_exact_zeros(loaded)
 
 
+# argv: straight.npz, its backup dir, resumed.npz, its backup dir, and the phase: "straight_then_kill"
+# trains the uninterrupted run, then (in the same process, from the same seeds) the run a
+# preemption stops mid-epoch; "resume" reruns that one in a fresh process, as after a preemption.
 BACKUP = r"""
 import os, sys
 import keras, numpy as np
 import keras_sparse as ks
 sys.path.insert(0, "tests")
 from conftest import SMALL_RUN_ALGORITHMS, build_small_convnet, loss_fn, small_convnet_data
-mode, out, backup = sys.argv[1:4]
-model = build_small_convnet()
-optimizer = ks.SparseOptimizer(keras.optimizers.SGD(0.05, momentum=0.9), SMALL_RUN_ALGORITHMS["rigl"](),
-                               total_steps=24, model=model)
-model.compile(optimizer=optimizer, loss=loss_fn(), jit_compile=True)
+straight, straight_backup, resumed, resumed_backup, phase = sys.argv[1:6]
 
-class Kill(keras.callbacks.Callback):
-    def on_train_batch_end(self, batch, logs=None):
-        if mode == "kill" and int(self.model.optimizer.iterations.numpy()) == 15:
-            os._exit(3)  # as a preemption would: no clean-up, mid-epoch
+def train(out, backup, kill_at=None):
+    model = build_small_convnet()
+    optimizer = ks.SparseOptimizer(keras.optimizers.SGD(0.05, momentum=0.9), SMALL_RUN_ALGORITHMS["rigl"](),
+                                   total_steps=24, model=model)
+    model.compile(optimizer=optimizer, loss=loss_fn(), jit_compile=True)
 
-model.fit(small_convnet_data(), epochs=4, verbose=0,
-          callbacks=[keras.callbacks.BackupAndRestore(backup), Kill()])
-np.savez(out, *[v.numpy() for v in model.weights], *ks.get_masks(model).values())
+    class Kill(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if kill_at is not None and int(self.model.optimizer.iterations.numpy()) == kill_at:
+                os._exit(3)  # as a preemption would: no clean-up, mid-epoch
+
+    model.fit(small_convnet_data(), epochs=4, verbose=0,
+              callbacks=[keras.callbacks.BackupAndRestore(backup), Kill()])
+    np.savez(out, *[v.numpy() for v in model.weights], *ks.get_masks(model).values())
+
+if phase == "straight_then_kill":
+    train(straight, straight_backup)
+    train(resumed, resumed_backup, kill_at=15)
+else:
+    train(resumed, resumed_backup)
 """
 
 
 def test_backup_and_restore_after_a_kill_gives_the_uninterrupted_run(tmp_path):
-    def run(mode, name):
-        return subprocess.run([sys.executable, "-c", BACKUP, mode, str(tmp_path / name),
-                               str(tmp_path / f"backup-{name}")],
+    def run(phase):
+        return subprocess.run([sys.executable, "-c", BACKUP, str(tmp_path / "straight.npz"),
+                               str(tmp_path / "backup-straight"), str(tmp_path / "resumed.npz"),
+                               str(tmp_path / "backup-resumed"), phase],
                               cwd=ROOT, capture_output=True, text=True, timeout=300,
                               env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
 
-    straight_run = run("plain", "straight.npz")
-    assert straight_run.returncode == 0, straight_run.stderr[-3000:]
-    killed = run("kill", "resumed.npz")
+    killed = run("straight_then_kill")
     assert killed.returncode == 3, killed.stderr[-3000:]
-    resumed = run("resume", "resumed.npz")
+    assert (tmp_path / "straight.npz").exists() and not (tmp_path / "resumed.npz").exists()
+    resumed = run("resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     straight, again = np.load(tmp_path / "straight.npz"), np.load(tmp_path / "resumed.npz")
     assert len(straight.files) == len(again.files)
