@@ -39,7 +39,7 @@ def test_train_runs_from_any_directory_with_a_shipped_config_name_and_noprogress
     result = subprocess.run(["keras-sparse-train", "--gin_config=static.gin", f"--logdir={tmp_path / 'run'}",
                              "--gin_bindings=training.epochs = 1", "--gin_bindings=model.width = 8",
                              "--gin_bindings=training.batch_size = 500", "--gin_bindings=training.export = False",
-                             "--noprogress"],
+                             "--gin_bindings=training.jit_compile = False", "--noprogress"],
                             capture_output=True, text=True, timeout=300, env=ENV, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "run" / "metrics.json").exists()

@@ -13,8 +13,11 @@ from keras_sparse.errors import ConfigError, TrainingDivergedError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RIGL = os.path.join(ROOT, "gin_configs", "rigl.gin")
+# One epoch of 7 steps of a narrow net, as a plain graph one step a call: these tests are about the
+# checks and the logdir, not the compiled step (timing XLA against the graph, as "auto" does,
+# doubled each run's cost).
 FAST = ["training.epochs = 1", "model.width = 8", "training.progress = False", "training.export = False",
-        "training.batch_size = 500"]
+        "training.batch_size = 500", "training.jit_compile = False", "training.steps_per_execution = 1"]
 
 
 @pytest.fixture(autouse=True)

@@ -34,11 +34,12 @@ def test_every_algorithm_config_trains(config, tmp_path):
     # Magnitude pruning reaches its target only at a pruning step on end_step (as tfmot's
     # schedule): prune every step, so the end of this short run is one.
     every_step = ["MagnitudePruning.frequency = 1"] if config == "magnitude" else []
-    parse_gin([os.path.join(ROOT, "gin_configs", f"{config}.gin")], SHORT + every_step + ["training.export = False"])
+    parse_gin([os.path.join(ROOT, "gin_configs", f"{config}.gin")],
+              SHORT + every_step + ["training.export = False", "training.batch_size = 500"])
     metrics = experiment.train(str(tmp_path), seed=1)
     expected_sparsity = 0.0 if config == "dense" else 0.9
     assert metrics["sparsity"] == pytest.approx(expected_sparsity, abs=2e-3)
-    assert metrics["steps"] == 112  # 2 epochs of 3600 training examples (10% held out) in batches of 64
+    assert metrics["steps"] == 14  # 2 epochs of 3600 training examples (10% held out) in batches of 500
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and np.isfinite(metrics["test_loss"])
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("test_accuracy", "test_loss", "sparsity", "layer_sparsity", "steps", "dense_gradient_steps",

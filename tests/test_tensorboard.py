@@ -33,7 +33,8 @@ def rigl_run(tmp_path_factory):
     logdir = str(tmp_path_factory.mktemp("tb") / "run")
     parse_gin([os.path.join(ROOT, "gin_configs", "rigl.gin")],
                          ["training.epochs = 2", "training.batch_size = 500", "model.width = 8",
-                          "RigL.update_frequency = 2", "training.progress = False", "training.export = False"])
+                          "RigL.update_frequency = 2", "training.progress = False", "training.export = False",
+                          "training.jit_compile = False"])  # what is logged, not the compiled step
     experiment.train(logdir, seed=0)
     gin.clear_config()
     return read_events(logdir)
