@@ -269,8 +269,10 @@ def _reference_training(name: str) -> tuple[keras.Model, int]:
 
 @pytest.mark.parametrize("name", sorted(run_algorithms()))
 def test_optimised_steps_match_a_plain_reference_loop(algorithm_runs, name):
-    """The XLA-compiled step (one step per call, and 4 staged steps per call, whose calls end
-    at each mask update) gives the masks and weights of the plain eager loop above."""
+    """The compiled steps give the masks and weights of the plain eager loop above: one
+    XLA-compiled step per call, and 4 staged steps per call (calls end at each mask update) at
+    the default jit_compile="auto", whose calls run with and without XLA in turn while it times
+    them, so both settings are checked."""
     reference, reference_dense_steps = _reference_training(name)
     one_step = algorithm_runs[name].trainer
     staged = ks.Trainer(ks.wrap(build_convnet(seed=11)), run_algorithms()[name](),
