@@ -63,6 +63,14 @@ OFFLINE: Registry[Callable[[int], tuple[np.ndarray, ...]]] = Registry("offline d
 
 @OFFLINE.register("mnist1d")
 def _mnist1d(seed: int) -> tuple[np.ndarray, ...]:
+    return _standard_mnist1d()
+
+
+@functools.lru_cache(maxsize=1)
+def _standard_mnist1d() -> tuple[np.ndarray, ...]:
+    """The standard MNIST-1D split (the package's default arguments, whatever the run's seed),
+    generated once a process: studies and tests load it many times. Read-only, so that no caller
+    can change what the next one gets."""
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()
@@ -71,8 +79,11 @@ def _mnist1d(seed: int) -> tuple[np.ndarray, ...]:
         data = make_dataset(args)
     finally:
         np.random.set_state(state)
-    return (data["x"][..., None].astype("float32"), data["y"].astype("int64"),
-            data["x_test"][..., None].astype("float32"), data["y_test"].astype("int64"))
+    arrays = (data["x"][..., None].astype("float32"), data["y"].astype("int64"),
+              data["x_test"][..., None].astype("float32"), data["y_test"].astype("int64"))
+    for array in arrays:
+        array.flags.writeable = False
+    return arrays
 
 
 @OFFLINE.register("digits")
