@@ -5,6 +5,7 @@ import os
 import socket
 import time
 
+import gin
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -23,6 +24,30 @@ def test_mnist1d_shapes_and_split():
     d = data.load(batch_size=100, name="mnist1d")  # by default 10% of the training examples validate
     assert (d.train_size, d.validation_size, d.steps_per_epoch) == (3600, 400, 36)
     assert [int(x.shape[0]) for x, _ in d.validation] == [400]
+
+
+def test_mnist1d_large_adds_new_training_examples_and_keeps_the_standard_test_split():
+    gin.clear_config()
+    gin.bind_parameter("mnist1d_large.train_examples", 4100)
+    try:
+        d = data.load(batch_size=50, name="mnist1d_large", validation_fraction=0)
+        x, y, x_test, y_test = data.OFFLINE.get("mnist1d_large")(0)
+    finally:
+        gin.clear_config()
+    assert (d.input_shape, d.num_classes, d.train_size, d.steps_per_epoch) == ((40, 1), 10, 4100, 82)
+    standard = data.OFFLINE.get("mnist1d")(0)
+    assert np.array_equal(x_test, standard[2]) and np.array_equal(y_test, standard[3])
+    assert np.array_equal(x[:4000], standard[0]) and np.array_equal(y[:4000], standard[1])
+    assert np.array_equal(np.bincount(y[4000:]), [10] * 10)  # as many new examples of every digit
+    seen = {row.tobytes() for row in np.concatenate([standard[0], x_test])}
+    assert not any(row.tobytes() in seen for row in x[4000:])  # new examples, none from the test split
+    assert abs(float(x[4000:].mean())) < 0.2 and abs(float(x[4000:].std()) - 1.0) < 0.1  # standardised
+
+
+@pytest.mark.parametrize("size", [3990, 4005, 4100.0])
+def test_mnist1d_large_refuses_a_size_it_cannot_make(size):
+    with pytest.raises(ConfigError, match=r"^mnist1d_large.train_examples=.*at least 4000"):
+        data.large_mnist1d_size(size)
 
 
 def _examples(dataset):
