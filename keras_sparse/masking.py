@@ -96,6 +96,8 @@ class MaskState(keras.layers.Layer):
     def __init__(self, **kwargs):
         super().__init__(name=kwargs.pop("name", STATE_ATTRIBUTE), **kwargs)
         self.entries: list[MaskedWeight] = []
+        # Each weight's bound sparsity type, declared by the optimizer's algorithm (not saved).
+        object.__setattr__(self, "sparsity_types", {})
         self.initialized = self.add_weight(shape=(), dtype="bool", initializer="zeros", trainable=False,
                                            name="initialized", aggregation="only_first_replica")
         self.built = True
@@ -112,6 +114,11 @@ class MaskState(keras.layers.Layer):
         self.entries.append(entry)
         _REGISTRY[id(variable)] = entry
         return entry
+
+    def declare_sparsity_types(self, types: Mapping[str, object]) -> None:
+        """Records each weight's sparsity type (``keras_sparse.sparsity_types``: objects with a
+        name, ``str``, and ``holds(mask)``) for ``sparsity_report``; ``SparseOptimizer`` calls it."""
+        self.sparsity_types.update(types)
 
     def _file_keys(self) -> dict[str, MaskedWeight]:
         """Each mask's name in a weights file: ``<position in model.weights>|<path, / as |>``.
@@ -363,13 +370,26 @@ def sparsity_of(weights: Sequence[MaskedWeight]) -> float:
 
 
 def sparsity_report(model: keras.Model) -> dict[str, dict]:
-    """Per masked weight ``{"shape", "size", "active", "sparsity"}``, and under ``"total"``: the
-    sparsity of the masked weights and of all the model's parameters, with their counts."""
+    """Per masked weight ``{"shape", "size", "active", "sparsity", "type", "pattern_holds"}``, and
+    under ``"total"``: the sparsity of the masked weights and of all the model's parameters, with
+    their counts.
+
+    ``type`` is the weight's sparsity type as its algorithm declared it (``"unstructured"``,
+    ``"2:4"``, ``"4x1"``, ``"channel"``; ``"unstructured"`` before an optimizer set the model up)
+    and ``pattern_holds`` whether the mask has that pattern now: at most N active in every N:M
+    group (what N:M hardware accepts; the algorithms keep exactly N), every block and channel
+    all on or all off.
+    """
     report: dict[str, dict] = {}
+    declared = mask_state(model).sparsity_types if mask_state(model) is not None else {}
     for w in masked_weights(model):
         size = int(np.prod(w.mask.shape))
-        active = int(np.count_nonzero(w.mask.numpy()))
-        report[w.key] = {"shape": list(w.mask.shape), "size": size, "active": active, "sparsity": 1.0 - active / size}
+        mask = w.mask.numpy()
+        active = int(np.count_nonzero(mask))
+        kind = declared.get(w.key)
+        report[w.key] = {"shape": list(w.mask.shape), "size": size, "active": active, "sparsity": 1.0 - active / size,
+                         "type": str(kind) if kind is not None else "unstructured",
+                         "pattern_holds": bool(kind.holds(mask)) if kind is not None else True}
     masked_size = sum(r["size"] for r in report.values())
     pruned = sum(r["size"] - r["active"] for r in report.values())
     parameters = int(sum(np.prod(v.shape) for v in model.weights))

@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_sparse import algorithms as algorithms_lib
-from keras_sparse import masking
+from keras_sparse import masking, sparsity_types
 from keras_sparse.algorithms.base import SparseAlgorithm
 from keras_sparse.errors import ConfigError
 
@@ -133,7 +133,9 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         with tf.init_scope():  # eager, also while the first step is being traced
             if not self._ready:
                 shapes = {w.key: tuple(int(d) for d in w.variable.shape) for w in self.weights_}
-                self.algorithm.setup(shapes, self.total_steps, self.steps_per_epoch)
+                layouts = {w.key: sparsity_types.layout_of(w) for w in self.weights_}
+                self.algorithm.setup(shapes, self.total_steps, self.steps_per_epoch, layouts)
+                self._state_ref().declare_sparsity_types(self.algorithm.structures)
                 horizon = self.algorithm.update_horizon()
                 self._update_table = tf.constant([self.algorithm.is_update_step(s) for s in range(horizon)] + [False])
                 self._ready = True

@@ -601,9 +601,12 @@ def test_sparsity_and_report_exact():
     report = ks.sparsity_report(model)
     assert list(report) == [*MLP_KEYS, "total"]
     assert report == {
-        "hidden_0/kernel": {"shape": [8, 16], "size": 128, "active": 32, "sparsity": pytest.approx(0.75)},
-        "hidden_1/kernel": {"shape": [16, 12], "size": 192, "active": 192, "sparsity": 0.0},
-        "logits/kernel": {"shape": [12, 4], "size": 48, "active": 1, "sparsity": pytest.approx(47 / 48)},
+        "hidden_0/kernel": {"shape": [8, 16], "size": 128, "active": 32, "sparsity": pytest.approx(0.75),
+                            "type": "unstructured", "pattern_holds": True},
+        "hidden_1/kernel": {"shape": [16, 12], "size": 192, "active": 192, "sparsity": 0.0,
+                            "type": "unstructured", "pattern_holds": True},
+        "logits/kernel": {"shape": [12, 4], "size": 48, "active": 1, "sparsity": pytest.approx(47 / 48),
+                          "type": "unstructured", "pattern_holds": True},
         "total": {"masked_size": 368, "parameters": 400,
                   "masked_sparsity": pytest.approx(143 / 368),
                   "sparsity_of_all_parameters": pytest.approx(143 / 400),

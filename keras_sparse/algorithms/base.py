@@ -7,6 +7,10 @@ Modelled on jaxpruner's ``BaseUpdater``: an algorithm only says
 * at which steps masks change (``is_update_step``) and to what (``updated_masks``),
 * at which steps it needs the dense gradient (``uses_dense_gradient``), for the FLOPs count.
 
+Each layer's sparsity type (``keras_sparse.sparsity_types``: unstructured, N:M, blocks, channels)
+is bound in ``setup`` (``structures``); the algorithms select masks through it, so one
+algorithm serves every type.
+
 The ``Trainer`` calls these hooks and never asks which algorithm it runs.
 """
 
@@ -18,7 +22,7 @@ from typing import Callable, ClassVar, Mapping
 import numpy as np
 import tensorflow as tf
 
-from keras_sparse import distributions, mask_ops
+from keras_sparse import distributions, sparsity_types
 from keras_sparse.errors import ConfigError
 
 Gradients = Mapping[str, tf.Tensor]
@@ -34,6 +38,11 @@ class SparseAlgorithm:
         first_layer_dense: keep the first masked weight dense (with ``"uniform"``,
             ``"erdos_renyi"`` and ``"erdos_renyi_kernel"``; the others share the rest).
         seed: seeds the random initial masks and any random growth.
+        sparsity_type: which entries are pruned together (``keras_sparse.sparsity_types``):
+            ``"unstructured"``, N:M such as ``"2:4"``, blocks such as ``"4x1"``, ``"channel"``,
+            or a map ``{layer name or path: type}`` (as ``wrap``'s selectors name weights;
+            weights it does not name stay unstructured). An N:M layer's density is N/M
+            whatever its target, unless the target is 0 (then it stays dense).
     """
 
     #: The name configs use for this algorithm (``keras_sparse.algorithms.get(name)``).
@@ -45,7 +54,7 @@ class SparseAlgorithm:
     skips_optimizer_step: ClassVar[bool] = False
 
     def __init__(self, sparsity: float = 0.9, distribution: distributions.Distribution = "erdos_renyi_kernel",
-                 first_layer_dense: bool = False, seed: int = 0):
+                 first_layer_dense: bool = False, seed: int = 0, sparsity_type: sparsity_types.Spec = "unstructured"):
         self.sparsity = distributions.check_sparsity(sparsity)
         if isinstance(distribution, str) and distribution not in distributions.names():
             raise ConfigError(f"Unknown sparsity distribution {distribution!r}: use one of {distributions.names()} "
@@ -53,6 +62,7 @@ class SparseAlgorithm:
         self.distribution = distribution
         self.first_layer_dense = first_layer_dense
         self.seed = int(seed)
+        self.sparsity_type = sparsity_types.describe(sparsity_type)
         if first_layer_dense and not isinstance(distribution, str):
             raise ConfigError(f"{type(self).__name__}: first_layer_dense=True does not apply to an explicit "
                               "per-layer map: give the first layer sparsity 0.0 in the map instead.")
@@ -60,6 +70,7 @@ class SparseAlgorithm:
         self.steps_per_epoch: int | None = 0
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.targets: dict[str, float] = {}
+        self.structures: dict[str, sparsity_types.SparsityType] = {}
         self._owner = None
 
     # ----------------------------------------------------------------- set-up
@@ -71,13 +82,23 @@ class SparseAlgorithm:
         self._owner = weakref.ref(owner)
 
     def setup(self, shapes: Mapping[str, tuple[int, ...]], total_steps: int | None,
-              steps_per_epoch: int | None) -> None:
+              steps_per_epoch: int | None, layouts: Mapping[str, sparsity_types.Layout] | None = None) -> None:
         """Called once before training, with the masked weights' shapes and, where known, the
-        length of training (``None`` where not: an algorithm that needs it says so)."""
+        length of training (``None`` where not: an algorithm that needs it says so) and the
+        weights' layouts (``sparsity_types.layout_of``; a Dense/Conv kernel's where not given).
+
+        Binds each weight's sparsity type (``structures``); a weight that cannot take its type
+        raises a ``ConfigError`` naming it and the fix.
+        """
         self.shapes = {key: tuple(int(d) for d in shape) for key, shape in shapes.items()}
         self.total_steps = None if total_steps is None else int(total_steps)
         self.steps_per_epoch = None if steps_per_epoch is None else int(steps_per_epoch)
         self.targets = self.layer_sparsities()
+        layouts = dict(layouts or {})
+        types = sparsity_types.resolve(self.sparsity_type, list(self.shapes))
+        self.structures = {
+            key: types[key].on(layouts.get(key) or sparsity_types.default_layout(key, shape), self.targets[key])
+            for key, shape in self.shapes.items()}
 
     def required_total_steps(self, what: str) -> int:
         """``total_steps``, or a ``ConfigError`` saying that ``what`` needs it."""
@@ -93,8 +114,8 @@ class SparseAlgorithm:
         return distributions.layer_sparsities(self.shapes, self.sparsity, self.distribution, **options)
 
     def target_active(self, key: str) -> int:
-        """Number of active weights of kernel ``key`` at its target sparsity."""
-        return mask_ops.num_active(int(np.prod(self.shapes[key])), self.targets[key])
+        """Number of active weights of kernel ``key`` at its target sparsity (and its type)."""
+        return self.structures[key].active_count()
 
     # ------------------------------------------------------------------ hooks
     def initial_masks(self, weights: Mapping[str, np.ndarray],
@@ -105,7 +126,7 @@ class SparseAlgorithm:
         algorithms that score weights at initialization.
         """
         rng = np.random.default_rng(self.seed)
-        return {key: mask_ops.random_mask(self.shapes[key], self.target_active(key), rng) for key in self.shapes}
+        return {key: self.structures[key].random_mask(rng) for key in self.shapes}
 
     def is_update_step(self, step: int) -> bool:
         """Hook: whether masks change at training step ``step``. Default: never."""
@@ -130,6 +151,6 @@ class SparseAlgorithm:
 
     def config(self) -> dict:
         """The algorithm's settings, for ``metrics.json``."""
-        skip = ("shapes", "targets", "total_steps", "steps_per_epoch")
+        skip = ("shapes", "targets", "structures", "total_steps", "steps_per_epoch")
         public = {k: v for k, v in vars(self).items() if not k.startswith("_") and k not in skip}
         return {"name": self.name, **public}

@@ -8,13 +8,16 @@ every layer keeps its number of active weights. As in the RigL paper's Algorithm
 google-research/rigl and jaxpruner, an update step replaces that step's optimizer update.
 The drop count rounds f(t)·n to the nearest whole number (jaxpruner rounds the kept count the
 same way; google-research/rigl floors it).
+
+With a structured sparsity type (``keras_sparse.sparsity_types``) blocks and channels are
+dropped and grown whole (the drop count rounds to whole groups); N:M drops the layer's smallest
+active entries as unstructured does, then each group of M grows back to exactly N.
 """
 
 from __future__ import annotations
 
 import zlib
 
-import numpy as np
 import tensorflow as tf
 
 from keras_sparse import mask_ops, schedules
@@ -39,8 +42,9 @@ class SET(SparseAlgorithm):
 
     def __init__(self, sparsity: float = 0.9, distribution="erdos_renyi_kernel", first_layer_dense: bool = False,
                  drop_fraction: float = 0.3, update_frequency: int = 100, end_step: int | None = None,
-                 freeze_step: int | None = None, freeze_epoch: float | None = None, seed: int = 0):
-        super().__init__(sparsity, distribution, first_layer_dense, seed)
+                 freeze_step: int | None = None, freeze_epoch: float | None = None, seed: int = 0,
+                 sparsity_type="unstructured"):
+        super().__init__(sparsity, distribution, first_layer_dense, seed, sparsity_type)
         if not 0.0 <= drop_fraction <= 1.0:
             raise ConfigError(f"{type(self).__name__}.drop_fraction={drop_fraction} must be in [0, 1].")
         if update_frequency < 1:
@@ -54,8 +58,8 @@ class SET(SparseAlgorithm):
         self.freeze_step = freeze_step
         self.freeze_epoch = freeze_epoch
 
-    def setup(self, shapes, total_steps: int | None, steps_per_epoch: int | None) -> None:
-        super().setup(shapes, total_steps, steps_per_epoch)
+    def setup(self, shapes, total_steps: int | None, steps_per_epoch: int | None, layouts=None) -> None:
+        super().setup(shapes, total_steps, steps_per_epoch, layouts)
         self._end = (self.end_step if self.end_step is not None
                      else int(0.75 * self.required_total_steps("end_step's default (75% of training)")))
         freeze = self.freeze_step
@@ -87,15 +91,14 @@ class SET(SparseAlgorithm):
         fraction = schedules.cosine_drop_fraction(step, self.drop_fraction, self._end)
         new = {}
         for key, weight in weights.items():
-            mask = masks[key]
+            mask, structure = masks[key], self.structures[key]
             n_active = tf.reduce_sum(tf.cast(mask, tf.float32))
-            n_drop = tf.round(fraction * n_active)
+            n_drop = structure.drop_count(fraction, n_active)
             # Keep the largest active weights; inactive ones rank below every active one.
-            kept = mask_ops.topk_mask(tf.where(mask, tf.abs(weight), -1.0), n_active - n_drop)
+            kept = structure.shrink(tf.where(mask, tf.abs(weight), -1.0), n_active - n_drop)
             # Grow among everything not kept (just-dropped weights included, as in RigL).
             scores = self.grow_scores(step, key, weight, gradients[key])
-            grown = mask_ops.topk_mask(tf.where(kept, -np.inf, scores), n_drop)
-            new[key] = kept | grown
+            new[key] = kept | structure.grow(kept, scores, n_drop)
         return new
 
 

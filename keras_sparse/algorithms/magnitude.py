@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from keras_sparse import mask_ops, schedules
+from keras_sparse import schedules
 from keras_sparse.algorithms.base import SparseAlgorithm
 from keras_sparse.errors import ConfigError
 
@@ -17,14 +17,19 @@ class MagnitudePruning(SparseAlgorithm):
 
     With a non-uniform ``distribution`` each layer's schedule is scaled to its own target.
     ``begin_step``/``end_step`` default to 10% and 75% of training.
+
+    With a ``sparsity_type``, blocks and channels are pruned whole (the schedule's count rounded
+    to whole groups); N:M prunes gradually too: every group of M keeps the same count, stepping
+    from M down to N as the schedule goes from 0 to the layer's target (4:4, 3:4, 2:4), where
+    tfmot's ``sparsity_m_by_n`` jumps to N:M at the first pruning step.
     """
 
     name = "magnitude"
 
     def __init__(self, sparsity: float = 0.9, distribution="uniform", first_layer_dense: bool = False,
                  initial_sparsity: float = 0.0, begin_step: int | None = None, end_step: int | None = None,
-                 frequency: int = 100, seed: int = 0):
-        super().__init__(sparsity, distribution, first_layer_dense, seed)
+                 frequency: int = 100, seed: int = 0, sparsity_type="unstructured"):
+        super().__init__(sparsity, distribution, first_layer_dense, seed, sparsity_type)
         self.initial_sparsity = float(initial_sparsity)
         self.begin_step = begin_step
         self.end_step = end_step
@@ -32,8 +37,8 @@ class MagnitudePruning(SparseAlgorithm):
         if self.frequency < 1:
             raise ConfigError(f"MagnitudePruning.frequency={frequency} must be a positive number of steps.")
 
-    def setup(self, shapes, total_steps: int | None, steps_per_epoch: int | None) -> None:
-        super().setup(shapes, total_steps, steps_per_epoch)
+    def setup(self, shapes, total_steps: int | None, steps_per_epoch: int | None, layouts=None) -> None:
+        super().setup(shapes, total_steps, steps_per_epoch, layouts)
         self._begin = (self.begin_step if self.begin_step is not None
                        else int(0.1 * self.required_total_steps("begin_step's default (10% of training)")))
         self._end = (self.end_step if self.end_step is not None
@@ -71,13 +76,14 @@ class MagnitudePruning(SparseAlgorithm):
             # Grappler into a multiplication by the reciprocal, one ulp off.)
             ratio = self.targets[key] / self.sparsity if self.sparsity > 0 else 0.0
             layer_sparsity = global_sparsity * ratio
+            structure = self.structures[key]
             size = float(np.prod(self.shapes[key]))
-            # tfmot's rounding: round(size * (1 - s)), at least one weight.
-            k = tf.maximum(tf.round(size * (1.0 - layer_sparsity)), 1.0)
+            # tfmot's rounding: round(size * (1 - s)), at least one weight (or group).
+            k = structure.scheduled_count(layer_sparsity)
             k = tf.where(at_target, float(self.target_active(key)) if self.sparsity > 0 else size, k)
             # Pruned weights rank last and k never exceeds the active count, so a weight once
             # pruned stays pruned.
             k = tf.minimum(k, tf.reduce_sum(tf.cast(masks[key], tf.float32)))
             scores = tf.where(masks[key], tf.abs(weight), -1.0)
-            new[key] = mask_ops.topk_mask(scores, k)
+            new[key] = structure.select(scores, k)
         return new

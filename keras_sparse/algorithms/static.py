@@ -47,8 +47,8 @@ class FixedMask(SparseAlgorithm):
         super().__init__(sparsity=0.0, distribution="uniform", seed=seed)
         self.masks = {key: np.asarray(mask, dtype=bool) for key, mask in masks.items()}
 
-    def setup(self, shapes, total_steps: int, steps_per_epoch: int) -> None:
-        super().setup(shapes, total_steps, steps_per_epoch)
+    def setup(self, shapes, total_steps: int, steps_per_epoch: int, layouts=None) -> None:
+        super().setup(shapes, total_steps, steps_per_epoch, layouts)
         if set(self.masks) != set(self.shapes):
             raise ConfigError(f"FixedMask has masks for {sorted(self.masks)} "
                               f"but the model masks {sorted(self.shapes)}.")
