@@ -11,6 +11,9 @@ or ``python binaries/plot.py /tmp/run1 [--out DIR]``.
   (with the final test accuracy as a marker), and the sparsity (overall, and per layer when
   the history records carry ``layer_sparsity``).
 
+``plot_interval`` draws values over seeds on any matplotlib Axes as their mean with its interval
+(``keras_sparse.intervals``) as a band or error bars: the studies' plots use it.
+
 Only matplotlib's object-oriented API and its Agg canvas are used: no pyplot, no change to the
 process's matplotlib backend, no display needed.
 """
@@ -21,12 +24,14 @@ import math
 import os
 from typing import Any, Mapping, Sequence
 
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from keras_sparse.errors import ConfigError
 from keras_sparse.files import read_metrics
+from keras_sparse.intervals import Interval, interval
 
 LAYER_SPARSITY_PNG = "layer_sparsity.png"
 CURVES_PNG = "training_curves.png"
@@ -151,6 +156,31 @@ def curves_figure(metrics: Mapping[str, Any]) -> Figure:
     figure.suptitle(_title(metrics, "training curves"), fontsize=10)
     figure.tight_layout()
     return figure
+
+
+def plot_interval(ax: Axes, xs: Sequence[float], samples: Sequence[Sequence[float]], scale: float = 1.0,
+                  style: str = "band", label: str | None = None, **line) -> list[Interval]:
+    """Plots, at each ``xs[i]``, the mean of ``samples[i]`` (the values over seeds) times ``scale``,
+    joined by a line, with its interval (``intervals.interval``: 95% Student-t for 5 or more
+    seeds, min–max for fewer) as a shaded ``"band"`` or as ``"bars"`` (error bars). Points with
+    no values are left out; a point with one value has no band. ``line`` goes to ``ax.plot``
+    (``marker``, ``color``, …). Returns the intervals, in ``xs`` order."""
+    if style not in ("band", "bars"):
+        raise ValueError(f"style must be 'band' or 'bars', got {style!r}.")
+    stats = [interval(values).scaled(scale) for values in samples]
+    kept = [(x, s) for x, s in zip(xs, stats) if s.n and math.isfinite(s.mean)]
+    if not kept:
+        return stats
+    x, means = [p for p, _ in kept], [s.mean for _, s in kept]
+    lows, highs = [s.low for _, s in kept], [s.high for _, s in kept]
+    if style == "bars":
+        ax.errorbar(x, means, yerr=[[m - lo for m, lo in zip(means, lows)], [hi - m for m, hi in zip(means, highs)]],
+                    capsize=3, label=label, **line)
+        return stats
+    (drawn,) = ax.plot(x, means, label=label, **line)
+    if any(s.n > 1 for _, s in kept):
+        ax.fill_between(x, lows, highs, color=drawn.get_color(), alpha=0.2, linewidth=0)
+    return stats
 
 
 def _title(metrics: Mapping[str, Any], what: str) -> str:

@@ -162,3 +162,25 @@ def test_curves_texts_do_not_overlap():
     for i, (text, box) in enumerate(boxes):
         for other, other_box in boxes[i + 1:]:
             assert not box.overlaps(other_box), f"{text!r} overlaps {other!r}"
+
+
+def test_plot_interval_draws_the_mean_and_its_interval_as_a_band_or_error_bars():
+    from matplotlib.collections import PolyCollection
+    from matplotlib.figure import Figure
+
+    samples = [[0.90, 0.92, 0.94], [0.80, 0.82, 0.84], []]  # 3 seeds: min–max; the last point not done
+    axes = Figure().subplots(1, 2)
+    stats = plotting.plot_interval(axes[0], [0.5, 0.9, 0.95], samples, scale=100, label="rigl", marker="o")
+    assert [(s.low, s.high) for s in stats[:2]] == [pytest.approx((90, 94)), pytest.approx((80, 84))]
+    [line] = axes[0].get_lines()
+    assert list(line.get_xdata()) == [0.5, 0.9] and list(line.get_ydata()) == pytest.approx([92, 82])
+    [band] = [c for c in axes[0].collections if isinstance(c, PolyCollection)]
+    ys = band.get_paths()[0].vertices[:, 1]
+    assert min(ys) == pytest.approx(80) and max(ys) == pytest.approx(94)
+
+    plotting.plot_interval(axes[1], [0.5, 0.9], samples[:2], scale=100, style="bars", label="static")
+    caps = [c for c in axes[1].collections]  # the error bars: one vertical segment per point
+    segments = caps[0].get_segments()
+    assert [tuple(s[:, 1]) for s in segments] == [pytest.approx((90, 94)), pytest.approx((80, 84))]
+    with pytest.raises(ValueError):
+        plotting.plot_interval(axes[1], [0.5], [[1.0]], style="dots")

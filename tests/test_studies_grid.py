@@ -7,6 +7,7 @@ import os
 import shlex
 import sys
 import threading
+import time
 
 import gin
 import pytest
@@ -205,8 +206,50 @@ def test_concurrent_writers_of_one_file_never_leave_it_partial(tmp_path):
 
 
 def test_partial_tables_say_which_cells_are_missing(tmp_path):
-    assert common.percent([]) == "—"
+    assert common.percent([]) == "—" and common.number([]) == "—"
     common.write_results(str(tmp_path), "reinit", {}, [], "# Title\n\nTable.", {}, missing=["x=2"])
     assert json.loads((tmp_path / "results.json").read_text())["missing_cells"] == ["x=2"]
     assert (tmp_path / "results.md").read_text() == (
         "# Title\n\n**Partial:** 1 cell of the grid not done yet, left out: x=2.\n\nTable.\n")
+
+
+def test_a_study_stores_its_wall_time_and_each_cells_time_a_rerun_keeps_the_stored_times(tmp_path, capsys):
+    cells = [{"x": 1}, {"x": 2}]
+    started = time.time()
+    run_grid(str(tmp_path), cells, square, log=quiet)
+    spent = common.cost(str(tmp_path), cells, started)
+    assert spent["cells_done"] == spent["cells_ran_now"] == 2 and spent["wall_seconds"] >= 0
+    assert [c["cell"] for c in spent["cells"]] == ["x=1", "x=2"] and all(c["ran_now"] for c in spent["cells"])
+    stored = [json.loads((tmp_path / "cells" / f"x={x}.json").read_text()) for x in (1, 2)]
+    assert [c["seconds"] for c in spent["cells"]] == [s["seconds"] for s in stored]
+    assert spent["cell_seconds"] == pytest.approx(sum(s["seconds"] for s in stored), abs=0.1)
+
+    # A rerun skips both cells: each keeps the time stored when it ran, marked as not run now.
+    again = time.time()
+    run_grid(str(tmp_path), cells + [{"x": 3}], square, log=quiet)
+    spent = common.cost(str(tmp_path), cells + [{"x": 3}], again)
+    assert [(c["cell"], c["ran_now"]) for c in spent["cells"]] == [("x=1", False), ("x=2", False), ("x=3", True)]
+    assert [c["seconds"] for c in spent["cells"][:2]] == [s["seconds"] for s in stored]
+
+    common.write_results(str(tmp_path), "reinit", {}, [], "# Title\n\nTable.", {}, cells=cells + [{"x": 3}],
+                         started=again)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["cost"] == {**spent, "wall_seconds": results["cost"]["wall_seconds"]}
+    line = (tmp_path / "results.md").read_text().splitlines()[-1]
+    assert line.startswith("Cost: ") and "3 cells, 1 run by it" in line and "2 done before" in line
+    assert "reinit study: Cost: " in capsys.readouterr().out
+
+
+def test_a_partial_structure_table_shows_a_dash_for_a_missing_cell(tmp_path):
+    from keras_sparse.studies import structure
+
+    static = {"kind": "static", "seed": 0}
+    os.makedirs(tmp_path / "cells")
+    grid.record(str(tmp_path), static, grid.Outcome(0, result={"accuracy": 0.9, "dense_gradient_steps": 0,
+                                                               "training_flops": 0.07, "steps": 10}, seconds=1.5))
+    with grid.using(grid.Assemble()):
+        structure.run(str(tmp_path), seeds=[0], freeze_epochs=[1.0])
+    markdown = (tmp_path / "results.md").read_text()
+    assert "nan" not in markdown.lower()
+    assert "| rigl frozen @ 1 epoch | — | — | — |" in markdown and "| static | 90.0 | 0 | 0.0700 |" in markdown
+    assert "**Partial:** 2 cells of the grid not done yet" in markdown

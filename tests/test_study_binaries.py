@@ -42,6 +42,7 @@ def test_reinit_study(tmp_path):
     assert {(r["algorithm"], r["sparsity"], r["variant"]) for r in rows} == expected
     assert len(rows) == len(expected) and all(r["seed"] == 0 and 0 <= r["accuracy"] <= 1 for r in rows)
     assert "| rigl | 0.8 |" in markdown and (tmp_path / "reinit.png").stat().st_size > 1000
+    assert "One seed (seeds [0]): the value alone, no interval." in markdown and "nan" not in markdown
 
 
 def test_further_pruning_study_and_the_same_grid_cell_by_cell_from_listed_commands(tmp_path):
@@ -72,8 +73,15 @@ def test_further_pruning_study_and_the_same_grid_cell_by_cell_from_listed_comman
     for name in os.listdir(one_process / "cells"):
         assert json.loads((listed / "cells" / name).read_text())["result"] == json.loads(
             (one_process / "cells" / name).read_text())["result"]
-    assert json.loads((listed / "results.json").read_text()) == results
-    assert (listed / "results.md").read_text() == markdown
+    # The same tables; only what the runs cost differs (the last line of results.md, "cost" in results.json).
+    listed_results = json.loads((listed / "results.json").read_text())
+    assert {k: v for k, v in listed_results.items() if k != "cost"} == {k: v for k, v in results.items() if k != "cost"}
+    assert (listed / "results.md").read_text().rsplit("\nCost: ", 1)[0] == markdown.rsplit("\nCost: ", 1)[0]
+    # The grid's cost: this command's wall time, each cell's time; the listed run ran one cell in each command.
+    assert results["cost"]["cells_done"] == results["cost"]["cells_ran_now"] == 2
+    assert listed_results["cost"]["cells_done"] == 2 and listed_results["cost"]["cells_ran_now"] == 1
+    assert all(c["seconds"] > 0 for c in results["cost"]["cells"])
+    assert "further_pruning study: Cost: " in outputs[1].stdout
 
 
 def test_structure_study(tmp_path):
@@ -95,6 +103,7 @@ def test_structure_study(tmp_path):
     assert variants["rigl (full)"]["dense_gradient_steps"] == 5
     assert variants["static"]["dense_gradient_steps"] == 0
     assert variants["static"]["training_flops"] < variants["rigl (full)"]["training_flops"]
-    assert "Early-frozen RigL" in markdown
+    assert "Early-frozen RigL" in markdown and "nan" not in markdown.lower()
+    assert results["cost"]["cells_done"] == 4 and markdown.rstrip().splitlines()[-1].startswith("Cost: ")
     for name in ("structure_overlap", "early_freeze"):
         assert (tmp_path / f"{name}.png").exists()

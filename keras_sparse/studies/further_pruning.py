@@ -7,6 +7,7 @@ layer and globally, with no retraining, and measure test accuracy at each total 
 from __future__ import annotations
 
 import functools
+import time
 from typing import Any, Sequence
 
 import gin
@@ -14,6 +15,7 @@ import matplotlib.pyplot as plt
 
 from keras_sparse.errors import ConfigError
 from keras_sparse.masking import get_masks, set_masks, sparsity
+from keras_sparse.plotting import plot_interval
 from keras_sparse.studies import common
 from keras_sparse.studies.grid import finished, missing, run_grid
 from keras_sparse.studies.measures import prune_further
@@ -44,7 +46,10 @@ def run(logdir: str, jobs: int = 1, algorithms: Sequence[str] = ("magnitude", "s
         sparsities: Sequence[float] = (0.8, 0.9), seeds: Sequence[int] = (0,),
         extra_sparsities: Sequence[float] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
         scopes: Sequence[str] = SCOPES) -> list[dict]:
-    """Runs the grid into ``logdir`` and writes results.json, results.md and further_pruning_<scope>.png."""
+    """Runs the grid into ``logdir`` and writes results.json, results.md and further_pruning_<scope>.png
+    (accuracy at each extra sparsity: mean and 95% interval over seeds), with the grid's wall
+    time and per-cell times."""
+    started = time.time()
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown:
         raise ConfigError(f"further_pruning_study.scopes names {unknown}: use some of {list(SCOPES)}.")
@@ -59,13 +64,15 @@ def run(logdir: str, jobs: int = 1, algorithms: Sequence[str] = ("magnitude", "s
             ["algorithm", "sparsity", *(f"+{e:g}" for e in extra_sparsities)],
             [[a, s, *(common.percent(accuracy[(scope, a, s, e)]) for e in extra_sparsities)]
              for a in algorithms for s in sparsities])
+        caption = common.caption({k: v for k, v in accuracy.items() if k[0] == scope}, seeds)
         sections.append(f"## {scope} pruning\n\nTest accuracy (%) after removing the given fraction of the "
-                        f"remaining weights, mean ± std over seeds {list(seeds)}; no retraining.\n\n{table}")
+                        f"remaining weights, no retraining. {caption}\n\n{table}")
     markdown = "# Further pruning study\n\n" + "\n\n".join(sections)
     settings = {"algorithms": list(algorithms), "sparsities": list(sparsities), "seeds": list(seeds),
                 "extra_sparsities": list(extra_sparsities), "scopes": list(scopes)}
     figures = {f"further_pruning_{scope}": _plot(rows, scope, algorithms, sparsities) for scope in scopes}
-    common.write_results(logdir, "further_pruning", settings, rows, markdown, figures, missing(cells, results))
+    common.write_results(logdir, "further_pruning", settings, rows, markdown, figures, missing(cells, results),
+                         cells=cells, started=started)
     return rows
 
 
@@ -78,10 +85,10 @@ def _plot(rows, scope, algorithm_names, sparsities) -> plt.Figure:
             total = common.group([r for r in rows if r["scope"] == scope and r["algorithm"] == name
                                   and r["sparsity"] == s], ["extra_sparsity"], "total_sparsity")
             xs = [common.mean_std(v)[0] for v in total.values()]
-            ys = [100 * common.mean_std(v)[0] for v in accuracy.values()]
-            ax.plot(xs, ys, marker="o", markersize=3, label=f"{name} @ {s:g}")
+            plot_interval(ax, xs, list(accuracy.values()), scale=100, label=f"{name} @ {s:g}", marker="o",
+                          markersize=3)
     ax.set_xlabel("total sparsity")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel("test accuracy (%): mean, 95% interval")
     ax.set_title(f"further {scope} magnitude pruning, no retraining")
     ax.legend(fontsize=7)
     figure.tight_layout()

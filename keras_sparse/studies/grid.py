@@ -130,7 +130,8 @@ def execute(function: CellFunction, index: int, cell: Cell, capture: bool = Fals
 
 def record(logdir: str, cell: Cell, outcome: Outcome) -> None:
     """Stores an outcome: the log (when there is one; a stale log of an earlier failure goes),
-    then the result with the cell's wall time and host. Both writes are atomic."""
+    then the result with the cell's wall time (``seconds``), host, and when it was stored
+    (``finished``, a ``time.time()``). Both writes are atomic."""
     path = log_path(logdir, cell)
     if outcome.log is not None:
         files.write_text(path, outcome.log)
@@ -139,8 +140,20 @@ def record(logdir: str, cell: Cell, outcome: Outcome) -> None:
             os.remove(path)
     if outcome.error is None:
         files.write_json(result_path(logdir, cell), {"cell": dict(cell), "result": outcome.result,
-                                                     "seconds": round(outcome.seconds, 3), "host": outcome.host},
+                                                     "seconds": round(outcome.seconds, 3), "host": outcome.host,
+                                                     "finished": time.time()},
                          indent=1)
+
+
+def stored_time(logdir: str, cell: Cell) -> dict[str, Any] | None:
+    """``{"seconds", "host", "finished"}`` as stored when ``cell`` ran (``finished`` is absent
+    from results stored before it was recorded); ``None`` if the cell is not done. A rerun that
+    skips the cell reports these, the time it took when it ran."""
+    path = result_path(logdir, cell)
+    if not os.path.exists(path):
+        return None
+    stored = files.read_json(path)
+    return {key: stored.get(key) for key in ("seconds", "host", "finished") if key in stored}
 
 
 class _Capture:

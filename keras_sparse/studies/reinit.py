@@ -8,6 +8,7 @@ original initial values, and the signed constant initialization (Zhou et al. 201
 from __future__ import annotations
 
 import functools
+import time
 from typing import Any, Sequence
 
 import gin
@@ -16,6 +17,7 @@ import matplotlib.pyplot as plt
 from keras_sparse.algorithms import FixedMask
 from keras_sparse.errors import ConfigError
 from keras_sparse.masking import get_masks
+from keras_sparse.plotting import plot_interval
 from keras_sparse.studies import common
 from keras_sparse.studies.grid import finished, missing, run_grid
 from keras_sparse.studies.measures import INIT_VARIANTS, init_variant
@@ -48,7 +50,10 @@ def reinit_cell(cell: dict, variants: Sequence[str]) -> dict[str, Any]:
 def run(logdir: str, jobs: int = 1, algorithms: Sequence[str] = ("magnitude", "snip", "rigl", "static"),
         sparsities: Sequence[float] = (0.8, 0.9), seeds: Sequence[int] = (0,),
         variants: Sequence[str] = INIT_VARIANTS) -> list[dict]:
-    """Runs the grid into ``logdir`` and writes results.json, results.md and reinit.png."""
+    """Runs the grid into ``logdir`` and writes results.json, results.md and reinit.png (test
+    accuracy per algorithm, sparsity and init variant: mean and 95% interval over seeds), with
+    the grid's wall time and per-cell times."""
+    started = time.time()
     unknown = sorted(set(variants) - set(INIT_VARIANTS))
     if unknown:
         raise ConfigError(f"reinit_study.variants names {unknown}: use some of {list(INIT_VARIANTS)}.")
@@ -64,11 +69,12 @@ def run(logdir: str, jobs: int = 1, algorithms: Sequence[str] = ("magnitude", "s
         ["algorithm", "sparsity", *order],
         [[a, s, *(common.percent(accuracy[(a, s, v)]) for v in order)] for a in algorithms for s in sparsities])
     markdown = ("# Reinit study: retraining the final mask from other initializations\n\n"
-                f"Test accuracy (%), mean ± std over seeds {list(seeds)}.\n\n" + table)
+                f"Test accuracy (%). {common.caption(accuracy, seeds)}\n\n" + table)
     settings = {"algorithms": list(algorithms), "sparsities": list(sparsities), "seeds": list(seeds),
                 "variants": list(variants), "new_init_seed_offset": NEW_INIT_SEED_OFFSET}
     common.write_results(logdir, "reinit", settings, rows, markdown,
-                         {"reinit": _plot(accuracy, algorithms, sparsities, order)}, missing(cells, results))
+                         {"reinit": _plot(accuracy, algorithms, sparsities, order)}, missing(cells, results),
+                         cells=cells, started=started)
     return rows
 
 
@@ -77,12 +83,11 @@ def _plot(accuracy, algorithm_names, sparsities, order) -> plt.Figure:
                                 squeeze=False)
     for ax, name in zip(axes[0], algorithm_names):
         for variant in order:
-            stats = [common.mean_std(accuracy[(name, s, variant)]) for s in sparsities]
-            ax.errorbar(sparsities, [100 * m for m, _ in stats], yerr=[100 * d for _, d in stats],
-                        marker="o", capsize=3, label=variant)
+            plot_interval(ax, sparsities, [accuracy[(name, s, variant)] for s in sparsities], scale=100,
+                          style="bars", label=variant, marker="o")
         ax.set_title(name)
         ax.set_xlabel("sparsity")
-    axes[0][0].set_ylabel("test accuracy (%)")
+    axes[0][0].set_ylabel("test accuracy (%): mean, 95% interval")
     axes[0][-1].legend(fontsize=7)
     figure.tight_layout()
     return figure

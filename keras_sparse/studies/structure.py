@@ -9,13 +9,16 @@ is trained against full RigL and a static mask: accuracy, dense-gradient steps, 
 from __future__ import annotations
 
 import functools
+import time
 from typing import Any, Sequence
 
 import gin
 import matplotlib.pyplot as plt
 
 from keras_sparse.callbacks import Callback
+from keras_sparse.intervals import interval
 from keras_sparse.masking import get_masks
+from keras_sparse.plotting import plot_interval
 from keras_sparse.studies import common
 from keras_sparse.studies.grid import finished, missing, run_grid
 from keras_sparse.studies.measures import mask_overlap
@@ -78,7 +81,9 @@ def structure_cell(cell: dict, sparsity: float, first_epoch_points: int) -> dict
 def run(logdir: str, jobs: int = 1, sparsity: float = 0.9, seeds: Sequence[int] = (0,),
         first_epoch_points: int = 8, freeze_epochs: Sequence[float] = (0.25, 0.5, 1.0, 2.0)) -> list[dict]:
     """Runs the study into ``logdir``; writes results.json, results.md, structure_overlap.png
-    and early_freeze.png."""
+    and early_freeze.png (means and 95% intervals over seeds), with the grid's wall time and
+    per-cell times."""
+    started = time.time()
     cells = ([{"kind": "snapshots", "seed": s} for s in seeds]
              + [{"kind": "frozen", "freeze_epoch": f, "seed": s} for f in freeze_epochs for s in seeds]
              + [{"kind": "static", "seed": s} for s in seeds])
@@ -105,7 +110,7 @@ def run(logdir: str, jobs: int = 1, sparsity: float = 0.9, seeds: Sequence[int] 
     figures = {"structure_overlap": _plot_overlap(overlap_rows),
                "early_freeze": _plot_freeze(freeze_rows, freeze_epochs)}
     common.write_results(logdir, "structure", settings, overlap_rows + freeze_rows, markdown, figures,
-                         missing(cells, results))
+                         missing(cells, results), cells=cells, started=started)
     return overlap_rows + freeze_rows
 
 
@@ -121,7 +126,7 @@ def _overlap_table(rows, seeds) -> str:
         [[step, f"{epoch:.2f}", common.percent(present[(step, epoch)]), common.percent(iou[(step, epoch)]),
           common.percent(hamming[(step, epoch)]), common.percent(done[(step, epoch)])] for step, epoch in present])
     return ("## Structure emergence (all masked layers together)\n\n"
-            f"Each RigL mask snapshot against RigL's final mask; mean ± std over seeds {list(seeds)}. "
+            f"Each RigL mask snapshot against RigL's final mask. {common.caption(present, seeds)} "
             "Step 0 is the random initial mask, so its overlap is the chance level (layers that the "
             "distribution keeps dense count as fully present). *Change done* = 1 − Hamming(t) / Hamming(0): "
             "the share of the way from the initial to the final mask. Per-layer values are in results.json.\n\n"
@@ -133,9 +138,11 @@ def _freeze_table(rows, seeds, freeze_epochs) -> str:
     by = {key: common.group(rows, ["variant"], key) for key in ("accuracy", "dense_gradient_steps", "training_flops")}
     table = common.markdown_table(
         ["variant", "test accuracy (%)", "dense-gradient steps", "training FLOPs vs dense"],
-        [[v, common.percent(by["accuracy"][(v,)]), f"{common.mean_std(by['dense_gradient_steps'][(v,)])[0]:.0f}",
-          f"{common.mean_std(by['training_flops'][(v,)])[0]:.4f}"] for v in order])
-    return f"## Early-frozen RigL\n\nMean ± std over seeds {list(seeds)}.\n\n" + table
+        [[v, common.percent(by["accuracy"][(v,)]), common.number(by["dense_gradient_steps"][(v,)], ".0f"),
+          common.number(by["training_flops"][(v,)], ".4f")] for v in order])
+    accuracy = {v: by["accuracy"][(v,)] for v in order}
+    return (f"## Early-frozen RigL\n\nTest accuracy (%). {common.caption(accuracy, seeds)} Dense-gradient steps "
+            "and training FLOPs: their mean over the seeds.\n\n" + table)
 
 
 def _plot_overlap(rows) -> plt.Figure:
@@ -145,14 +152,19 @@ def _plot_overlap(rows) -> plt.Figure:
                                (axes[1], "change_done", "change from initial to final mask done (%)")):
         for layer in ["overall", *layers]:
             values = common.group([r for r in rows if r["layer"] == layer], ["epoch"], measure)
-            style = {"linewidth": 2.5, "color": "black"} if layer == "overall" else {"linewidth": 1, "alpha": 0.7}
-            ax.plot([e for (e,) in values], [100 * common.mean_std(v)[0] for v in values.values()],
-                    label=layer, **style)
+            xs = [e for (e,) in values]
+            if layer == "overall":  # with its 95% interval over seeds as a band
+                plot_interval(ax, xs, list(values.values()), scale=100, label="overall (band: 95% interval)",
+                              linewidth=2.5, color="black")
+            else:
+                ax.plot(xs, [100 * common.mean_std(v)[0] for v in values.values()], label=layer, linewidth=1,
+                        alpha=0.7)
         ax.set_xscale("symlog", linthresh=1.0)
         ax.set_xlabel("epoch (linear below 1, log above)")
         ax.set_ylabel(title)
     axes[0].set_title("RigL mask snapshots against the final mask")
-    axes[1].legend(fontsize=6)
+    if axes[1].get_legend_handles_labels()[0]:  # a partial grid may have no snapshots yet
+        axes[1].legend(fontsize=6)
     figure.tight_layout()
     return figure
 
@@ -163,12 +175,15 @@ def _plot_freeze(rows, freeze_epochs) -> plt.Figure:
     accuracy = common.group(frozen, ["freeze_epoch"], "accuracy")
     flops = common.group(frozen, ["freeze_epoch"], "training_flops")
     xs = [f for (f,) in accuracy]
-    ax.plot(xs, [100 * common.mean_std(v)[0] for v in accuracy.values()], marker="o", label="frozen RigL accuracy")
-    for variant, style in (("rigl (full)", "--"), ("static", ":")):
-        values = [r["accuracy"] for r in rows if r["variant"] == variant]
-        ax.axhline(100 * common.mean_std(values)[0], linestyle=style, color="gray", label=variant)
+    plot_interval(ax, xs, list(accuracy.values()), scale=100, style="bars", marker="o", label="frozen RigL accuracy")
+    for variant, style, color in (("rigl (full)", "--", "tab:green"), ("static", ":", "tab:gray")):
+        stats = interval([r["accuracy"] for r in rows if r["variant"] == variant]).scaled(100)
+        if stats.n:  # a partial grid may not have it yet
+            ax.axhline(stats.mean, linestyle=style, color=color, label=variant)
+            if stats.n > 1:
+                ax.axhspan(stats.low, stats.high, color=color, alpha=0.15, linewidth=0)
     ax.set_xlabel("freeze point (epochs)")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel("test accuracy (%): mean, 95% interval")
     twin = ax.twinx()
     twin.plot(xs, [common.mean_std(v)[0] for v in flops.values()], marker="s", color="tab:red", label="training FLOPs")
     twin.set_ylabel("training FLOPs vs dense", color="tab:red")
