@@ -23,51 +23,108 @@ def topk_mask(scores: tf.Tensor, k: tf.Tensor | int) -> tf.Tensor:
     in three histogram passes (``_kth_largest_key``), then ties at it are taken in index order.
     A full sort of a large kernel dominated RigL's update time on CPU; a select does not sort
     (BENCHMARKS.md). ``k`` may be a tensor that changes from call to call without recompiling.
+
+    Scores of more than ``BLOCK`` entries are read a block at a time (a loop over blocks, each
+    block's keys made again at each pass): every pass makes several int32 arrays of its input's
+    size, which over a whole 16M-weight kernel held RigL's peak memory at 1.35× dense training's
+    (BENCHMARKS.md, section 5). The result is the same either way.
     """
     flat = tf.reshape(scores, [-1])
-    keys = _sortable_keys(flat)
+    if _in_blocks(flat):
+        source, keys_of = flat, _sortable_keys
+    else:  # one block: its keys are made once
+        source, keys_of = _sortable_keys(flat), tf.identity
     k = tf.clip_by_value(tf.cast(k, tf.int32), 0, tf.size(flat))
     wanted = tf.maximum(k, 1)  # k = 0 selects as k = 1, and the mask is cleared below
-    kth, above, at_kth = _kth_largest_key(keys, wanted)
+    kth, above, at_kth = _kth_largest_key(source, keys_of, wanted)
     needed = wanted - above  # how many of the keys equal to the k-th are taken
 
     def all_at_kth():
-        return keys >= kth
+        return _map_blocks(source, lambda block, carry: (keys_of(block) >= kth, carry), tf.constant(0))
 
     def ties_in_index_order():
-        ties = tf.equal(keys, kth)
-        return (keys > kth) | (ties & (tf.cumsum(tf.cast(ties, tf.int32)) <= needed))
+        def block_mask(block, taken):  # taken: ties taken in the blocks before this one
+            keys = keys_of(block)
+            ties = tf.equal(keys, kth)
+            counts = tf.cast(ties, tf.int32)
+            order = tf.cumsum(counts) + taken
+            return (keys > kth) | (ties & (order <= needed)), taken + tf.reduce_sum(counts)
+
+        return _map_blocks(source, block_mask, tf.constant(0))
 
     mask = tf.cond(tf.equal(at_kth, needed), all_at_kth, ties_in_index_order)
     mask = tf.logical_and(mask, k > 0)
     return tf.reshape(mask, tf.shape(scores))
 
 
+#: Entries a pass of ``topk_mask`` reads at a time, where its scores have more (a multiple of
+#: ``_LANES``).
+BLOCK = 1 << 20
 _DIGIT_BITS = (11, 11, 10)  # 2048-bin histograms: cheap suffix sums, and three passes cover 32 bits
 _LANES = 8  # sub-histograms per digit, so a run of equal keys does not serialize on one counter
 
 
-def _kth_largest_key(keys: tf.Tensor, k: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """The ``k``-th largest of the int32 ``keys`` (1 <= k <= size), how many keys are above it
-    and how many equal it: a most-significant-digit-first radix select.
+def _in_blocks(values: tf.Tensor) -> bool:
+    """Whether the 1-D ``values`` are read ``BLOCK`` entries at a time (more than that, and a
+    size known when tracing)."""
+    return values.shape[0] is not None and values.shape[0] > BLOCK
+
+
+def _sum_blocks(values: tf.Tensor, fn, initial: tf.Tensor) -> tf.Tensor:
+    """The sum of ``fn(block)`` over the consecutive blocks of the 1-D ``values``."""
+    if not _in_blocks(values):
+        return fn(values)
+    size = values.shape[0]
+    full = size // BLOCK
+    total = tf.while_loop(lambda i, _: i < full,
+                          lambda i, total: (i + 1, total + fn(tf.slice(values, [i * BLOCK], [BLOCK]))),
+                          (tf.constant(0), initial), maximum_iterations=full)[1]
+    return total + fn(values[full * BLOCK:]) if size % BLOCK else total
+
+
+def _map_blocks(values: tf.Tensor, fn, carry: tf.Tensor) -> tf.Tensor:
+    """The boolean blocks of ``fn(block, carry) -> (block of booleans, carry)`` over the
+    consecutive blocks of the 1-D ``values``, in order, concatenated."""
+    if not _in_blocks(values):
+        return fn(values, carry)[0]
+    size = values.shape[0]
+    full = size // BLOCK
+
+    def body(i, blocks, carry):
+        block, carry = fn(tf.slice(values, [i * BLOCK], [BLOCK]), carry)
+        return i + 1, blocks.write(i, block), carry
+
+    blocks = tf.TensorArray(tf.bool, size=full, element_shape=[BLOCK])
+    _, blocks, carry = tf.while_loop(lambda i, *_: i < full, body, (tf.constant(0), blocks, carry),
+                                     maximum_iterations=full)
+    mask = blocks.concat()
+    return tf.concat([mask, fn(values[full * BLOCK:], carry)[0]], 0) if size % BLOCK else mask
+
+
+def _kth_largest_key(values: tf.Tensor, keys_of, k: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """The ``k``-th largest of the int32 keys ``keys_of(values)`` (1 <= k <= size), how many
+    keys are above it and how many equal it: a most-significant-digit-first radix select.
 
     Each pass histograms one digit of the keys that share the digits found so far, and keeps the
-    digit that holds the k-th largest. The histograms are scatter-adds (``unsorted_segment_sum``).
+    digit that holds the k-th largest. The histograms are scatter-adds (``unsorted_segment_sum``),
+    summed over the blocks of ``values`` (``_sum_blocks``).
     """
-    ordered = tf.bitcast(tf.bitwise.bitwise_xor(keys, tf.constant(-(2**31), tf.int32)), tf.uint32)
-    lane = tf.range(tf.size(keys)) % _LANES
     prefix = tf.constant(0, tf.uint32)  # the digits of the k-th largest key found so far
     above = tf.constant(0)  # keys above every key with that prefix
     done = 0
     for bits in _DIGIT_BITS:
-        shift = 32 - done - bits
-        digit = tf.bitwise.bitwise_and(tf.bitwise.right_shift(ordered, tf.constant(shift, tf.uint32)),
-                                       tf.constant((1 << bits) - 1, tf.uint32))
-        bins = tf.cast(digit, tf.int32) * _LANES + lane
-        if done:  # only keys with the prefix count; a negative bin drops the others
-            same = tf.equal(tf.bitwise.right_shift(ordered, tf.constant(32 - done, tf.uint32)), prefix)
-            bins = tf.where(same, bins, -1)
-        histogram = tf.math.unsorted_segment_sum(tf.ones_like(bins), bins, (1 << bits) * _LANES)
+        def histogram_of(block, bits=bits, done=done, prefix=prefix):
+            ordered = tf.bitcast(tf.bitwise.bitwise_xor(keys_of(block), tf.constant(-(2**31), tf.int32)), tf.uint32)
+            digit = tf.bitwise.bitwise_and(tf.bitwise.right_shift(ordered, tf.constant(32 - done - bits, tf.uint32)),
+                                           tf.constant((1 << bits) - 1, tf.uint32))
+            # Blocks start at multiples of _LANES, so a block's own positions give the lanes.
+            bins = tf.cast(digit, tf.int32) * _LANES + tf.range(tf.size(block)) % _LANES
+            if done:  # only keys with the prefix count; a negative bin drops the others
+                same = tf.equal(tf.bitwise.right_shift(ordered, tf.constant(32 - done, tf.uint32)), prefix)
+                bins = tf.where(same, bins, -1)
+            return tf.math.unsorted_segment_sum(tf.ones_like(bins), bins, (1 << bits) * _LANES)
+
+        histogram = _sum_blocks(values, histogram_of, tf.zeros([(1 << bits) * _LANES], tf.int32))
         histogram = tf.reduce_sum(tf.reshape(histogram, [1 << bits, _LANES]), axis=1)
         at_or_above = tf.cumsum(histogram, reverse=True) + above
         chosen = tf.maximum(tf.reduce_sum(tf.cast(at_or_above >= k, tf.int32)) - 1, 0)

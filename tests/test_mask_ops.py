@@ -125,3 +125,21 @@ def test_random_mask_is_seeded_and_varies():
     c = mask_ops.random_mask((10, 10), 30, np.random.default_rng(2))
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("size", [256, 300, 1000])
+@pytest.mark.parametrize("mode", ["eager", "graph", "xla"])
+def test_topk_mask_in_blocks_is_the_same_select(monkeypatch, size, mode):
+    """Scores longer than ``BLOCK`` are read a block at a time (a whole number of blocks, or a
+    remainder after them): the masks are still exactly the stable sort's, with ties at the k-th
+    score spread over several blocks, special values, and k from 0 to the size."""
+    monkeypatch.setattr(mask_ops, "BLOCK", 64)
+    rng = np.random.default_rng(size)
+    scores = np.where(rng.random(size) < 0.3, rng.choice(SPECIAL, size), np.round(rng.normal(size=size), 1))
+    scores = np.where(rng.random(size) < 0.3, -1.0, scores).astype(np.float32)  # a large tied block
+    as_numpy_sees_them = np.where(np.abs(scores) < np.finfo(np.float32).tiny, 0.0, scores)
+    topk = {"eager": mask_ops.topk_mask, "graph": tf.function(mask_ops.topk_mask),
+            "xla": tf.function(mask_ops.topk_mask, jit_compile=True)}[mode]
+    for k in sorted({0, 1, 63, 64, 65, size // 2, int((scores > -1).sum()) + 7, size - 1, size}):
+        np.testing.assert_array_equal(topk(tf.constant(scores), tf.constant(k)).numpy(),
+                                      mask_ops.topk_mask_numpy(as_numpy_sees_them, k), err_msg=str(k))
