@@ -107,3 +107,36 @@ def test_structure_study(tmp_path):
     assert results["cost"]["cells_done"] == 4 and markdown.rstrip().splitlines()[-1].startswith("Cost: ")
     for name in ("structure_overlap", "early_freeze"):
         assert (tmp_path / f"{name}.png").exists()
+
+
+@pytest.mark.parametrize("config, expected, narrow", [
+    ("power_mlp", {"model.name": "mlp", "reinit_study.sparsities": [0.9, 0.95, 0.98, 0.99],
+                   "reinit_study.seeds": [0, 1, 2, 3, 4]}, "model.hidden = [16, 8]"),
+    ("power_cnn", {"reinit_study.sparsities": [0.95, 0.98, 0.99], "reinit_study.seeds": [0, 1, 2]},
+     "model.width = 8"),
+])
+def test_power_configs_parse_and_run_end_to_end_on_a_tiny_grid(tmp_path, config, expected, narrow):
+    """Issue 17 point 1's settings (docs/results.md): the config as shipped, then a tiny grid of
+    it in this process (a narrow net, 2 epochs of 8 steps, no XLA)."""
+    import gin
+
+    from keras_sparse.config import parse_gin
+    from keras_sparse.studies import reinit
+
+    gin.clear_config()
+    try:
+        parse_gin([os.path.join(ROOT, "gin_configs", "studies", f"{config}.gin")], [])
+        for name, value in {**expected, "reinit_study.variants": [],
+                            "reinit_study.algorithms": ["magnitude", "snip", "rigl", "static"]}.items():
+            assert gin.query_parameter(name) == value, name
+        with gin.unlock_config():
+            gin.parse_config([*(b for b in TINY if not b.startswith("model.")), narrow,
+                              'reinit_study.algorithms = ["magnitude", "static"]', "reinit_study.sparsities = [0.95]",
+                              "reinit_study.seeds = [0]"])
+        rows = reinit.run(str(tmp_path))
+    finally:
+        gin.clear_config()
+    assert {(r["algorithm"], r["variant"]) for r in rows} == {("magnitude", "trained"), ("static", "trained")}
+    assert all(0 <= r["accuracy"] <= 1 for r in rows)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["cost"]["cells_done"] == 2 and (tmp_path / "reinit.png").exists()
