@@ -410,7 +410,8 @@ class NByM(SparsityType):
         in_group = tf.reduce_sum(tf.cast(kept_groups, tf.int32), axis=1)
         per_group = (tf.reduce_sum(in_group) + tf.cast(n, tf.int32)) // self._groups()
         missing = tf.maximum(per_group - in_group, 0)
-        return self._from_groups(per_group_topk(self._to_groups(tf.where(kept, -np.inf, scores)), missing))
+        scores = tf.where(kept, -np.inf, tf.cast(scores, tf.float32))
+        return self._from_groups(per_group_topk(self._to_groups(scores), missing))
 
     def scheduled_count(self, sparsity):
         # Gradual N:M: every group keeps the same count, from m down to n as the schedule goes

@@ -324,7 +324,8 @@ class Trainer:
         return self.programs.trace_counts()
 
     def summary(self) -> dict[str, Any]:
-        """Counters for ``metrics.json``: steps, dense-gradient steps, FLOPs, per-layer sparsity."""
+        """Counters for ``metrics.json``: steps, dense-gradient steps, FLOPs, per-layer sparsity and
+        sparsity type (with whether its pattern holds)."""
         report = sparsity_report(self.model)
         return {
             "steps": self.step,
@@ -332,6 +333,8 @@ class Trainer:
             "training_flops_relative_to_dense": self.cost.relative_flops(self.step),
             "sparsity": self.sparsity(),
             "layer_sparsity": {key: value["sparsity"] for key, value in report.items() if key != "total"},
+            "layer_structure": {key: {"type": value["type"], "pattern_holds": value["pattern_holds"]}
+                                for key, value in report.items() if key != "total"},
             "sparsity_of_all_parameters": report["total"]["sparsity_of_all_parameters"],
             "algorithm": self.algorithm.config(),
             "steps_per_execution": self.steps_per_execution,
