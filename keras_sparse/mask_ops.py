@@ -71,14 +71,18 @@ def _in_blocks(values: tf.Tensor) -> bool:
 
 
 def _sum_blocks(values: tf.Tensor, fn, initial: tf.Tensor) -> tf.Tensor:
-    """The sum of ``fn(block)`` over the consecutive blocks of the 1-D ``values``."""
+    """The sum of ``fn(block)`` over the consecutive blocks of the 1-D ``values``.
+
+    Here and in ``_map_blocks`` the loop runs one block at a time (``parallel_iterations=1``):
+    a graph loop otherwise runs up to ten iterations side by side, each holding its block's
+    working arrays, which gives back most of the memory the blocks save."""
     if not _in_blocks(values):
         return fn(values)
     size = values.shape[0]
     full = size // BLOCK
     total = tf.while_loop(lambda i, _: i < full,
                           lambda i, total: (i + 1, total + fn(tf.slice(values, [i * BLOCK], [BLOCK]))),
-                          (tf.constant(0), initial), maximum_iterations=full)[1]
+                          (tf.constant(0), initial), maximum_iterations=full, parallel_iterations=1)[1]
     return total + fn(values[full * BLOCK:]) if size % BLOCK else total
 
 
@@ -96,7 +100,7 @@ def _map_blocks(values: tf.Tensor, fn, carry: tf.Tensor) -> tf.Tensor:
 
     blocks = tf.TensorArray(tf.bool, size=full, element_shape=[BLOCK])
     _, blocks, carry = tf.while_loop(lambda i, *_: i < full, body, (tf.constant(0), blocks, carry),
-                                     maximum_iterations=full)
+                                     maximum_iterations=full, parallel_iterations=1)
     mask = blocks.concat()
     return tf.concat([mask, fn(values[full * BLOCK:], carry)[0]], 0) if size % BLOCK else mask
 
