@@ -11,7 +11,7 @@ Quick use::
     ks.export_saved_model(model, "/tmp/exported")
 """
 
-from keras_sparse import algorithms, distributions, schedules
+from keras_sparse import algorithms, distributions, schedules, sparsity_types
 from keras_sparse.callbacks import Callback, SparsityCallback
 from keras_sparse.masking import (
     export_saved_model,
@@ -30,6 +30,7 @@ from keras_sparse.trainer import Trainer
 
 __version__ = "0.1.0"
 
-__all__ = ["algorithms", "distributions", "schedules", "wrap", "get_masks", "set_masks", "masked_weights",
-           "masked_kernels", "sparsity", "sparsity_report", "strip", "export_saved_model", "load_model",
+__all__ = ["algorithms", "distributions", "schedules", "sparsity_types", "wrap", "get_masks", "set_masks",
+           "masked_weights", "masked_kernels", "sparsity", "sparsity_report", "strip", "export_saved_model",
+           "load_model",
            "SparseOptimizer", "SparsityCallback", "Trainer", "Callback"]

@@ -408,3 +408,13 @@ def test_gin_binding_trains_a_tiny_run_with_every_type_and_tensorboard_shows_the
     blocks = conv3.reshape(6, 4, 8).transpose(0, 2, 1).reshape(-1, 4)
     assert (blocks.all(axis=1) | ~blocks.any(axis=1)).all() and blocks.any(axis=1).sum() > 0
     assert (conv4.all(axis=0) | ~conv4.any(axis=0)).all() and 0 < conv4.all(axis=0).sum() < 8
+
+
+def test_the_n_by_m_gin_config_binds_the_types():
+    gin.clear_config()
+    try:
+        parse_gin([os.path.join(ROOT, "gin_configs", "rigl_n_by_m.gin")], [])
+        algo = algorithms.RigL()
+    finally:
+        gin.clear_config()
+    assert algo.sparsity_type == {"conv2": "2:4", "conv3": "2:4", "conv4": "2:4"}
