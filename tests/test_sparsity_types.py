@@ -418,3 +418,24 @@ def test_the_n_by_m_gin_config_binds_the_types():
     finally:
         gin.clear_config()
     assert algo.sparsity_type == {"conv2": "2:4", "conv3": "2:4", "conv4": "2:4"}
+
+
+def test_trainer_under_xla_with_several_steps_a_call_keeps_every_pattern():
+    # XLA is the subject here: K = 4 steps a call, masks updated in-graph at steps 0, 2, 4, 6.
+    keras.utils.set_random_seed(1)
+    model = ks.wrap(tiny_cnn(), quiet=True)
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(128, 16, 4)).astype(np.float32), rng.integers(0, 3, 128)
+    algo = algorithms.RigL(sparsity=0.5, distribution="uniform", update_frequency=2, drop_fraction=0.5,
+                           sparsity_type={"conv": "2:4", "logits": "channel"})
+    trainer = ks.Trainer(model, algo, keras.optimizers.SGD(0.05), keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True), jit_compile=True, steps_per_execution=4, progress=False)
+    trainer.fit((x, y), epochs=1, batch_size=16)
+    initial = algo.initial_masks({})  # random from the seed: the masks training started from
+    report = ks.sparsity_report(model)
+    assert [report[k]["type"] for k in ("conv/kernel", "logits/kernel")] == ["2:4", "channel"]
+    assert report["conv/kernel"]["pattern_holds"] and report["logits/kernel"]["pattern_holds"]
+    masks = ks.get_masks(model)
+    assert (np.moveaxis(masks["conv/kernel"], 1, -1).reshape(-1, 4).sum(axis=1) == 2).all()
+    assert masks["logits/kernel"].all(axis=0).sum() == 2 == masks["logits/kernel"].any(axis=0).sum()
+    assert not np.array_equal(masks["conv/kernel"], initial["conv/kernel"])  # RigL moved weights within groups
