@@ -90,6 +90,16 @@ def format_interval(values: Sequence[float] | Interval, scale: float = 1.0, digi
     return f"{stats.mean:.{digits}f} [{stats.low:.{digits}f}, {stats.high:.{digits}f}]"
 
 
+def short_description(counts: Iterable[int]) -> str:
+    """What a plot's bands or bars are, in a few words, for points of ``counts`` values each:
+    "95% t-interval", "min–max over seeds", both, or "one seed, no interval"."""
+    counts = {int(c) for c in counts if c > 0}
+    kinds = [name for name, present in (("95% t-interval", any(c >= MIN_SEEDS_FOR_T for c in counts)),
+                                         ("min–max over seeds", any(1 < c < MIN_SEEDS_FOR_T for c in counts)))
+             if present]
+    return " or ".join(kinds) if kinds else "one seed, no interval"
+
+
 def describe(counts: Iterable[int], seeds: Sequence[int] | None = None) -> str:
     """A table caption's sentence saying what ``[a, b]`` means, for cells of ``counts`` values
     each (the seeds done per cell; a partial grid may mix counts): e.g. "Mean [95% Student-t

@@ -70,3 +70,10 @@ def test_describe_says_which_interval_the_table_shows():
     mixed = describe([5, 3, 0], [0, 1, 2, 3, 4])  # a partial grid: some cells short of seeds
     assert "95% Student-t" in mixed and "[min, max]" in mixed and mixed.startswith("Mean over seeds [0, 1, 2, 3, 4]")
     assert describe([0]) == "No values yet (over seeds)."
+
+
+def test_short_description_names_the_bands():
+    assert intervals.short_description([5, 6]) == "95% t-interval"
+    assert intervals.short_description([3, 0]) == "min–max over seeds"
+    assert intervals.short_description([5, 3]) == "95% t-interval or min–max over seeds"
+    assert intervals.short_description([1]) == "one seed, no interval"

@@ -14,6 +14,7 @@ import gin
 import matplotlib.pyplot as plt
 
 from keras_sparse.errors import ConfigError
+from keras_sparse.intervals import short_description
 from keras_sparse.masking import get_masks, set_masks, sparsity
 from keras_sparse.plotting import plot_interval
 from keras_sparse.studies import common
@@ -88,7 +89,9 @@ def _plot(rows, scope, algorithm_names, sparsities) -> plt.Figure:
             plot_interval(ax, xs, list(accuracy.values()), scale=100, label=f"{name} @ {s:g}", marker="o",
                           markersize=3)
     ax.set_xlabel("total sparsity")
-    ax.set_ylabel("test accuracy (%): mean, 95% interval")
+    counts = [len(v) for v in common.group([r for r in rows if r["scope"] == scope],
+                                           ["algorithm", "sparsity", "extra_sparsity"], "accuracy").values()]
+    ax.set_ylabel(f"test accuracy (%)\n(band: {short_description(counts)})")
     ax.set_title(f"further {scope} magnitude pruning, no retraining")
     ax.legend(fontsize=7)
     figure.tight_layout()

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt
 
 from keras_sparse.algorithms import FixedMask
 from keras_sparse.errors import ConfigError
+from keras_sparse.intervals import short_description
 from keras_sparse.masking import get_masks
 from keras_sparse.plotting import plot_interval
 from keras_sparse.studies import common
@@ -79,6 +80,18 @@ def run(logdir: str, jobs: int = 1, algorithms: Sequence[str] = ("magnitude", "s
 
 
 def _plot(accuracy, algorithm_names, sparsities, order) -> plt.Figure:
+    bars = short_description(len(v) for v in accuracy.values())
+    if list(order) == ["trained"]:
+        # No retraining variants (e.g. gin_configs/studies/power_*.gin): the algorithms side by side.
+        figure, ax = plt.subplots(figsize=(5.5, 3.8))
+        for name in algorithm_names:
+            plot_interval(ax, sparsities, [accuracy[(name, s, "trained")] for s in sparsities], scale=100,
+                          label=name, marker="o")
+        ax.set_xlabel("sparsity")
+        ax.set_ylabel(f"test accuracy (%)\n(band: {bars})")
+        ax.legend(fontsize=8)
+        figure.tight_layout()
+        return figure
     figure, axes = plt.subplots(1, len(algorithm_names), figsize=(3.2 * len(algorithm_names), 3), sharey=True,
                                 squeeze=False)
     for ax, name in zip(axes[0], algorithm_names):
@@ -87,7 +100,7 @@ def _plot(accuracy, algorithm_names, sparsities, order) -> plt.Figure:
                           style="bars", label=variant, marker="o")
         ax.set_title(name)
         ax.set_xlabel("sparsity")
-    axes[0][0].set_ylabel("test accuracy (%): mean, 95% interval")
+    axes[0][0].set_ylabel(f"test accuracy (%)\n(bars: {bars})")
     axes[0][-1].legend(fontsize=7)
     figure.tight_layout()
     return figure

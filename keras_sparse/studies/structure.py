@@ -16,7 +16,7 @@ import gin
 import matplotlib.pyplot as plt
 
 from keras_sparse.callbacks import Callback
-from keras_sparse.intervals import interval
+from keras_sparse.intervals import interval, short_description
 from keras_sparse.masking import get_masks
 from keras_sparse.plotting import plot_interval
 from keras_sparse.studies import common
@@ -154,7 +154,8 @@ def _plot_overlap(rows) -> plt.Figure:
             values = common.group([r for r in rows if r["layer"] == layer], ["epoch"], measure)
             xs = [e for (e,) in values]
             if layer == "overall":  # with its 95% interval over seeds as a band
-                plot_interval(ax, xs, list(values.values()), scale=100, label="overall (band: 95% interval)",
+                plot_interval(ax, xs, list(values.values()), scale=100,
+                              label=f"overall (band: {short_description(len(v) for v in values.values())})",
                               linewidth=2.5, color="black")
             else:
                 ax.plot(xs, [100 * common.mean_std(v)[0] for v in values.values()], label=layer, linewidth=1,
@@ -183,7 +184,8 @@ def _plot_freeze(rows, freeze_epochs) -> plt.Figure:
             if stats.n > 1:
                 ax.axhspan(stats.low, stats.high, color=color, alpha=0.15, linewidth=0)
     ax.set_xlabel("freeze point (epochs)")
-    ax.set_ylabel("test accuracy (%): mean, 95% interval")
+    counts = [len(v) for v in common.group(rows, ["variant"], "accuracy").values()]
+    ax.set_ylabel(f"test accuracy (%)\n(bars, bands: {short_description(counts)})")
     twin = ax.twinx()
     twin.plot(xs, [common.mean_std(v)[0] for v in flops.values()], marker="s", color="tab:red", label="training FLOPs")
     twin.set_ylabel("training FLOPs vs dense", color="tab:red")
