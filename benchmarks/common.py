@@ -142,7 +142,7 @@ def algorithm(name: str, every: int = 100, end_step: int | None = None,
 
 
 def trainer(model: keras.Model, algo: ks.algorithms.SparseAlgorithm, optimizer: keras.optimizers.Optimizer,
-            steps_per_execution: int = 1, jit_compile: bool = True) -> ks.Trainer:
+            steps_per_execution: int | str = 1, jit_compile: bool | str = True) -> ks.Trainer:
     """``ks.Trainer`` on ``model``, which ``ks.wrap`` masks here, in place; quiet."""
     return ks.Trainer(ks.wrap(model, quiet=True), algo, optimizer, loss_fn(), jit_compile=jit_compile, progress=False,
                       steps_per_execution=steps_per_execution)

@@ -3,7 +3,8 @@ a training run against dense training.
 
     python benchmarks/memory.py [--models lenet_300_100 lenet5 resnet mnist1d_cnn]
         [--train-models mlp_4096 lenet_300_100] [--variants keras dense static rigl magnitude]
-        [--steps 50] [--batch 128] [--repeats 3] [--out memory.json]
+        [--steps 50] [--batch 128] [--repeats 3] [--jit-compile true] [--steps-per-execution 1]
+        [--out memory.json]
 
 (a) Mask state ÷ kernel bytes, per model: LeNet-300-100 and LeNet-5 (28×28×1), ResNet-20
 (32×32×3), the MNIST-1D CNN and the MNIST-1D transformer (40×1). Counted from the variables
@@ -19,7 +20,10 @@ the same in dense training, and they keep no host copy of the masks.
 (b) Peak resident memory of a training run: each run is a fresh process
 (``python benchmarks/memory.py --worker MODEL VARIANT``) that builds the model and its trainer,
 records ``ru_maxrss`` (its peak RSS so far), trains ``--steps`` steps of batch ``--batch`` on one
-synthetic batch repeated (XLA on, SGD with momentum), and records ``ru_maxrss`` again. The growth
+synthetic batch repeated (SGD with momentum), and records ``ru_maxrss`` again. By default
+the Trainer compiles with XLA, one step a call (``--jit-compile true --steps-per-execution 1``);
+``--jit-compile auto --steps-per-execution auto`` measures the Trainer's defaults instead (both
+XLA settings timed on the first calls, and the mask update a plain graph, ``keras_sparse.tuning``). The growth
 in training therefore includes ``Trainer.setup`` (initial masks), the XLA compilations and, for
 RigL and magnitude pruning, the second compiled program that updates masks. Models: ``mlp_4096``
 (784 → 4096 → 4096 → 10, ~20M parameters, where the weights dominate) and LeNet-300-100.
@@ -88,7 +92,8 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def worker(model_name: str, variant: str, steps: int, batch: int) -> dict:
+def worker(model_name: str, variant: str, steps: int, batch: int, jit_compile: bool | str = True,
+           steps_per_execution: int | str = 1) -> dict:
     """Builds ``model_name`` for ``variant``, trains ``steps`` steps, and returns the peak RSS
     after the imports, after building, and after training."""
     after_imports = peak_rss_mib()
@@ -102,30 +107,35 @@ def worker(model_name: str, variant: str, steps: int, batch: int) -> dict:
             loss = step(x, y)
         loss.numpy()
     else:
-        trainer = common.trainer(model, common.algorithm(variant, every=10), common.sgd())
+        trainer = common.trainer(model, common.algorithm(variant, every=10), common.sgd(),
+                                 steps_per_execution=steps_per_execution, jit_compile=jit_compile)
         after_build = peak_rss_mib()
         trainer.fit(data, epochs=1)
-    return {"model": model_name, "variant": variant, "steps": steps, "batch": batch,
+    return {"model": model_name, "variant": variant, "steps": steps, "batch": batch, "jit_compile": jit_compile,
+            "steps_per_execution": steps_per_execution,
             "parameters": model.count_params(), "peak_after_imports_mib": after_imports,
             "peak_after_build_mib": after_build, "peak_mib": peak_rss_mib()}
 
 
-def run_worker(model_name: str, variant: str, steps: int, batch: int) -> dict:
+def run_worker(model_name: str, variant: str, steps: int, batch: int, jit_compile: bool | str,
+               steps_per_execution: int | str) -> dict:
     """Runs ``worker`` in a fresh Python process and returns its result."""
     command = [sys.executable, os.path.abspath(__file__), "--worker", model_name, variant,
-               "--steps", str(steps), "--batch", str(batch)]
+               "--steps", str(steps), "--batch", str(batch), "--jit-compile", str(jit_compile).lower(),
+               "--steps-per-execution", str(steps_per_execution)]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
 
-def peak_memory(model_names: list[str], variants: list[str], steps: int, batch: int, repeats: int) -> list[dict]:
+def peak_memory(model_names: list[str], variants: list[str], steps: int, batch: int, repeats: int,
+                jit_compile: bool | str = True, steps_per_execution: int | str = 1) -> list[dict]:
     """Every (model, variant) run ``repeats`` times in fresh processes, variants alternating
     within each repeat; returns per (model, variant) the raw runs and their medians."""
     runs: dict[tuple[str, str], list[dict]] = {(m, v): [] for m in model_names for v in variants}
     for _ in range(repeats):
         for m in model_names:
             for v in variants:
-                runs[(m, v)].append(run_worker(m, v, steps, batch))
+                runs[(m, v)].append(run_worker(m, v, steps, batch, jit_compile, steps_per_execution))
     results = []
     for (m, v), raw in runs.items():
         growth = [r["peak_mib"] - r["peak_after_build_mib"] for r in raw]
@@ -150,10 +160,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "VARIANT"), help=argparse.SUPPRESS)
+    parser.add_argument("--jit-compile", default="true", choices=["true", "false", "auto"],
+                        help="the Trainer's jit_compile in (b) (the plain Keras step always uses XLA)")
+    parser.add_argument("--steps-per-execution", default="1",
+                        help="the Trainer's steps_per_execution in (b): N or auto")
     parser.add_argument("--out", default="memory.json")
     args = parser.parse_args()
+    jit_compile = {"true": True, "false": False}.get(args.jit_compile, args.jit_compile)
+    steps_per_execution = "auto" if args.steps_per_execution == "auto" else int(args.steps_per_execution)
     if args.worker:
-        print(json.dumps(worker(*args.worker, args.steps, args.batch)))
+        print(json.dumps(worker(*args.worker, args.steps, args.batch, jit_compile, steps_per_execution)))
         return
     if "dense" not in args.variants:
         parser.error("--variants must include dense: the ratios are to it")
@@ -166,8 +182,10 @@ def main() -> None:
                           f"{r['mask_variable_bytes']:,}", f"{r['mask_state_bytes']:,}",
                           f"{r['bytes_added_to_model_weights']:,}", f"{r['mask_over_kernel']:.3f}"] for r in state]))
 
-    peaks = peak_memory(args.train_models, args.variants, args.steps, args.batch, args.repeats)
-    print(f"\n(b) peak RSS of a training run, fresh process each: {args.steps} steps, batch {args.batch}, XLA on, "
+    peaks = peak_memory(args.train_models, args.variants, args.steps, args.batch, args.repeats, jit_compile,
+                        steps_per_execution)
+    print(f"\n(b) peak RSS of a training run, fresh process each: {args.steps} steps, batch {args.batch}, "
+          f"Trainer jit_compile={jit_compile}, steps_per_execution={steps_per_execution}, "
           f"median of {args.repeats} alternating repeats\n")
     print(harness.table(["model", "parameters", "variant", "peak after build MiB", "peak MiB",
                          "growth in training MiB", "peak ÷ Trainer dense"],
@@ -175,7 +193,8 @@ def main() -> None:
                           f"{r['median']['peak_after_build_mib']:.0f}", f"{r['median']['peak_mib']:.0f}",
                           f"{r['median']['growth_mib']:.0f}",
                           f"{r['peak_over_dense']:.3f}"] for r in peaks]))
-    harness.write_json(args.out, {"mask_state": state, "peak_memory": peaks})
+    harness.write_json(args.out, {"mask_state": state, "peak_memory": peaks,
+                                  "trainer": {"jit_compile": jit_compile, "steps_per_execution": steps_per_execution}})
 
 
 if __name__ == "__main__":
