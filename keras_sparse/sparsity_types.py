@@ -17,9 +17,10 @@ A type is bound to one weight with ``on(layout, target)``: the layout says where
 input and output channels lie (``layout_of``), the target is the layer's sparsity from the
 algorithm's distribution. The bound type answers what the algorithms ask: how many entries
 stay active at the target (``active_count``), and which ones for given scores (``select``,
-``shrink`` and ``grow``, each built on ``mask_ops.topk_mask``: exact counts, ties to the
-lower index). Block and channel turn element scores into one score per group (their sum),
-select groups and expand them back to an element mask; N:M selects within each group.
+``shrink`` and ``grow``: exact counts, ties to the lower index). Block and channel turn element
+scores into one score per group (their sum), select groups with ``mask_ops.topk_mask`` and
+expand them back to an element mask; N:M ranks the entries within each group
+(``per_group_topk``).
 
 How a target sparsity maps to each type (docs/structure.md):
 
@@ -206,11 +207,8 @@ class Unstructured(SparsityType):
 class _Grouped(SparsityType):
     """A type whose groups (blocks, channels) are active or pruned whole."""
 
-    def _perm(self) -> list[int]:
-        """Axes of the weight in the order ``_to_groups`` reads them."""
-        raise NotImplementedError
-
     def _group_shape(self) -> tuple[int, int]:
+        """(number of groups, entries per group)."""
         raise NotImplementedError
 
     def _to_groups(self, values):
@@ -312,9 +310,11 @@ class Block(_Grouped):
         return f"{self.rows}x{self.cols}"
 
     def check(self, layout):
-        if layout.in_axis is None or not layout.out_axes:
-            raise self._refuse(layout, "blocks need a matmul's inputs and outputs, and it sums over no input "
-                               "channels", "use 'channel'")
+        if layout.in_axis is None:
+            raise self._refuse(layout, "it sums over no input channels for block kernels to skip", "use 'channel'")
+        if not layout.out_axes:
+            raise self._refuse(layout, "keras-sparse does not know which of its axes are output channels",
+                               "keep it dense with wrap(exclude=...)")
         rows, cols = self._view(layout)
         if rows % self.rows or cols % self.cols:
             raise self._refuse(layout, f"its {rows}x{cols} view (inputs x outputs) does not divide into "
