@@ -253,3 +253,26 @@ def test_a_partial_structure_table_shows_a_dash_for_a_missing_cell(tmp_path):
     assert "nan" not in markdown.lower()
     assert "| rigl frozen @ 1 epoch | — | — | — |" in markdown and "| static | 90.0 | 0 | 0.0700 |" in markdown
     assert "**Partial:** 2 cells of the grid not done yet" in markdown
+
+
+def test_the_reinit_tables_from_hand_made_cells_give_intervals_and_the_gap_to_the_static_mask(tmp_path):
+    from keras_sparse.studies import reinit
+
+    os.makedirs(tmp_path / "cells")
+    accuracies = {("magnitude", 0): 0.60, ("magnitude", 1): 0.62, ("magnitude", 2): 0.64,
+                  ("rigl", 0): 0.50, ("rigl", 1): 0.52, ("static", 0): 0.40, ("static", 1): 0.46, ("static", 2): 0.43}
+    for (algorithm, seed), value in accuracies.items():
+        grid.record(str(tmp_path), {"algorithm": algorithm, "sparsity": 0.9, "seed": seed},
+                    grid.Outcome(0, result={"original": value, "sparsity_reached": 0.9, "variants": {}}, seconds=2.0))
+    with grid.using(grid.Assemble()):
+        reinit.run(str(tmp_path), algorithms=["magnitude", "rigl", "static"], sparsities=[0.9], seeds=[0, 1, 2],
+                   variants=[])
+    markdown = (tmp_path / "results.md").read_text()
+    # rigl's seed 2 is missing: the grid is partial, and the caption covers cells of 3 and 2 seeds.
+    assert "**Partial:** 1 cell of the grid not done yet, left out: algorithm=rigl,sparsity=0.9,seed=2." in markdown
+    assert ("Mean over seeds [0, 1, 2], with [min, max] over the seeds where a cell has fewer than 5 (too few for a "
+            "95% interval).") in markdown
+    assert "| magnitude | 0.9 | 62.0 [60.0, 64.0] |" in markdown and "| rigl | 0.9 | 51.0 [50.0, 52.0] |" in markdown
+    # Magnitude is best: +19 points over static (43.0 [40.0, 46.0]); the larger sd is static's, 3.0 points.
+    assert "| 0.9 | magnitude | 62.0 [60.0, 64.0] | 43.0 [40.0, 46.0] | +19.0 | 3.0 | yes |" in markdown
+    assert json.loads((tmp_path / "results.json").read_text())["cost"]["cell_seconds"] == 16.0

@@ -140,3 +140,4 @@ def test_power_configs_parse_and_run_end_to_end_on_a_tiny_grid(tmp_path, config,
     assert all(0 <= r["accuracy"] <= 1 for r in rows)
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["cost"]["cells_done"] == 2 and (tmp_path / "reinit.png").exists()
+    assert "| 0.95 | magnitude |" in (tmp_path / "results.md").read_text()  # the gap to the static mask

@@ -13,10 +13,11 @@ from typing import Any, Sequence
 
 import gin
 import matplotlib.pyplot as plt
+import numpy as np
 
 from keras_sparse.algorithms import FixedMask
 from keras_sparse.errors import ConfigError
-from keras_sparse.intervals import short_description
+from keras_sparse.intervals import interval, short_description
 from keras_sparse.masking import get_masks
 from keras_sparse.plotting import plot_interval
 from keras_sparse.studies import common
@@ -24,6 +25,7 @@ from keras_sparse.studies.grid import finished, missing, run_grid
 from keras_sparse.studies.measures import INIT_VARIANTS, init_variant
 
 NEW_INIT_SEED_OFFSET = 10_000  # "new_init" draws its kernels from seed + this
+BASELINE = "static"  # the mask the algorithms must beat (issue 17, point 1)
 
 
 def reinit_cell(cell: dict, variants: Sequence[str]) -> dict[str, Any]:
@@ -71,12 +73,41 @@ def run(logdir: str, jobs: int = 1, algorithms: Sequence[str] = ("magnitude", "s
         [[a, s, *(common.percent(accuracy[(a, s, v)]) for v in order)] for a in algorithms for s in sparsities])
     markdown = ("# Reinit study: retraining the final mask from other initializations\n\n"
                 f"Test accuracy (%). {common.caption(accuracy, seeds)}\n\n" + table)
+    if BASELINE in algorithms and len(algorithms) > 1:
+        markdown += "\n\n" + _separation(accuracy, algorithms, sparsities)
     settings = {"algorithms": list(algorithms), "sparsities": list(sparsities), "seeds": list(seeds),
                 "variants": list(variants), "new_init_seed_offset": NEW_INIT_SEED_OFFSET}
     common.write_results(logdir, "reinit", settings, rows, markdown,
                          {"reinit": _plot(accuracy, algorithms, sparsities, order)}, missing(cells, results),
                          cells=cells, started=started)
     return rows
+
+
+def _separation(accuracy, algorithms, sparsities) -> str:
+    """Per sparsity: the best algorithm (highest mean trained accuracy) against the static mask."""
+    rows = []
+    for s in sparsities:
+        base = accuracy[(BASELINE, s, "trained")]
+        means = {a: np.mean(accuracy[(a, s, "trained")]) for a in algorithms
+                 if a != BASELINE and accuracy[(a, s, "trained")]}
+        if not base or not means:
+            rows.append([s, "—", "—", common.percent(base), "—", "—", "—"])
+            continue
+        best = max(means, key=means.get)
+        values = accuracy[(best, s, "trained")]
+        gap = 100 * (np.mean(values) - np.mean(base))
+        spreads = [100 * np.std(v, ddof=1) for v in (values, base) if len(v) > 1]
+        spread = max(spreads) if spreads else float("nan")
+        top, bottom = interval(values), interval(base)
+        disjoint = "—" if min(top.n, bottom.n) < 2 else ("yes" if top.low > bottom.high else "no")
+        rows.append([s, best, common.percent(values), common.percent(base), f"{gap:+.1f}",
+                     "—" if np.isnan(spread) else f"{spread:.1f}", disjoint])
+    table = common.markdown_table(["sparsity", "best algorithm", "its accuracy (%)", f"{BASELINE} (%)",
+                                   "gap (points)", "seed-to-seed sd (points)", "intervals disjoint"], rows)
+    return ("## The best algorithm against a static random mask\n\n"
+            "Trained networks only. Per sparsity, the algorithm with the highest mean accuracy against the "
+            f"{BASELINE} random mask: the gap between their means, the larger of their two seed-to-seed standard "
+            "deviations (n − 1), and whether their intervals (as in the table above) are disjoint.\n\n" + table)
 
 
 def _plot(accuracy, algorithm_names, sparsities, order) -> plt.Figure:
