@@ -105,6 +105,14 @@ def _map_blocks(values: tf.Tensor, fn, carry: tf.Tensor) -> tf.Tensor:
     return tf.concat([mask, fn(values[full * BLOCK:], carry)[0]], 0) if size % BLOCK else mask
 
 
+def count_true(mask: tf.Tensor) -> tf.Tensor:
+    """Number of True entries of the boolean ``mask`` (int64), counted ``BLOCK`` entries at a
+    time where it has more: ``count_nonzero`` casts the whole mask to int64 first, 8 bytes an
+    entry."""
+    flat = tf.reshape(mask, [-1])
+    return tf.cast(_sum_blocks(flat, lambda block: tf.reduce_sum(tf.cast(block, tf.int32)), tf.constant(0)), tf.int64)
+
+
 def _kth_largest_key(values: tf.Tensor, keys_of, k: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """The ``k``-th largest of the int32 keys ``keys_of(values)`` (1 <= k <= size), how many
     keys are above it and how many equal it: a most-significant-digit-first radix select.

@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_sparse import algorithms as algorithms_lib
-from keras_sparse import masking, sparsity_types
+from keras_sparse import mask_ops, masking, sparsity_types
 from keras_sparse.algorithms.base import SparseAlgorithm
 from keras_sparse.errors import ConfigError
 
@@ -303,7 +303,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             grown = new & ~old
             for slot in self.slots(w):
                 slot.assign(tf.where(grown, tf.zeros_like(slot), slot))
-        return tf.stack([tf.math.count_nonzero(new_masks[w.key], dtype=tf.int64) for w in self.weights_])
+        return tf.stack([mask_ops.count_true(new_masks[w.key]) for w in self.weights_])
 
     def slots(self, weight: masking.MaskedWeight) -> list:
         """The wrapped optimizer's variables that belong to ``weight`` (momentum, Adam moments, …)."""

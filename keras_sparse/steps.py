@@ -22,6 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_sparse import mask_ops
 from keras_sparse.masking import MaskedWeight
 from keras_sparse.optimizer import SparseOptimizer
 
@@ -104,7 +105,7 @@ class StepPrograms:
         return self._active_counts().numpy()
 
     def _active_counts_fn(self) -> tf.Tensor:
-        return tf.stack([tf.math.count_nonzero(k.mask, dtype=tf.int64) for k in self.kernels])
+        return tf.stack([mask_ops.count_true(k.mask) for k in self.kernels])
 
     def summed_kernel_gradients(self, batches) -> dict[str, np.ndarray]:
         """Each masked kernel's dense gradient summed over ``batches`` (SNIP's scores).

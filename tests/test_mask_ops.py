@@ -143,3 +143,13 @@ def test_topk_mask_in_blocks_is_the_same_select(monkeypatch, size, mode):
     for k in sorted({0, 1, 63, 64, 65, size // 2, int((scores > -1).sum()) + 7, size - 1, size}):
         np.testing.assert_array_equal(topk(tf.constant(scores), tf.constant(k)).numpy(),
                                       mask_ops.topk_mask_numpy(as_numpy_sees_them, k), err_msg=str(k))
+
+
+@pytest.mark.parametrize("size", [0, 5, 256, 300])
+def test_count_true_in_blocks_and_whole(monkeypatch, size):
+    monkeypatch.setattr(mask_ops, "BLOCK", 64)
+    mask = np.random.default_rng(size).random((size, 1)) < 0.4
+    for count in (mask_ops.count_true, tf.function(mask_ops.count_true), tf.function(mask_ops.count_true,
+                                                                                      jit_compile=True)):
+        result = count(tf.constant(mask))
+        assert result.dtype == tf.int64 and int(result) == int(mask.sum())
