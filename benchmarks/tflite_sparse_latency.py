@@ -1,0 +1,214 @@
+"""Latency of a 90%-sparse MobileNetV2 in TensorFlow Lite against the dense one, and whether
+XNNPACK's sparse inference ran.
+
+    python benchmarks/tflite_sparse_latency.py [--size 224] [--sparsity 0.9] [--batches 1,32]
+                                               [--threads 1,2] [--rounds 11] [--out JSON]
+
+The model is ``keras.applications.MobileNetV2(weights=None, alpha=1.0)`` on ``--size``² RGB
+inputs (seed 0). The sparse model is the same network wrapped with ``ks.wrap(include=<the 1x1
+convolutions>)``, each 1x1 kernel pruned to ``--sparsity`` by magnitude (uniform per layer,
+``ks.set_masks``; on initialized weights, so the masks are as good as random: latency does not
+depend on training). Those are the layers XNNPACK's sparse inference runs sparse; its first
+convolution, the depthwise ones and the classifier stay dense. Three TFLite files, each converted
+from ``ks.strip(model)`` by ``TFLiteConverter.from_keras_model``:
+
+- ``dense``: the dense model, float32;
+- ``sparse``: the pruned model, float32 (the zeros stored as dense tensors);
+- ``sparse + EXPERIMENTAL_SPARSITY``: the pruned model with ``Optimize.EXPERIMENTAL_SPARSITY``,
+  which stores the sparse kernels in TFLite's sparse format behind ``DENSIFY`` ops. That is what
+  the XNNPACK delegate checks: it densifies such a weight when it prepares the graph and passes
+  ``XNN_FLAG_HINT_SPARSE_INFERENCE`` to XNNPACK for a graph that has one.
+
+Each runs in ``tf.lite.Interpreter`` with its default XNNPACK delegate (``num_threads`` 1 and 2)
+at batch 1 and 32. The variants alternate in rounds (the order rotated each round) on a machine
+other jobs share; the table gives the median milliseconds per call and the median over rounds of
+the per-round speed-up against the dense file.
+
+"Sparse inference ran?" compares the outputs of the two sparse files on the same input. Both hold
+the same weights; only the encoded one carries XNNPACK's sparse hint. If XNNPACK switched that
+file to its NCHW sparse kernels, the sums would run in another order and the outputs would differ
+in their last bits; bitwise-equal outputs mean both ran the same dense kernels. XNNPACK does not
+take the sparse path on x86 CPUs with AVX (``xnn_is_chw_compatible_config``: its sparse kernels
+are SSE-only there); the run records whether this CPU has AVX.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import harness  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from tensorflow.lite.python import schema_py_generated as tflite_schema  # noqa: E402
+
+import keras_sparse as ks  # noqa: E402
+
+VARIANTS = ("dense", "sparse", "sparse + EXPERIMENTAL_SPARSITY")
+
+
+def mobilenet_v2(size: int, seed: int) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    return keras.applications.MobileNetV2(weights=None, alpha=1.0, input_shape=(size, size, 3))
+
+
+def pointwise_layers(model: keras.Model) -> list[str]:
+    """Names of the 1x1 convolutions (not depthwise): the layers XNNPACK's sparse inference runs sparse."""
+    return [layer.name for layer in model.layers
+            if type(layer) is keras.layers.Conv2D and tuple(layer.kernel_size) == (1, 1)]
+
+
+def magnitude_masks(model: keras.Model, sparsity: float) -> dict[str, np.ndarray]:
+    """Per masked weight, keep the largest-|w| (1 - sparsity) fraction (ties broken by index)."""
+    masks = {}
+    for weight in ks.masked_weights(model):
+        w = np.abs(weight.variable.numpy()).ravel()
+        mask = np.zeros(w.size, bool)
+        mask[np.argsort(-w, kind="stable")[:round((1.0 - sparsity) * w.size)]] = True
+        masks[weight.key] = mask.reshape(weight.variable.shape)
+    return masks
+
+
+def convert(model: keras.Model, optimizations) -> bytes:
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = list(optimizations)
+    return converter.convert()
+
+
+def op_counts(content: bytes) -> dict[str, int]:
+    """How many operators of each builtin type the file's main graph has, and its sparse tensors."""
+    model = tflite_schema.Model.GetRootAsModel(content, 0)
+    names = {v: k for k, v in vars(tflite_schema.BuiltinOperator).items() if not k.startswith("_")}
+    codes = [max(model.OperatorCodes(i).BuiltinCode(), model.OperatorCodes(i).DeprecatedBuiltinCode())
+             for i in range(model.OperatorCodesLength())]
+    graph = model.Subgraphs(0)
+    counts: dict[str, int] = {}
+    for i in range(graph.OperatorsLength()):
+        name = names.get(codes[graph.Operators(i).OpcodeIndex()], "?")
+        counts[name] = counts.get(name, 0) + 1
+    counts["sparse tensors"] = sum(graph.Tensors(i).Sparsity() is not None for i in range(graph.TensorsLength()))
+    return counts
+
+
+def interpreter(content: bytes, x: np.ndarray, threads: int) -> tf.lite.Interpreter:
+    """A ready interpreter (default XNNPACK delegate) fed ``x``, run twice to warm up."""
+    runner = tf.lite.Interpreter(model_content=content, num_threads=threads)
+    index = runner.get_input_details()[0]["index"]
+    runner.resize_tensor_input(index, x.shape)
+    runner.allocate_tensors()
+    runner.set_tensor(index, x)
+    runner.invoke()
+    runner.invoke()
+    return runner
+
+
+def output(runner: tf.lite.Interpreter) -> np.ndarray:
+    return runner.get_tensor(runner.get_output_details()[0]["index"]).copy()
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def measure(files: dict[str, bytes], batch: int, threads: int, rounds: int, seconds: float, seed: int) -> dict:
+    """Milliseconds per call of each file over ``rounds`` alternating rounds (about ``seconds`` of
+    calls per variant and round), the per-round speed-ups against ``dense``, and the outputs' check."""
+    x = np.random.default_rng(seed).normal(size=(batch, *tf.lite.Interpreter(
+        model_content=files["dense"]).get_input_details()[0]["shape"][1:])).astype("float32")
+    runners = {name: interpreter(content, x, threads) for name, content in files.items()}
+    start = time.perf_counter()
+    runners["dense"].invoke()
+    calls = max(1, round(seconds / (time.perf_counter() - start)))
+    ms: dict[str, list[float]] = {name: [] for name in files}
+    names = list(files)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            start = time.perf_counter()
+            for _ in range(calls):
+                runners[name].invoke()
+            ms[name].append(1000 * (time.perf_counter() - start) / calls)
+    sparse_a, sparse_b = output(runners["sparse"]), output(runners["sparse + EXPERIMENTAL_SPARSITY"])
+    rates = {name: [1.0 / v for v in values] for name, values in ms.items()}
+    return {"batch": batch, "threads": threads, "calls_per_round": calls, "ms": ms,
+            "median_ms": {name: statistics.median(values) for name, values in ms.items()},
+            "speedup": {name: harness.round_ratios(rates, name, "dense") for name in files},
+            "encoded_vs_plain_sparse_max_abs_diff": float(np.max(np.abs(sparse_a - sparse_b))),
+            "encoded_vs_plain_sparse_bitwise_equal": bool(np.array_equal(sparse_a, sparse_b)),
+            "dense_vs_sparse_max_abs_diff": float(np.max(np.abs(output(runners["dense"]) - sparse_a)))}
+
+
+def report(run: dict) -> str:
+    rows = []
+    for m in run["measurements"]:
+        for name in VARIANTS:
+            q = m["speedup"][name]
+            ran = ("" if name != "sparse + EXPERIMENTAL_SPARSITY" else
+                   "no (outputs bitwise equal to `sparse`)" if m["encoded_vs_plain_sparse_bitwise_equal"] else
+                   f"outputs differ from `sparse` by {m['encoded_vs_plain_sparse_max_abs_diff']:.1e}")
+            rows.append([str(m["batch"]), str(m["threads"]), name, f"{m['median_ms'][name]:.1f}",
+                         f"{q['median']:.2f}× ({q['min']:.2f}–{q['max']:.2f})", ran])
+    table = harness.table(["batch", "threads", "file", "median ms / call", "speed-up vs dense (range over rounds)",
+                           "XNNPACK sparse inference ran?"], rows)
+    files = "\n".join(f"- {name}: {run['files'][name]['kib']:.0f} KiB, ops {run['files'][name]['ops']}"
+                      for name in VARIANTS)
+    return (f"{table}\n\n{files}\n\nMobileNetV2 alpha 1.0, {run['args']['size']}×{run['args']['size']}, "
+            f"{run['pointwise_layers']} 1x1 convolutions at {100 * run['pointwise_sparsity']:.1f}% sparsity "
+            f"({100 * run['model_sparsity']:.1f}% of all conv/dense kernel weights); CPU has AVX: {run['cpu_avx']}; "
+            f"load average {run['load_before']} before, {run['load_after']} after; TF {run['tensorflow']}, "
+            f"Keras {run['keras']}; {run['wall_seconds']:.0f} s")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=224, help="input height and width")
+    parser.add_argument("--sparsity", type=float, default=0.9, help="sparsity of every 1x1 convolution")
+    parser.add_argument("--batches", default="1,32", help="comma-separated batch sizes")
+    parser.add_argument("--threads", default="1,2", help="comma-separated num_threads values")
+    parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument("--seconds", type=float, default=0.3, help="time per variant and round")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="also write the run as JSON here")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    run = {"args": vars(args), "load_before": [round(v, 2) for v in os.getloadavg()],
+           "tensorflow": tf.__version__, "keras": keras.__version__, "cpu_avx": "avx" in cpu_flags()}
+
+    dense = mobilenet_v2(args.size, args.seed)
+    sparse = mobilenet_v2(args.size, args.seed)
+    pointwise = pointwise_layers(sparse)
+    ks.wrap(sparse, include=pointwise)
+    ks.set_masks(sparse, magnitude_masks(sparse, args.sparsity))
+    plain = ks.strip(sparse)
+    kernels = [w for w in plain.weights if "kernel" in w.path]
+    run["pointwise_layers"] = len(pointwise)
+    run["pointwise_sparsity"] = ks.sparsity(sparse)
+    run["model_sparsity"] = (sum(int(np.sum(w.numpy() == 0)) for w in kernels)
+                             / sum(int(np.prod(w.shape)) for w in kernels))
+    files = {"dense": convert(dense, []), "sparse": convert(plain, []),
+             "sparse + EXPERIMENTAL_SPARSITY": convert(plain, [tf.lite.Optimize.EXPERIMENTAL_SPARSITY])}
+    run["files"] = {name: {"kib": len(content) / 1024, "ops": op_counts(content)} for name, content in files.items()}
+
+    run["measurements"] = [measure(files, batch, threads, args.rounds, args.seconds, args.seed)
+                           for batch in (int(b) for b in args.batches.split(","))
+                           for threads in (int(t) for t in args.threads.split(","))]
+    run["load_after"] = [round(v, 2) for v in os.getloadavg()]
+    run["wall_seconds"] = time.perf_counter() - started
+    print(report(run))
+    if args.out:
+        harness.write_json(args.out, run)
+
+
+if __name__ == "__main__":
+    main()
