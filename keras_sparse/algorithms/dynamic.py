@@ -92,7 +92,7 @@ class SET(SparseAlgorithm):
         new = {}
         for key, weight in weights.items():
             mask, structure = masks[key], self.structures[key]
-            n_active = tf.reduce_sum(tf.cast(mask, tf.float32))
+            n_active = tf.cast(mask_ops.count_true(mask), tf.float32)
             n_drop = structure.drop_count(fraction, n_active)
             # Keep the largest active weights; inactive ones rank below every active one.
             kept = structure.shrink(tf.where(mask, tf.abs(weight), -1.0), n_active - n_drop)

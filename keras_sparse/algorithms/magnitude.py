@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from keras_sparse import schedules
+from keras_sparse import mask_ops, schedules
 from keras_sparse.algorithms.base import SparseAlgorithm
 from keras_sparse.errors import ConfigError
 
@@ -83,7 +83,7 @@ class MagnitudePruning(SparseAlgorithm):
             k = tf.where(at_target, float(self.target_active(key)) if self.sparsity > 0 else size, k)
             # Pruned weights rank last and k never exceeds the active count, so a weight once
             # pruned stays pruned.
-            k = tf.minimum(k, tf.reduce_sum(tf.cast(masks[key], tf.float32)))
+            k = tf.minimum(k, tf.cast(mask_ops.count_true(masks[key]), tf.float32))
             scores = tf.where(masks[key], tf.abs(weight), -1.0)
             new[key] = structure.select(scores, k)
         return new
