@@ -1,8 +1,9 @@
 """Latency of a 90%-sparse MobileNetV2 in TensorFlow Lite against the dense one, and whether
 XNNPACK's sparse inference ran.
 
-    python benchmarks/tflite_sparse_latency.py [--size 224] [--sparsity 0.9] [--batches 1,32]
-                                               [--threads 1,2] [--rounds 11] [--out JSON]
+    python benchmarks/tflite_sparse_latency.py [--models mobilenet_v2,pointwise_stack] [--size 224]
+                                               [--sparsity 0.9] [--batches 1,32] [--threads 1,2]
+                                               [--rounds 11] [--seconds 0.3] [--out JSON]
 
 The model is ``keras.applications.MobileNetV2(weights=None, alpha=1.0)`` on ``--size``² RGB
 inputs (seed 0). The sparse model is the same network wrapped with ``ks.wrap(include=<the 1x1
@@ -18,6 +19,10 @@ from ``ks.strip(model)`` by ``TFLiteConverter.from_keras_model``:
   which stores the sparse kernels in TFLite's sparse format behind ``DENSIFY`` ops. That is what
   the XNNPACK delegate checks: it densifies such a weight when it prepares the graph and passes
   ``XNN_FLAG_HINT_SPARSE_INFERENCE`` to XNNPACK for a graph that has one.
+
+``--models`` adds ``pointwise_stack``, a control built to meet every condition XNNPACK's source
+states for its sparse path (explicit symmetric padding, a 3x3 stride-2 convolution on 3 channels,
+1x1 convolutions, global average pooling), sparsified and converted the same way.
 
 Each runs in ``tf.lite.Interpreter`` with its default XNNPACK delegate (``num_threads`` 1 and 2)
 at batch 1 and 32. The variants alternate in rounds (the order rotated each round) on a machine
@@ -55,6 +60,20 @@ VARIANTS = ("dense", "sparse", "sparse + EXPERIMENTAL_SPARSITY")
 def mobilenet_v2(size: int, seed: int) -> keras.Model:
     keras.utils.set_random_seed(seed)
     return keras.applications.MobileNetV2(weights=None, alpha=1.0, input_shape=(size, size, 3))
+
+
+def pointwise_stack(size: int, seed: int) -> keras.Model:
+    """A control built to meet every condition of XNNPACK's sparse path as its source states them:
+    explicit symmetric zero padding and a 3x3 stride-2 convolution on the 3 input channels (the
+    NHWC-to-NCHW entry), four 1x1 convolutions, global average pooling (the exit), a classifier."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.ZeroPadding2D(1)(inputs)
+    x = keras.layers.Conv2D(32, 3, strides=2, activation="relu6", name="stem")(x)
+    for i in range(4):
+        x = keras.layers.Conv2D(64, 1, activation="relu6", name=f"pointwise{i}")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(10, name="logits")(x), name="pointwise_stack")
 
 
 def pointwise_layers(model: keras.Model) -> list[str]:
@@ -150,28 +169,56 @@ def measure(files: dict[str, bytes], batch: int, threads: int, rounds: int, seco
 
 
 def report(run: dict) -> str:
-    rows = []
-    for m in run["measurements"]:
-        for name in VARIANTS:
-            q = m["speedup"][name]
-            ran = ("" if name != "sparse + EXPERIMENTAL_SPARSITY" else
-                   "no (outputs bitwise equal to `sparse`)" if m["encoded_vs_plain_sparse_bitwise_equal"] else
-                   f"outputs differ from `sparse` by {m['encoded_vs_plain_sparse_max_abs_diff']:.1e}")
-            rows.append([str(m["batch"]), str(m["threads"]), name, f"{m['median_ms'][name]:.1f}",
-                         f"{q['median']:.2f}× ({q['min']:.2f}–{q['max']:.2f})", ran])
-    table = harness.table(["batch", "threads", "file", "median ms / call", "speed-up vs dense (range over rounds)",
-                           "XNNPACK sparse inference ran?"], rows)
-    files = "\n".join(f"- {name}: {run['files'][name]['kib']:.0f} KiB, ops {run['files'][name]['ops']}"
-                      for name in VARIANTS)
-    return (f"{table}\n\n{files}\n\nMobileNetV2 alpha 1.0, {run['args']['size']}×{run['args']['size']}, "
-            f"{run['pointwise_layers']} 1x1 convolutions at {100 * run['pointwise_sparsity']:.1f}% sparsity "
-            f"({100 * run['model_sparsity']:.1f}% of all conv/dense kernel weights); CPU has AVX: {run['cpu_avx']}; "
-            f"load average {run['load_before']} before, {run['load_after']} after; TF {run['tensorflow']}, "
-            f"Keras {run['keras']}; {run['wall_seconds']:.0f} s")
+    parts = []
+    for model in run["models"]:
+        rows = []
+        for m in model["measurements"]:
+            for name in VARIANTS:
+                q = m["speedup"][name]
+                ran = ("" if name != "sparse + EXPERIMENTAL_SPARSITY" else
+                       "no (outputs bitwise equal to `sparse`)" if m["encoded_vs_plain_sparse_bitwise_equal"] else
+                       f"outputs differ from `sparse` by {m['encoded_vs_plain_sparse_max_abs_diff']:.1e}")
+                rows.append([model["model"], str(m["batch"]), str(m["threads"]), name, f"{m['median_ms'][name]:.1f}",
+                             f"{q['median']:.2f}× ({q['min']:.2f}–{q['max']:.2f})", ran])
+        table = harness.table(["model", "batch", "threads", "file", "median ms / call",
+                               "speed-up vs dense (range over rounds)", "XNNPACK sparse inference ran?"], rows)
+        files = "\n".join(f"- {name}: {model['files'][name]['kib']:.0f} KiB, ops {model['files'][name]['ops']}"
+                          for name in VARIANTS)
+        parts.append(f"{table}\n\n{files}\n\n{model['model']}: {model['pointwise_layers']} 1x1 convolutions at "
+                     f"{100 * model['pointwise_sparsity']:.1f}% sparsity ({100 * model['model_sparsity']:.1f}% of all "
+                     "conv/dense kernel weights)")
+    return ("\n\n".join(parts) + f"\n\n{run['args']['size']}×{run['args']['size']} inputs; CPU has AVX: "
+            f"{run['cpu_avx']}; load average {run['load_before']} before, {run['load_after']} after; "
+            f"TF {run['tensorflow']}, Keras {run['keras']}; {run['wall_seconds']:.0f} s")
+
+
+MODELS = {"mobilenet_v2": mobilenet_v2, "pointwise_stack": pointwise_stack}
+
+
+def measure_model(name: str, build, args: argparse.Namespace) -> dict:
+    """The three files of model ``name`` (``build(size, seed)``) and their measurements."""
+    dense = build(args.size, args.seed)
+    sparse = build(args.size, args.seed)
+    pointwise = pointwise_layers(sparse)
+    ks.wrap(sparse, include=pointwise)
+    ks.set_masks(sparse, magnitude_masks(sparse, args.sparsity))
+    plain = ks.strip(sparse)
+    kernels = [w for w in plain.weights if "kernel" in w.path]
+    files = {"dense": convert(dense, []), "sparse": convert(plain, []),
+             "sparse + EXPERIMENTAL_SPARSITY": convert(plain, [tf.lite.Optimize.EXPERIMENTAL_SPARSITY])}
+    return {"model": name, "pointwise_layers": len(pointwise), "pointwise_sparsity": ks.sparsity(sparse),
+            "model_sparsity": (sum(int(np.sum(w.numpy() == 0)) for w in kernels)
+                               / sum(int(np.prod(w.shape)) for w in kernels)),
+            "files": {n: {"kib": len(content) / 1024, "ops": op_counts(content)} for n, content in files.items()},
+            "measurements": [measure(files, batch, threads, args.rounds, args.seconds, args.seed)
+                             for batch in (int(b) for b in args.batches.split(","))
+                             for threads in (int(t) for t in args.threads.split(","))]}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="mobilenet_v2,pointwise_stack",
+                        help="comma-separated: " + ", ".join(MODELS))
     parser.add_argument("--size", type=int, default=224, help="input height and width")
     parser.add_argument("--sparsity", type=float, default=0.9, help="sparsity of every 1x1 convolution")
     parser.add_argument("--batches", default="1,32", help="comma-separated batch sizes")
@@ -185,24 +232,8 @@ def main():
     run = {"args": vars(args), "load_before": [round(v, 2) for v in os.getloadavg()],
            "tensorflow": tf.__version__, "keras": keras.__version__, "cpu_avx": "avx" in cpu_flags()}
 
-    dense = mobilenet_v2(args.size, args.seed)
-    sparse = mobilenet_v2(args.size, args.seed)
-    pointwise = pointwise_layers(sparse)
-    ks.wrap(sparse, include=pointwise)
-    ks.set_masks(sparse, magnitude_masks(sparse, args.sparsity))
-    plain = ks.strip(sparse)
-    kernels = [w for w in plain.weights if "kernel" in w.path]
-    run["pointwise_layers"] = len(pointwise)
-    run["pointwise_sparsity"] = ks.sparsity(sparse)
-    run["model_sparsity"] = (sum(int(np.sum(w.numpy() == 0)) for w in kernels)
-                             / sum(int(np.prod(w.shape)) for w in kernels))
-    files = {"dense": convert(dense, []), "sparse": convert(plain, []),
-             "sparse + EXPERIMENTAL_SPARSITY": convert(plain, [tf.lite.Optimize.EXPERIMENTAL_SPARSITY])}
-    run["files"] = {name: {"kib": len(content) / 1024, "ops": op_counts(content)} for name, content in files.items()}
-
-    run["measurements"] = [measure(files, batch, threads, args.rounds, args.seconds, args.seed)
-                           for batch in (int(b) for b in args.batches.split(","))
-                           for threads in (int(t) for t in args.threads.split(","))]
+    run["models"] = [measure_model(name, build, args) for name, build in MODELS.items()
+                     if name in args.models.split(",")]
     run["load_after"] = [round(v, 2) for v in os.getloadavg()]
     run["wall_seconds"] = time.perf_counter() - started
     print(report(run))
