@@ -15,6 +15,7 @@ from typing import Callable, Mapping, Sequence, Union
 import numpy as np
 
 from keras_sparse.errors import ConfigError
+from keras_sparse.masking import most_specific
 
 Shapes = Mapping[str, Sequence[int]]
 Distribution = Union[str, Mapping[str, float]]
@@ -107,17 +108,7 @@ def layer_sparsities(shapes: Shapes, sparsity: float, distribution: Distribution
 
 
 def _explicit(shapes: Shapes, sparsity: float, per_layer: Mapping[str, float]) -> dict[str, float]:
-    def names(pattern: str, key: str) -> bool:  # the weight's path, a layer path above it, or a layer name in it
-        return key == pattern or key.startswith(pattern + "/") or pattern in key.split("/")[:-1]
-
-    unknown = sorted(p for p in per_layer if not any(names(p, key) for key in shapes))
-    if unknown:
-        layers = sorted({key.rsplit("/", 1)[0] for key in shapes})
-        raise ConfigError(f"Sparsity map names {unknown}, which are not masked layers: use names from {layers}.")
-    result = {}
-    for key in shapes:
-        # The most specific entry wins: the weight's own path, then the longest layer path.
-        chosen = max((p for p in per_layer if names(p, key)), key=lambda p: (p == key, len(p)), default=None)
-        value = per_layer[chosen] if chosen is not None else sparsity
-        result[key] = check_sparsity(value, f"sparsity of {key}")
-    return result
+    # The most specific entry wins: the weight's own path, then the longest pattern.
+    chosen = most_specific(per_layer, list(shapes), "Sparsity map")
+    return {key: check_sparsity(per_layer[pattern] if pattern is not None else sparsity, f"sparsity of {key}")
+            for key, pattern in chosen.items()}

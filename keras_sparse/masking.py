@@ -222,6 +222,23 @@ def _matcher(selector: Selector, what: str, keys: Sequence[str]) -> Callable[[Ca
     return lambda candidate: any(matches(p, candidate.key) or matches(p, candidate.variable.path) for p in patterns)
 
 
+def most_specific(patterns: Iterable[str], keys: Sequence[str], what: str) -> dict[str, str | None]:
+    """For each weight ``key``, the pattern of ``patterns`` that names it (``matches``) most
+    specifically: the weight's own path, then the longest pattern; None where none names it.
+    Per-layer maps (sparsities, sparsity types) choose their entries with it.
+
+    Raises:
+        ConfigError: naming the patterns that name no weight (``what``: the map, for the message).
+    """
+    patterns = list(patterns)
+    unknown = sorted(p for p in patterns if not any(matches(p, key) for key in keys))
+    if unknown:
+        layers = sorted({key.rsplit("/", 1)[0] for key in keys})
+        raise ConfigError(f"{what} names {unknown}, which are not masked layers: use names from {layers}.")
+    return {key: max((p for p in patterns if matches(p, key)), key=lambda p: (p.strip("/") == key, len(p)),
+                     default=None) for key in keys}
+
+
 def matches(pattern: str, key: str) -> bool:
     """Whether ``pattern`` names the weight ``key`` (a variable path such as
     ``"encoder/block1/attention/query/kernel"``): the path itself, a layer path it lies under

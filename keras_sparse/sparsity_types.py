@@ -44,7 +44,7 @@ import tensorflow as tf
 
 from keras_sparse import mask_ops
 from keras_sparse.errors import ConfigError
-from keras_sparse.masking import MaskedWeight, matches
+from keras_sparse.masking import MaskedWeight, most_specific
 
 
 # --------------------------------------------------------------------- layouts
@@ -486,13 +486,5 @@ def resolve(spec: Spec, keys: Sequence[str]) -> dict[str, SparsityType]:
         chosen = parse(spec)
         return {key: chosen for key in keys}
     types = {pattern: parse(value) for pattern, value in spec.items()}
-    unknown = sorted(p for p in types if not any(matches(p, key) for key in keys))
-    if unknown:
-        layers = sorted({key.rsplit("/", 1)[0] for key in keys})
-        raise ConfigError(f"sparsity_type map names {unknown}, which are not masked layers: use names from {layers}.")
-    result = {}
-    for key in keys:
-        named = [p for p in types if matches(p, key)]
-        best = max(named, key=lambda p: (p.strip("/") == key, len(p)), default=None)
-        result[key] = types[best] if best is not None else Unstructured()
-    return result
+    chosen = most_specific(types, keys, "sparsity_type map")
+    return {key: types[pattern] if pattern is not None else Unstructured() for key, pattern in chosen.items()}
