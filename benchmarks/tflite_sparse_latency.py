@@ -4,6 +4,7 @@ XNNPACK's sparse inference ran.
     python benchmarks/tflite_sparse_latency.py [--models mobilenet_v2,pointwise_stack] [--size 224]
                                                [--sparsity 0.9] [--batches 1,32] [--threads 1,2]
                                                [--rounds 11] [--seconds 0.3] [--out JSON]
+                                               [--save DIR] [--no-timing]
 
 The model is ``keras.applications.MobileNetV2(weights=None, alpha=1.0)`` on ``--size``² RGB
 inputs (seed 0). The sparse model is the same network wrapped with ``ks.wrap(include=<the 1x1
@@ -206,13 +207,20 @@ def measure_model(name: str, build, args: argparse.Namespace) -> dict:
     kernels = [w for w in plain.weights if "kernel" in w.path]
     files = {"dense": convert(dense, []), "sparse": convert(plain, []),
              "sparse + EXPERIMENTAL_SPARSITY": convert(plain, [tf.lite.Optimize.EXPERIMENTAL_SPARSITY])}
+    if args.save:
+        os.makedirs(args.save, exist_ok=True)
+        for variant, content in files.items():
+            file_name = f"{name}_{args.size}_{variant.replace(' + ', '_').replace(' ', '_')}.tflite".lower()
+            with open(os.path.join(args.save, file_name), "wb") as f:
+                f.write(content)
     return {"model": name, "pointwise_layers": len(pointwise), "pointwise_sparsity": ks.sparsity(sparse),
             "model_sparsity": (sum(int(np.sum(w.numpy() == 0)) for w in kernels)
                                / sum(int(np.prod(w.shape)) for w in kernels)),
             "files": {n: {"kib": len(content) / 1024, "ops": op_counts(content)} for n, content in files.items()},
-            "measurements": [measure(files, batch, threads, args.rounds, args.seconds, args.seed)
-                             for batch in (int(b) for b in args.batches.split(","))
-                             for threads in (int(t) for t in args.threads.split(","))]}
+            "measurements": [] if args.no_timing else [
+                measure(files, batch, threads, args.rounds, args.seconds, args.seed)
+                for batch in (int(b) for b in args.batches.split(","))
+                for threads in (int(t) for t in args.threads.split(","))]}
 
 
 def main():
@@ -227,6 +235,9 @@ def main():
     parser.add_argument("--seconds", type=float, default=0.3, help="time per variant and round")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="also write the run as JSON here")
+    parser.add_argument("--save", default=None, metavar="DIR",
+                        help="also write the .tflite files here (e.g. to run them on an ARM device)")
+    parser.add_argument("--no-timing", action="store_true", help="convert (and --save) only")
     args = parser.parse_args()
     started = time.perf_counter()
     run = {"args": vars(args), "load_before": [round(v, 2) for v in os.getloadavg()],
