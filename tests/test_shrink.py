@@ -145,6 +145,30 @@ def test_residual_add_removes_a_channel_only_where_every_branch_is_dead():
     same_outputs(model, shrunk, (8, 8, 3))
 
 
+def test_assorted_layers_and_where_a_constant_cannot_be_carried():
+    # A Sequential built without an Input, LeakyReLU, an elu Conv, pooling with "same" padding,
+    # a Dense on a sequence, global max pooling.
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([L.Conv1D(6, 3, padding="same", activation="elu", name="c"), L.AveragePooling1D(
+        2, padding="same"), L.Dense(5, name="d"), L.LeakyReLU(), L.GlobalMaxPooling1D(), L.Dense(2, name="out")])
+    model.build((None, 11, 3))
+    randomize_biases(model)
+    kill(ks.wrap(model, quiet=True), {"c": [2, 3], "d": [4]})
+    shrunk = ks.shrink_channels(model)
+    assert [kernel_shape(shrunk, n) for n in ("c", "d", "out")] == [(3, 3, 4), (4, 4), (4, 2)]
+    same_outputs(model, shrunk, (11, 3))
+    # Nonzero constants read by a zero-padded Conv of unknown length, or a causal one: kept.
+    for inputs, padding in [((None, 3), "same"), ((11, 3), "causal")]:
+        model = keras.Sequential([keras.Input(inputs), L.Conv1D(6, 3, padding=padding, name="c"),
+                                  L.Conv1D(4, 3, padding=padding, name="c2"), L.GlobalAveragePooling1D(),
+                                  L.Dense(2, name="out")])
+        randomize_biases(model)
+        kill(ks.wrap(model, quiet=True), {"c": [1, 5], "c2": [0]})
+        shrunk = ks.shrink_channels(model)
+        assert [kernel_shape(shrunk, n) for n in ("c", "c2", "out")] == [(3, 3, 6), (3, 6, 3), (3, 2)]
+        same_outputs(model, shrunk, (11, 3))
+
+
 def test_a_static_channel_mask_from_an_algorithm():
     model = dense_model()
     algorithm = ks.algorithms.StaticSparse(sparsity=0.5, sparsity_type={"h1": "channel", "h2": "channel"})
