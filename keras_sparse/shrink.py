@@ -113,7 +113,7 @@ def shrink_channels(model: keras.Model) -> keras.Model:
     kernels = _masked_kernel_values(model)
     groups = _Groups()
     _analyze(nodes, groups, kernels)
-    keep = _decide(nodes, groups, model)
+    keep = _decide(nodes, groups)
     return _rebuild(model, nodes, outputs, groups, keep, kernels)
 
 
@@ -271,7 +271,7 @@ def _channels(node: _Node) -> int:
     return node.features // node.positions
 
 
-def _decide(nodes: list[_Node], groups: _Groups, model: keras.Model) -> dict[int, np.ndarray]:
+def _decide(nodes: list[_Node], groups: _Groups) -> dict[int, np.ndarray]:
     """Per channel group (its root): which channels stay."""
     keep: dict[int, np.ndarray] = {}
     for node in nodes:
@@ -291,7 +291,7 @@ def _decide(nodes: list[_Node], groups: _Groups, model: keras.Model) -> dict[int
             if _mixes(layer):
                 keep[g][:] = True
             elif type(layer) in PRODUCERS and not isinstance(layer, layers.Dense) and (
-                    layer.padding == "causal" or None in tuple(layer.input.shape[1:])):
+                    layer.padding == "causal" or (layer.padding == "same" and None in tuple(layer.input.shape[1:]))):
                 # The constant's contribution is computed on the input's static shape ("same"
                 # padding: ``ConstantOffset``); without one, only a constant of exactly 0 goes.
                 nonzero = (source.constant.reshape(source.positions, -1) != 0).any(axis=0)
