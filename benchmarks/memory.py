@@ -5,6 +5,7 @@ a training run against dense training.
         [--train-models mlp_4096 lenet_300_100] [--variants keras dense static rigl magnitude]
         [--steps 50] [--batch 128] [--repeats 3] [--jit-compile true] [--steps-per-execution 1]
         [--out memory.json]
+    python benchmarks/memory.py --select [--out memory_select.json]
 
 (a) Mask state ÷ kernel bytes, per model: LeNet-300-100 and LeNet-5 (28×28×1), ResNet-20
 (32×32×3), the MNIST-1D CNN and the MNIST-1D transformer (40×1). Counted from the variables
@@ -16,6 +17,9 @@ and one ``initialized`` flag), and the bytes of ``model.weights`` after wrapping
 ``keras_sparse.Trainer`` and ``ks.SparseOptimizer`` allocate no other per-weight state: their
 other variables are scalars, the optimizer slots they touch (momentum) are the optimizer's own,
 the same in dense training, and they keep no host copy of the masks.
+
+(c) ``--select``: the peak RSS growth of one mask selection on 2^24 scores (a 4096 x 4096
+kernel), compiled as a graph and with XLA, each in a fresh process (``select_worker``).
 
 (b) Peak resident memory of a training run: each run is a fresh process
 (``python benchmarks/memory.py --worker MODEL VARIANT``) that builds the model and its trainer,
@@ -84,6 +88,48 @@ def mask_state(name: str) -> dict:
             "mask_state_bytes": sum(variable_bytes(v) for v in state_of(wrapped).weights),
             "bytes_added_to_model_weights": sum(variable_bytes(v) for v in wrapped.weights) - unwrapped_bytes,
             "mask_over_kernel": mask_bytes / kernel_bytes}
+
+
+# ------------------------------------------------------- (c) one mask selection
+SELECT_SIZE = 1 << 24  # a 4096 x 4096 kernel's scores
+
+
+def select_worker(what: str, jit_compile: bool) -> dict:
+    """Peak RSS growth of one compiled call of a mask selection on ``SELECT_SIZE`` scores:
+    ``topk`` = ``mask_ops.topk_mask`` of magnitude scores (10% active); ``rigl`` = RigL's two
+    selections (keep the largest active weights, grow by |gradient| among the rest). The
+    inputs are variables made before the call; the first call (tracing and compiling included)
+    is measured, then a second."""
+    import tensorflow as tf
+
+    from keras_sparse import mask_ops
+
+    weight = tf.Variable(tf.random.normal([SELECT_SIZE], seed=1))
+    mask = tf.Variable(tf.random.uniform([SELECT_SIZE], seed=2) < 0.1)
+    gradient = tf.Variable(tf.random.normal([SELECT_SIZE], seed=3))
+    keep = int(0.1 * SELECT_SIZE)
+
+    @tf.function(jit_compile=jit_compile)
+    def select():
+        kept = mask_ops.topk_mask(tf.where(mask, tf.abs(weight), -1.0), keep - (keep // 10 if what == "rigl" else 0))
+        if what == "rigl":
+            kept = kept | mask_ops.topk_mask(tf.where(kept, float("-inf"), tf.abs(gradient)), keep // 10)
+        return kept
+
+    before = peak_rss_mib()
+    kept = select()
+    first = peak_rss_mib()
+    select()
+    second = peak_rss_mib()
+    return {"what": what, "jit_compile": jit_compile, "active": int(kept.numpy().sum()),
+            "first_call_growth_mib": first - before, "second_call_growth_mib": second - first}
+
+
+def run_select_worker(what: str, jit_compile: bool) -> dict:
+    """``select_worker`` in a fresh Python process."""
+    command = [sys.executable, os.path.abspath(__file__), "--select-worker", what, str(jit_compile).lower()]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
 
 
 # ------------------------------------------------------------- (b) peak memory
@@ -160,6 +206,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "VARIANT"), help=argparse.SUPPRESS)
+    parser.add_argument("--select", action="store_true", help="only (c): one mask selection's peak memory growth")
+    parser.add_argument("--select-worker", nargs=2, metavar=("WHAT", "JIT"), help=argparse.SUPPRESS)
     parser.add_argument("--jit-compile", default="true", choices=["true", "false", "auto"],
                         help="the Trainer's jit_compile in (b) (the plain Keras step always uses XLA)")
     parser.add_argument("--steps-per-execution", default="1",
@@ -170,6 +218,17 @@ def main() -> None:
     steps_per_execution = "auto" if args.steps_per_execution == "auto" else int(args.steps_per_execution)
     if args.worker:
         print(json.dumps(worker(*args.worker, args.steps, args.batch, jit_compile, steps_per_execution)))
+        return
+    if args.select_worker:
+        print(json.dumps(select_worker(args.select_worker[0], args.select_worker[1] == "true")))
+        return
+    if args.select:
+        rows = [run_select_worker(what, jit) for what in ("topk", "rigl") for jit in (False, True)]
+        print(f"(c) peak RSS growth of one mask selection on {SELECT_SIZE:,} scores, fresh process each\n")
+        print(harness.table(["selection", "XLA", "first call MiB", "second call MiB"],
+                            [[r["what"], str(r["jit_compile"]), f"{r['first_call_growth_mib']:.0f}",
+                              f"{r['second_call_growth_mib']:.0f}"] for r in rows]))
+        harness.write_json(args.out, {"selection": rows})
         return
     if "dense" not in args.variants:
         parser.error("--variants must include dense: the ratios are to it")
