@@ -1,8 +1,8 @@
 """Latency of a 90%-sparse MobileNetV2 in TensorFlow Lite against the dense one, and whether
 XNNPACK's sparse inference ran.
 
-    python benchmarks/tflite_sparse_latency.py [--models mobilenet_v2,pointwise_stack] [--size 224]
-                                               [--sparsity 0.9] [--batches 1,32] [--threads 1,2]
+    python benchmarks/tflite_sparse_latency.py [--models mobilenet_v2,mobilenet_v2_explicit,pointwise_stack]
+                                               [--size 224] [--sparsity 0.9] [--batches 1,32] [--threads 1,2]
                                                [--rounds 11] [--seconds 0.3] [--out JSON]
                                                [--save DIR] [--no-timing]
 
@@ -21,9 +21,12 @@ from ``ks.strip(model)`` by ``TFLiteConverter.from_keras_model``:
   the XNNPACK delegate checks: it densifies such a weight when it prepares the graph and passes
   ``XNN_FLAG_HINT_SPARSE_INFERENCE`` to XNNPACK for a graph that has one.
 
-``--models`` adds ``pointwise_stack``, a control built to meet every condition XNNPACK's source
-states for its sparse path (explicit symmetric padding, a 3x3 stride-2 convolution on 3 channels,
-1x1 convolutions, global average pooling), sparsified and converted the same way.
+``--models`` adds ``mobilenet_v2_explicit``, MobileNetV2 laid out for XNNPACK's sparse path
+(symmetric explicit padding, no 1000-class classifier; ``explicit_same_padding`` restores in the
+file the stride-1 padding the converter folds into "SAME"), and ``pointwise_stack``, a control
+built to meet every condition XNNPACK's source states for its sparse path (explicit symmetric
+padding, a 3x3 stride-2 convolution on 3 channels, 1x1 convolutions, global average pooling),
+both sparsified and converted the same way.
 
 Each runs in ``tf.lite.Interpreter`` with its default XNNPACK delegate (``num_threads`` 1 and 2)
 at batch 1 and 32. The variants alternate in rounds (the order rotated each round) on a machine
@@ -47,6 +50,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import flatbuffers  # noqa: E402
 import harness  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -61,6 +65,104 @@ VARIANTS = ("dense", "sparse", "sparse + EXPERIMENTAL_SPARSITY")
 def mobilenet_v2(size: int, seed: int) -> keras.Model:
     keras.utils.set_random_seed(seed)
     return keras.applications.MobileNetV2(weights=None, alpha=1.0, input_shape=(size, size, 3))
+
+
+#: MobileNetV2's bottleneck stages (Sandler et al. 2018, table 2): expansion t, channels c, repeats n, stride s.
+BOTTLENECKS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+               (6, 320, 1, 1))
+
+
+def mobilenet_v2_explicit(size: int, seed: int) -> keras.Model:
+    """MobileNetV2 (alpha 1.0) laid out for XNNPACK's sparse path: every 3x3 layer gets a symmetric
+    ``ZeroPadding2D(1)`` and "valid" padding (Keras's model pads stride-2 layers asymmetrically,
+    which XNNPACK's NCHW kernels refuse), and the model ends at global average pooling, without the
+    1000-class classifier (with it, XNNPACK kept the dense path on an emulated ARM64 CPU; cause not
+    found). The stride-1 paddings the converter folds back into "SAME" are restored in the file by
+    ``explicit_same_padding``."""
+    keras.utils.set_random_seed(seed)
+    layers = keras.layers
+
+    def conv_bn(x, filters: int, kernel: int = 1, strides: int = 1, relu: bool = True, name: str = ""):
+        if kernel > 1:
+            x = layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(x)
+        x = layers.Conv2D(filters, kernel, strides=strides, use_bias=False, name=name)(x)
+        x = layers.BatchNormalization(name=f"{name}_bn")(x)
+        return layers.ReLU(6.0, name=f"{name}_relu")(x) if relu else x
+
+    inputs = keras.Input((size, size, 3))
+    x = conv_bn(inputs, 32, 3, 2, name="stem")
+    channels, block = 32, 0
+    for expansion, out_channels, repeats, stride in BOTTLENECKS:
+        for i in range(repeats):
+            y = conv_bn(x, channels * expansion, name=f"block{block}_expand") if expansion != 1 else x
+            y = layers.ZeroPadding2D(1, name=f"block{block}_pad")(y)
+            y = layers.DepthwiseConv2D(3, strides=stride if i == 0 else 1, use_bias=False, name=f"block{block}_dw")(y)
+            y = layers.ReLU(6.0, name=f"block{block}_dw_relu")(layers.BatchNormalization(name=f"block{block}_dw_bn")(y))
+            y = conv_bn(y, out_channels, relu=False, name=f"block{block}_project")
+            x = layers.Add(name=f"block{block}_add")([x, y]) if i > 0 else y
+            channels, block = out_channels, block + 1
+    x = conv_bn(x, 1280, name="head")
+    return keras.Model(inputs, layers.GlobalAveragePooling2D(name="pool")(x), name="mobilenet_v2_explicit")
+
+
+def explicit_same_padding(content: bytes) -> bytes:
+    """The TFLite file with each stride-1, undilated, odd-sized (not 1x1) CONV_2D or
+    DEPTHWISE_CONV_2D of "SAME" padding replaced by a PAD of its symmetric padding and the same
+    layer with "VALID" padding: the same outputs. XNNPACK fuses such a PAD into the layer, while it
+    refuses a depthwise layer flagged "SAME" for its sparse path; the converter folds Keras's
+    explicit padding into "SAME", so this has to happen in the file."""
+    schema = tflite_schema
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(content, 0))
+
+    def builtin(code) -> int:
+        return max(code.builtinCode, code.deprecatedBuiltinCode)
+
+    pad_code = next((i for i, c in enumerate(model.operatorCodes) if builtin(c) == schema.BuiltinOperator.PAD), None)
+    if pad_code is None:
+        code = schema.OperatorCodeT()
+        code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.PAD
+        code.version = 1
+        model.operatorCodes.append(code)
+        pad_code = len(model.operatorCodes) - 1
+    convolutions = (schema.BuiltinOperator.CONV_2D, schema.BuiltinOperator.DEPTHWISE_CONV_2D)
+    for graph in model.subgraphs:
+        operators = []
+        for op in graph.operators:
+            options = op.builtinOptions
+            if (builtin(model.operatorCodes[op.opcodeIndex]) in convolutions and options.padding == schema.Padding.SAME
+                    and (options.strideH, options.strideW, options.dilationHFactor, options.dilationWFactor)
+                    == (1, 1, 1, 1)):
+                kh, kw = (int(d) for d in graph.tensors[op.inputs[1]].shape[1:3])
+                if kh % 2 and kw % 2 and (kh, kw) != (1, 1):
+                    x = graph.tensors[op.inputs[0]]
+                    buffer = schema.BufferT()
+                    paddings = np.array([[0, 0], [kh // 2] * 2, [kw // 2] * 2, [0, 0]], np.int32)
+                    buffer.data = np.frombuffer(paddings.tobytes(), np.uint8)
+                    model.buffers.append(buffer)
+                    paddings_tensor = schema.TensorT()
+                    paddings_tensor.shape, paddings_tensor.type = [4, 2], schema.TensorType.INT32
+                    paddings_tensor.buffer = len(model.buffers) - 1
+                    paddings_tensor.name = f"explicit_padding_{len(graph.tensors)}".encode()
+                    padded = schema.TensorT()
+                    padded.type, padded.buffer = x.type, 0
+                    padded.name = f"explicit_padded_{len(graph.tensors)}".encode()
+                    grow = [0, 2 * (kh // 2), 2 * (kw // 2), 0]
+                    padded.shape = [int(d) + g for d, g in zip(x.shape, grow)]
+                    if x.shapeSignature is not None and len(x.shapeSignature):
+                        padded.shapeSignature = [int(d) + g if d > 0 else -1 for d, g in zip(x.shapeSignature, grow)]
+                    graph.tensors += [paddings_tensor, padded]
+                    pad = schema.OperatorT()
+                    pad.opcodeIndex = pad_code
+                    pad.inputs, pad.outputs = [int(op.inputs[0]), len(graph.tensors) - 2], [len(graph.tensors) - 1]
+                    pad.builtinOptionsType, pad.builtinOptions = schema.BuiltinOptions.PadOptions, schema.PadOptionsT()
+                    op.inputs = [len(graph.tensors) - 1] + [int(i) for i in op.inputs[1:]]
+                    options.padding = schema.Padding.VALID
+                    operators.append(pad)
+            operators.append(op)
+        graph.operators = operators
+    builder = flatbuffers.Builder(len(content) + 4096)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
 
 
 def pointwise_stack(size: int, seed: int) -> keras.Model:
@@ -193,7 +295,8 @@ def report(run: dict) -> str:
             f"TF {run['tensorflow']}, Keras {run['keras']}; {run['wall_seconds']:.0f} s")
 
 
-MODELS = {"mobilenet_v2": mobilenet_v2, "pointwise_stack": pointwise_stack}
+MODELS = {"mobilenet_v2": mobilenet_v2, "mobilenet_v2_explicit": mobilenet_v2_explicit,
+          "pointwise_stack": pointwise_stack}
 
 
 def measure_model(name: str, build, args: argparse.Namespace) -> dict:
@@ -207,6 +310,8 @@ def measure_model(name: str, build, args: argparse.Namespace) -> dict:
     kernels = [w for w in plain.weights if "kernel" in w.path]
     files = {"dense": convert(dense, []), "sparse": convert(plain, []),
              "sparse + EXPERIMENTAL_SPARSITY": convert(plain, [tf.lite.Optimize.EXPERIMENTAL_SPARSITY])}
+    if name == "mobilenet_v2_explicit":
+        files = {variant: explicit_same_padding(content) for variant, content in files.items()}
     if args.save:
         os.makedirs(args.save, exist_ok=True)
         for variant, content in files.items():
@@ -225,7 +330,7 @@ def measure_model(name: str, build, args: argparse.Namespace) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="mobilenet_v2,pointwise_stack",
+    parser.add_argument("--models", default="mobilenet_v2,mobilenet_v2_explicit,pointwise_stack",
                         help="comma-separated: " + ", ".join(MODELS))
     parser.add_argument("--size", type=int, default=224, help="input height and width")
     parser.add_argument("--sparsity", type=float, default=0.9, help="sparsity of every 1x1 convolution")
