@@ -112,7 +112,7 @@ def test_structure_study(tmp_path):
 @pytest.mark.parametrize("config, expected, narrow", [
     ("power_mlp", {"model.name": "mlp", "reinit_study.sparsities": [0.9, 0.95, 0.98, 0.99],
                    "reinit_study.seeds": [0, 1, 2, 3, 4]}, "model.hidden = [16, 8]"),
-    ("power_cnn", {"reinit_study.sparsities": [0.95, 0.98, 0.99], "reinit_study.seeds": [0, 1, 2]},
+    ("power_cnn", {"reinit_study.sparsities": [0.95, 0.98, 0.99], "reinit_study.seeds": [0, 1, 2, 3, 4]},
      "model.width = 8"),
 ])
 def test_power_configs_parse_and_run_end_to_end_on_a_tiny_grid(tmp_path, config, expected, narrow):
