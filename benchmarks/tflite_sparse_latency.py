@@ -289,7 +289,10 @@ def report(run: dict) -> str:
                           for name in VARIANTS)
         parts.append(f"{table}\n\n{files}\n\n{model['model']}: {model['pointwise_layers']} 1x1 convolutions at "
                      f"{100 * model['pointwise_sparsity']:.1f}% sparsity ({100 * model['model_sparsity']:.1f}% of all "
-                     "conv/dense kernel weights)")
+                     "conv/dense kernel weights)"
+                     + ("" if model["explicit_padding_rewrite_max_abs_diff"] is None else
+                        "; explicit_same_padding changed the dense file's outputs by at most "
+                        f"{model['explicit_padding_rewrite_max_abs_diff']:.1e}"))
     return ("\n\n".join(parts) + f"\n\n{run['args']['size']}×{run['args']['size']} inputs; CPU has AVX: "
             f"{run['cpu_avx']}; load average {run['load_before']} before, {run['load_after']} after; "
             f"TF {run['tensorflow']}, Keras {run['keras']}; {run['wall_seconds']:.0f} s")
@@ -310,8 +313,13 @@ def measure_model(name: str, build, args: argparse.Namespace) -> dict:
     kernels = [w for w in plain.weights if "kernel" in w.path]
     files = {"dense": convert(dense, []), "sparse": convert(plain, []),
              "sparse + EXPERIMENTAL_SPARSITY": convert(plain, [tf.lite.Optimize.EXPERIMENTAL_SPARSITY])}
+    rewrite_max_abs_diff = None
     if name == "mobilenet_v2_explicit":
-        files = {variant: explicit_same_padding(content) for variant, content in files.items()}
+        rewritten = {variant: explicit_same_padding(content) for variant, content in files.items()}
+        x = np.random.default_rng(args.seed).normal(size=(1, args.size, args.size, 3)).astype("float32")
+        rewrite_max_abs_diff = float(np.max(np.abs(output(interpreter(files["dense"], x, 1))
+                                                   - output(interpreter(rewritten["dense"], x, 1)))))
+        files = rewritten
     if args.save:
         os.makedirs(args.save, exist_ok=True)
         for variant, content in files.items():
@@ -319,6 +327,7 @@ def measure_model(name: str, build, args: argparse.Namespace) -> dict:
             with open(os.path.join(args.save, file_name), "wb") as f:
                 f.write(content)
     return {"model": name, "pointwise_layers": len(pointwise), "pointwise_sparsity": ks.sparsity(sparse),
+            "explicit_padding_rewrite_max_abs_diff": rewrite_max_abs_diff,
             "model_sparsity": (sum(int(np.sum(w.numpy() == 0)) for w in kernels)
                                / sum(int(np.prod(w.shape)) for w in kernels)),
             "files": {n: {"kib": len(content) / 1024, "ops": op_counts(content)} for n, content in files.items()},
