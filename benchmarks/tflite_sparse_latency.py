@@ -21,9 +21,10 @@ from ``ks.strip(model)`` by ``TFLiteConverter.from_keras_model``:
   the XNNPACK delegate checks: it densifies such a weight when it prepares the graph and passes
   ``XNN_FLAG_HINT_SPARSE_INFERENCE`` to XNNPACK for a graph that has one.
 
-``--models`` adds ``mobilenet_v2_explicit``, MobileNetV2 laid out for XNNPACK's sparse path
-(symmetric explicit padding, no 1000-class classifier; ``explicit_same_padding`` restores in the
-file the stride-1 padding the converter folds into "SAME"), and ``pointwise_stack``, a control
+``--models`` (all three by default) also measures ``mobilenet_v2_explicit``, MobileNetV2 laid
+out for XNNPACK's sparse path (symmetric explicit padding, no 1000-class classifier;
+``explicit_same_padding`` restores in the file the stride-1 padding the converter folds into
+"SAME"), and ``pointwise_stack``, a control
 built to meet every condition XNNPACK's source states for its sparse path (explicit symmetric
 padding, a 3x3 stride-2 convolution on 3 channels, 1x1 convolutions, global average pooling),
 both sparsified and converted the same way.
