@@ -9,6 +9,12 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # before TensorFlow loads: no C++ INFO lines
 
+import sys  # noqa: E402
+
+# This checkout's library, not one installed from another checkout (an editable install can
+# point anywhere): a binary runs the code beside it.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 from keras_sparse import commands  # noqa: E402
 
 if __name__ == "__main__":

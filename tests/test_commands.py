@@ -168,3 +168,17 @@ def test_the_study_flags_choose_the_grid_executor(argv, executor):
 def test_conflicting_study_flags_exit_with_one_line(argv, message):
     with pytest.raises(SystemExit, match=message):
         commands.grid_executor(grid_flags(*argv), program=["python", "x_study.py"])
+
+
+def test_binaries_run_the_library_beside_them(tmp_path):
+    """A binary of a checkout imports that checkout's keras_sparse, not another one on the path
+    (an editable install of another checkout, say): a decoy package first on PYTHONPATH is not
+    imported."""
+    decoy = tmp_path / "keras_sparse"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("raise SystemExit('the decoy keras_sparse was imported')\n")
+    env = dict(ENV, PYTHONPATH=str(tmp_path))
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "binaries", "summarize.py"), "--help"],
+                            capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert "decoy" not in result.stdout + result.stderr
+    assert result.returncode in (0, 1), result.stderr[-2000:]  # absl's --help exits with 1
