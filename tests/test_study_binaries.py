@@ -141,3 +141,47 @@ def test_power_configs_parse_and_run_end_to_end_on_a_tiny_grid(tmp_path, config,
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["cost"]["cells_done"] == 2 and (tmp_path / "reinit.png").exists()
     assert "| 0.95 | magnitude |" in (tmp_path / "results.md").read_text()  # the gap to the static mask
+
+
+def test_structure_large_config_parses_and_snapshots_every_mask_update(tmp_path):
+    """Issue 17 point 3's setting as shipped, then a tiny grid of it in this process: per-update
+    mask snapshots at hand-checkable steps, beside the per-epoch ones and the early-freeze rows."""
+    import gin
+
+    from keras_sparse.config import parse_gin
+    from keras_sparse.studies import structure
+
+    gin.clear_config()
+    try:
+        parse_gin([os.path.join(ROOT, "gin_configs", "studies", "structure_large.gin")], [])
+        expected = {"data.name": "mnist1d_large", "training.epochs": 20, "RigL.update_frequency": 100,
+                    "structure_study.seeds": [0, 1, 2, 3, 4], "structure_study.snapshot_every_update": True,
+                    "structure_study.freeze_epochs": [0.25, 0.5, 1.0, 2.0, 3.0, 5.0]}
+        for name, value in expected.items():
+            assert gin.query_parameter(name) == value, name
+        with gin.unlock_config():
+            gin.parse_config([*TINY, "mnist1d_large.train_examples = 4100", "RigL.update_frequency = 3",
+                              "structure_study.seeds = [0]", "structure_study.freeze_epochs = [0.5]",
+                              "structure_study.first_epoch_points = 2"])
+        rows = structure.run(str(tmp_path))
+    finally:
+        gin.clear_config()
+    # 7 steps an epoch (4100 examples, 10% held out: 3690, batches of 500), 14 steps. RigL updates
+    # at steps 0, 3, 6, 9 (< int(75% of 14) = 10): snapshots after 1, 4, 7 and 10 steps, and the
+    # initial mask as update 0.
+    updates = sorted((r["update"], r["step"], r["iou"]) for r in rows if "update" in r and r["layer"] == "overall")
+    assert [(u, s) for u, s, _ in updates] == [(0, 0), (1, 1), (2, 4), (3, 7), (4, 10)]
+    assert updates[-1][2] == 1.0  # no update after the last one: its mask is the final mask
+    assert updates[0][2] < 1.0  # the updates moved the mask
+    # The per-epoch snapshots stay as they were: round(7 i / 2) = 4, 7, then the end of epoch 2.
+    assert sorted({r["step"] for r in rows if "update" not in r and r.get("layer") == "overall"}) == [0, 4, 7, 14]
+    variants = {r["variant"]: r for r in rows if "variant" in r}
+    assert set(variants) == {"rigl (full)", "rigl frozen @ 0.5 epoch", "static"}
+    # Frozen at step round(3.5) = 4: updates at 0 and 3 only.
+    order = ("static", "rigl frozen @ 0.5 epoch", "rigl (full)")
+    assert [variants[v]["dense_gradient_steps"] for v in order] == [0, 2, 4]
+    markdown = (tmp_path / "results.md").read_text()
+    assert "## Structure emergence per mask update" in markdown and "| 4 | 10 | 1.43 |" in markdown
+    assert "nan" not in markdown.lower()
+    for name in ("structure_overlap", "structure_by_update", "early_freeze"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000
