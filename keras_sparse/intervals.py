@@ -122,5 +122,7 @@ def describe(counts: Iterable[int], seeds: Sequence[int] | None = None) -> str:
             return f"Mean [95% Student-t interval of the mean] {over}."
         if counts[0] > 1:
             return f"Mean [min, max] {over} (fewer than {MIN_SEEDS_FOR_T} seeds: the range, not a 95% interval)."
+        if seeds is not None and len(seeds) > 1:  # a partial grid: one of its seeds done in every cell so far
+            return f"One seed a cell so far, of the grid's seeds {list(seeds)}: the value alone, no interval."
         return f"One seed ({over.removeprefix('over ')}): the value alone, no interval."
     return f"Mean {over}, with " + "; ".join(parts) + "."

@@ -67,6 +67,8 @@ def test_describe_says_which_interval_the_table_shows():
     assert describe([3, 3], [0, 1, 2]) == (
         "Mean [min, max] over seeds [0, 1, 2] (fewer than 5 seeds: the range, not a 95% interval).")
     assert describe([1], [0]) == "One seed (seeds [0]): the value alone, no interval."
+    assert describe([1, 1], [0, 1, 2]) == (  # a partial grid
+        "One seed a cell so far, of the grid's seeds [0, 1, 2]: the value alone, no interval.")
     mixed = describe([5, 3, 0], [0, 1, 2, 3, 4])  # a partial grid: some cells short of seeds
     assert "95% Student-t" in mixed and "[min, max]" in mixed and mixed.startswith("Mean over seeds [0, 1, 2, 3, 4]")
     assert describe([0]) == "No values yet (over seeds)."
