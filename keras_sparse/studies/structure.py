@@ -158,14 +158,19 @@ def _snapshot_rows(snapshots: Sequence[dict], seed: int, sparsity: float) -> lis
     return rows
 
 
-def _update_table(rows, seeds) -> str:
+def _emergence_table(rows, keys: Sequence[str], measures: Sequence[str], header: Sequence[str]):
+    """The table of the ``overall`` snapshot rows by ``keys`` (the last one the epoch), with the
+    mean and interval of each of ``measures``; and the groups of the first measure (for the caption)."""
     overall = [r for r in rows if r["layer"] == "overall"]
-    keys = ["update", "step", "epoch"]
-    present, iou, done = (common.group(overall, keys, m) for m in ("final_present", "iou", "change_done"))
-    table = common.markdown_table(
-        ["update", "after step", "epoch", "final mask present (%)", "IoU with final (%)", "change done (%)"],
-        [[update, step, f"{epoch:.2f}", common.percent(values), common.percent(iou[(update, step, epoch)]),
-          common.percent(done[(update, step, epoch)])] for (update, step, epoch), values in present.items()])
+    groups = [common.group(overall, keys, measure) for measure in measures]
+    body = [[*key[:-1], f"{key[-1]:.2f}", *(common.percent(group[key]) for group in groups)] for key in groups[0]]
+    return common.markdown_table(header, body), groups[0]
+
+
+def _update_table(rows, seeds) -> str:
+    table, present = _emergence_table(
+        rows, ["update", "step", "epoch"], ["final_present", "iou", "change_done"],
+        ["update", "after step", "epoch", "final mask present (%)", "IoU with final (%)", "change done (%)"])
     return ("## Structure emergence per mask update (all masked layers together)\n\n"
             f"RigL's masks after each mask update against its final mask. {common.caption(present, seeds)} "
             "Update 0 is the initial mask; update k is the mask right after the k-th update (the update "
@@ -173,16 +178,10 @@ def _update_table(rows, seeds) -> str:
 
 
 def _overlap_table(rows, seeds) -> str:
-    overall = [r for r in rows if r["layer"] == "overall"]
-    present = common.group(overall, ["step", "epoch"], "final_present")
-    iou = common.group(overall, ["step", "epoch"], "iou")
-    hamming = common.group(overall, ["step", "epoch"], "hamming_fraction")
-    done = common.group(overall, ["step", "epoch"], "change_done")
-    table = common.markdown_table(
+    table, present = _emergence_table(
+        rows, ["step", "epoch"], ["final_present", "iou", "hamming_fraction", "change_done"],
         ["step", "epoch", "final mask present (%)", "IoU with final (%)", "Hamming distance (% of weights)",
-         "change done (%)"],
-        [[step, f"{epoch:.2f}", common.percent(present[(step, epoch)]), common.percent(iou[(step, epoch)]),
-          common.percent(hamming[(step, epoch)]), common.percent(done[(step, epoch)])] for step, epoch in present])
+         "change done (%)"])
     return ("## Structure emergence (all masked layers together)\n\n"
             f"Each RigL mask snapshot against RigL's final mask. {common.caption(present, seeds)} "
             "Step 0 is the random initial mask, so its overlap is the chance level (layers that the "
