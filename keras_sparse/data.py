@@ -61,6 +61,18 @@ class Data:
 OFFLINE: Registry[Callable[[int], tuple[np.ndarray, ...]]] = Registry("offline data set")
 
 
+def _make_mnist1d(args) -> dict:
+    """``mnist1d``'s ``make_dataset(args)``, leaving NumPy's global generator as it was (the
+    package reseeds it)."""
+    from mnist1d.data import make_dataset
+
+    state = np.random.get_state()
+    try:
+        return make_dataset(args)
+    finally:
+        np.random.set_state(state)
+
+
 @OFFLINE.register("mnist1d")
 def _mnist1d(seed: int) -> tuple[np.ndarray, ...]:
     return _standard_mnist1d()
@@ -71,13 +83,9 @@ def _standard_mnist1d() -> tuple[np.ndarray, ...]:
     """The standard MNIST-1D split (the package's default arguments, whatever the run's seed),
     generated once a process: studies and tests load it many times. Read-only, so that no caller
     can change what the next one gets."""
-    from mnist1d.data import get_dataset_args, make_dataset
+    from mnist1d.data import get_dataset_args
 
-    state = np.random.get_state()  # make_dataset reseeds NumPy's global generator
-    try:
-        data = make_dataset(get_dataset_args())
-    finally:
-        np.random.set_state(state)
+    data = _make_mnist1d(get_dataset_args())
     arrays = (data["x"][..., None].astype("float32"), data["y"].astype("int64"),
               data["x_test"][..., None].astype("float32"), data["y_test"].astype("int64"))
     for array in arrays:
@@ -116,18 +124,14 @@ def _larger_mnist1d(train_examples: int) -> tuple[np.ndarray, ...]:
     its standard arguments and seed ``LARGE_MNIST1D_SEED``, as many of every digit. The package
     standardises each set it makes by that set's own mean and standard deviation: both sets
     are drawn from the same generator, so they agree up to sampling error."""
-    from mnist1d.data import get_dataset_args, make_dataset
+    from mnist1d.data import get_dataset_args
 
     x, y, x_test, y_test = _standard_mnist1d()
     extra = train_examples - len(y)
     if extra:
         args = get_dataset_args()
         args.num_samples, args.train_split, args.seed = extra, 1.0, LARGE_MNIST1D_SEED
-        state = np.random.get_state()  # make_dataset reseeds NumPy's global generator
-        try:
-            more = make_dataset(args)
-        finally:
-            np.random.set_state(state)
+        more = _make_mnist1d(args)
         x = np.concatenate([x, more["x"][..., None].astype("float32")])
         y = np.concatenate([y, more["y"].astype("int64")])
     for array in (x, y):
