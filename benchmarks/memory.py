@@ -134,9 +134,7 @@ def select_worker(what: str, jit_compile: bool) -> dict:
 
 def run_select_worker(what: str, jit_compile: bool) -> dict:
     """``select_worker`` in a fresh Python process."""
-    command = [sys.executable, os.path.abspath(__file__), "--select-worker", what, str(jit_compile).lower()]
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return json.loads(output.strip().splitlines()[-1])
+    return _fresh_process("--select-worker", what, str(jit_compile).lower())
 
 
 # ------------------------------------------------------------- (b) peak memory
@@ -173,9 +171,13 @@ def worker(model_name: str, variant: str, steps: int, batch: int, jit_compile: b
 def run_worker(model_name: str, variant: str, steps: int, batch: int, jit_compile: bool | str,
                steps_per_execution: int | str) -> dict:
     """Runs ``worker`` in a fresh Python process and returns its result."""
-    command = [sys.executable, os.path.abspath(__file__), "--worker", model_name, variant,
-               "--steps", str(steps), "--batch", str(batch), "--jit-compile", str(jit_compile).lower(),
-               "--steps-per-execution", str(steps_per_execution)]
+    return _fresh_process("--worker", model_name, variant, "--steps", str(steps), "--batch", str(batch),
+                          "--jit-compile", str(jit_compile).lower(), "--steps-per-execution", str(steps_per_execution))
+
+
+def _fresh_process(*arguments: str) -> dict:
+    """This script run with ``arguments`` in a fresh Python process: the JSON of its last line."""
+    command = [sys.executable, os.path.abspath(__file__), *arguments]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
