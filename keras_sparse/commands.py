@@ -2,7 +2,7 @@
 
 - ``keras-sparse-train`` = ``python binaries/train.py``: one gin-configured training run.
 - ``keras-sparse-study NAME`` = ``python binaries/NAME_study.py`` (``reinit``, ``further_pruning``,
-  ``structure``).
+  ``structure``, ``sparsity_types``).
 - ``keras-sparse-plot LOGDIR`` = ``python binaries/plot.py LOGDIR``.
 
 ``--help`` on the first two lists the gin configs shipped in ``gin_configs/``, ``--gin_help``
@@ -22,7 +22,7 @@ from keras_sparse import cli
 from keras_sparse.errors import KerasSparseError
 
 STUDIES = {"reinit": "keras_sparse.studies.reinit", "further_pruning": "keras_sparse.studies.further_pruning",
-           "structure": "keras_sparse.studies.structure"}
+           "structure": "keras_sparse.studies.structure", "sparsity_types": "keras_sparse.studies.sparsity_types"}
 
 TRAIN_USAGE = """Train one sparse network, configured by gin files and bindings.
 
@@ -53,6 +53,8 @@ NAME is one of:
                    without retraining (claim 2)
   structure        how early RigL's mask settles, and RigL frozen early against full RigL and
                    a static mask (claims 3 and 4)
+  sparsity_types   accuracy per sparsity type (unstructured, 2:4, 1:4, 4x1 blocks, channels) at
+                   matched density, for each algorithm (issue 18)
 
   e.g. keras-sparse-study reinit --gin_config=studies/reinit.gin --logdir=/tmp/reinit --jobs=2
        keras-sparse-study reinit --gin_config=studies/reinit.gin --logdir=/shared/reinit --list_cells > cells.txt

@@ -4,4 +4,7 @@
   constant initialization (claim 1; variants of Zhou et al. 2019).
 - ``further_pruning``: accuracy after extra magnitude pruning with no retraining (claim 2).
 - ``structure``: how early RigL's final mask appears, and early-frozen RigL (claims 3 and 4).
+
+Beside them, ``sparsity_types``: accuracy per sparsity type (unstructured, N:M, blocks, channels)
+at matched density, for each algorithm (issue 18).
 """
