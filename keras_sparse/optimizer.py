@@ -19,6 +19,7 @@ algorithm's update steps, so ``jit_compile`` and ``steps_per_execution`` work.
 
 from __future__ import annotations
 
+import sys
 import weakref
 from typing import Any, Callable, Mapping, Sequence
 
@@ -43,7 +44,8 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             (RigL's end at 75%, magnitude pruning's begin and end). Needed unless the algorithm
             has no schedule or all its steps are explicit; ``keras_sparse.SparsityCallback``
             can set it from the first ``fit`` call instead. Steps past the schedule's end keep
-            the masks as they are.
+            the masks as they are, and the first training that runs past it says so in one line
+            on stderr (``say_past_schedule``).
         steps_per_epoch: for settings given in epochs (``RigL(freeze_epoch=1)``).
         model: the model to train; wrapped (``keras_sparse.wrap``) here if it is not yet.
             Without it, the masks are found from the variables when the optimizer is built.
@@ -79,6 +81,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         object.__setattr__(self, "_slots", {})
         self._state_ref = None  # weakref to the model's MaskState
         self._ready = False  # algorithm set up and masks bound
+        self._said_past_end = False  # the past-the-schedule line is said once per optimizer
         self._update_table: tf.Tensor | None = None
         if model is not None:
             masking.wrap(model)
@@ -319,8 +322,15 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         if self.total_steps is None or last_step <= self.total_steps:
             return None
         stop = f" (mask updates stop at step {self.algorithm.update_horizon()})" if self._ready else ""
-        return (f"keras-sparse: this fit call runs to step {last_step}, past the schedule's {self.total_steps} "
+        return (f"keras-sparse: training runs to step {last_step}, past the schedule's {self.total_steps} "
                 f"steps: the schedule is not stretched{stop}.")
+
+    def say_past_schedule(self, last_step: int) -> None:
+        """Prints ``past_schedule_note(last_step)`` on stderr, the first time there is one."""
+        note = self.past_schedule_note(last_step)
+        if note and not self._said_past_end:
+            self._said_past_end = True
+            print(note, file=sys.stderr, flush=True)
 
     def sparsity(self) -> float:
         """Fraction of the masked weights that are pruned now."""
@@ -332,7 +342,11 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         return self.inner_optimizer.scale_loss(loss)
 
     def finalize_variable_values(self, var_list):
+        # Keras's fit calls this once, on the host, when the fit call ends: the place where a fit
+        # without SparsityCallback (which says it before the call) learns it trained past the
+        # schedule's end with the masks fixed, and says so rather than staying silent.
         self.inner_optimizer.finalize_variable_values(var_list)
+        self.say_past_schedule(int(self.iterations.numpy()))
 
     def get_config(self) -> dict:
         return {"name": self.name, "optimizer": keras.saving.serialize_keras_object(self.inner_optimizer),

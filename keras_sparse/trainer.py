@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 from typing import Any, Callable, Sequence
 
@@ -123,7 +122,6 @@ class Trainer:
         self.log_point = False  # whether the last call crossed a log_every_steps boundary or ended an epoch
         self.history: list[dict[str, Any]] = []
         self._set_up = False
-        self._said_past_end = False
         self._boundaries: set[int] = set()
         self._scalars: dict[Any, tf.Tensor] = {}
 
@@ -136,9 +134,8 @@ class Trainer:
         if not self._set_up:
             self.optimizer.set_schedule(epochs * steps_per_epoch, steps_per_epoch)
             self.optimizer.prepare(initialize=False)
-        elif (note := self.optimizer.past_schedule_note(epochs * steps_per_epoch)) and not self._said_past_end:
-            self._said_past_end = True
-            print(note, file=sys.stderr, flush=True)
+        else:
+            self.optimizer.say_past_schedule(epochs * steps_per_epoch)
 
     def fit(self, train_data: tf.data.Dataset | Callable[[int], tf.data.Dataset] | tuple, epochs: int,
             validation_data: tf.data.Dataset | tuple | None = None, steps_per_epoch: int | None = None,

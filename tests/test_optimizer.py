@@ -204,6 +204,24 @@ def test_several_fit_calls_continue_one_schedule_and_say_when_past_its_end(capsy
     assert history.history["sparsity"] == [pytest.approx(ks.sparsity(model))]
 
 
+@pytest.mark.parametrize("steps_per_execution", [1, 4])
+def test_without_the_callback_a_fit_call_past_the_schedule_says_so_once_when_it_ends(capsys, steps_per_execution):
+    """Issue 14, "never silent": with an explicit total_steps and no SparsityCallback, the first fit
+    call that ends past the schedule says so in one line (Keras calls finalize_variable_values
+    when fit ends); calls within the schedule, and later calls, say nothing."""
+    model = build_small_convnet()
+    optimizer = ks.SparseOptimizer(keras.optimizers.SGD(0.05), algorithms.RigL(sparsity=0.8, update_frequency=2),
+                                   total_steps=12, model=model)
+    model.compile(optimizer=optimizer, loss=loss_fn(), steps_per_execution=steps_per_execution)
+    model.fit(small_convnet_data(), epochs=2, verbose=0)  # 12 steps: the schedule's end exactly
+    assert "past" not in capsys.readouterr().err
+    model.fit(small_convnet_data(), epochs=1, verbose=0)
+    err = capsys.readouterr().err
+    assert err.count("past the schedule's 12 steps") == 1 and "runs to step 18" in err
+    model.fit(small_convnet_data(), epochs=1, verbose=0)
+    assert "past" not in capsys.readouterr().err
+
+
 def test_keras_callbacks(tmp_path):
     model = build_small_convnet()
     model.compile(optimizer=_sparse_optimizer("rigl", model=model), loss=loss_fn(), metrics=["accuracy"])

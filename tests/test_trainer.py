@@ -298,6 +298,19 @@ def test_optimised_steps_match_a_plain_reference_loop(algorithm_runs, name):
                                                                      rel=1e-5)
 
 
+def test_a_longer_second_fit_says_once_that_it_runs_past_the_schedule(mlp, dataset, capsys):
+    """The first fit places the schedule (12 steps); a later, longer fit keeps it and says so in one
+    line on stderr, once."""
+    trainer = ks.Trainer(ks.wrap(mlp(seed=0)), _rigl(update_frequency=3), keras.optimizers.SGD(0.1), _loss(),
+                         progress=False, jit_compile=False)
+    trainer.fit(dataset(96, (8,), 4, batch=8), epochs=1)
+    assert "past" not in capsys.readouterr().err
+    for epochs in (2, 3):
+        trainer.fit(dataset(96, (8,), 4, batch=8), epochs=epochs)
+    err = capsys.readouterr().err
+    assert err.count("past the schedule's 12 steps") == 1 and "runs to step 24" in err
+
+
 def test_staged_calls_end_at_mask_updates(mlp, dataset):
     """RigL updates at steps 0, 3, 6 and 9; batches are staged 5 at a time (steps 0-4, 5-9, 10-11)
     and a call ends after an update step or at the end of its stack."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import keras
 
 from keras_sparse.errors import ConfigError
@@ -15,15 +13,12 @@ class SparsityCallback(keras.callbacks.Callback):
 
     * Takes the schedule's length from the first ``fit`` call (epochs × steps per epoch) when the
       optimizer was given no ``total_steps``; later calls continue that schedule.
-    * Says once, in one line, when a ``fit`` call trains past the schedule's end: the schedule is
-      not stretched (``SparseOptimizer.past_schedule_note``).
+    * Says once, in one line, when a ``fit`` call is about to train past the schedule's end: the
+      schedule is not stretched (``SparseOptimizer.say_past_schedule``; without this callback
+      the optimizer says it when the call ends).
     * Adds ``sparsity`` (of the masked weights) to every epoch's logs, for ``CSVLogger``,
       ``TensorBoard`` and ``EarlyStopping``.
     """
-
-    def __init__(self):
-        super().__init__()
-        self._said_past_end = False
 
     def _optimizer(self) -> SparseOptimizer:
         optimizer = find_sparse_optimizer(getattr(self.model, "optimizer", None))
@@ -39,10 +34,7 @@ class SparsityCallback(keras.callbacks.Callback):
                 raise ConfigError("SparsityCallback: this fit call's data has no known length: pass steps_per_epoch "
                                   "to fit, or total_steps to SparseOptimizer.")
             optimizer.set_schedule(epochs * steps, steps)
-        note = optimizer.past_schedule_note(int(optimizer.iterations.numpy()) + (epochs or 0) * (steps or 0))
-        if note and not self._said_past_end:
-            self._said_past_end = True
-            print(note, file=sys.stderr, flush=True)
+        optimizer.say_past_schedule(int(optimizer.iterations.numpy()) + (epochs or 0) * (steps or 0))
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
