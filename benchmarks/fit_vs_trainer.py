@@ -103,8 +103,9 @@ class Variant:
         self.seconds.append(time.perf_counter() - start)
 
 
-def fit_variant(model_name: str, algo: str, k: int, data, last_step: int) -> Variant:
-    """``model.fit`` with a ``SparseOptimizer`` (``algo`` "dense": the plain model and optimizer)."""
+def fit_variant(model_name: str, algo: str, k: int, data, last_step: int, fused: bool = False) -> Variant:
+    """``model.fit`` with a ``SparseOptimizer`` (``algo`` "dense": the plain model and optimizer);
+    ``fused``: with ``ks.fuse_steps(model)`` after ``compile``."""
     model = common.build(model_name)
     if algo == "dense":
         optimizer = common.optimizer_for(model_name)
@@ -113,12 +114,15 @@ def fit_variant(model_name: str, algo: str, k: int, data, last_step: int) -> Var
         optimizer = kind(common.optimizer_for(model_name), algorithm(algo, last_step), total_steps=last_step,
                          model=model)
     model.compile(optimizer=optimizer, loss=common.loss_fn(), jit_compile=True, steps_per_execution=k)
+    if fused and not ks.fuse_steps(model):
+        raise SystemExit("fuse_steps does not apply to this model")
 
     def state() -> dict:
         return {"steps": int(model.optimizer.iterations.numpy()),
                 "sparsity": ks.sparsity(model) if algo != "dense" else 0.0}
 
-    return Variant(f"fit {algo} K={k}", lambda done: model.fit(data, epochs=1, verbose=0, shuffle=False), state)
+    return Variant(f"{'fit-fused' if fused else 'fit'} {algo} K={k}",
+                   lambda done: model.fit(data, epochs=1, verbose=0, shuffle=False), state)
 
 
 def trainer_variant(model_name: str, algo: str, k: int, data, last_step: int) -> Variant:
@@ -141,6 +145,8 @@ def measure(model_name: str, args) -> dict:
         for algo in args.algorithms:
             variants += [fit_variant(model_name, algo, k, data, last_step),
                          trainer_variant(model_name, algo, k, data, last_step)]
+            if args.fused and k > 1:
+                variants.append(fit_variant(model_name, algo, k, data, last_step, fused=True))
         if args.diagnose:
             variants.append(fit_variant(model_name, "static-no-cond", k, data, last_step))
         if args.reference:
@@ -157,6 +163,10 @@ def measure(model_name: str, args) -> dict:
         for algo in args.algorithms:
             ratios[f"fit {algo} K={k} / trainer {algo} K={k}"] = harness.round_ratios(
                 rates, f"fit {algo} K={k}", f"trainer {algo} K={k}")
+            if args.fused and k > 1:
+                for other in (f"trainer {algo} K={k}", f"fit {algo} K={k}"):
+                    ratios[f"fit-fused {algo} K={k} / {other}"] = harness.round_ratios(
+                        rates, f"fit-fused {algo} K={k}", other)
         others = ([f"fit static-no-cond K={k}"] if args.diagnose else []) + \
                  ([f"fit dense K={k}"] if args.reference else [])
         for name in others:
@@ -275,6 +285,8 @@ def main() -> None:
                         help="leave out the plain Keras model.fit reference")
     parser.add_argument("--diagnose", action="store_true",
                         help="add model.fit with a SparseOptimizer that skips the in-graph tf.cond (static only)")
+    parser.add_argument("--fused", action="store_true",
+                        help="add model.fit after ks.fuse_steps(model) (K steps in one XLA program), for K > 1")
     parser.add_argument("--programs", action="store_true", help="also time the compiled programs alone")
     parser.add_argument("--program-rounds", type=int, default=9)
     parser.add_argument("--no-loops", dest="loops", action="store_false", help="programs only")

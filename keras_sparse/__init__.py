@@ -13,6 +13,7 @@ Quick use::
 
 from keras_sparse import algorithms, distributions, schedules, sparsity_types
 from keras_sparse.callbacks import Callback, SparsityCallback
+from keras_sparse.fused_steps import fuse_steps
 from keras_sparse.masking import (
     export_saved_model,
     get_masks,
@@ -33,5 +34,5 @@ __version__ = "0.1.0"
 
 __all__ = ["algorithms", "distributions", "schedules", "sparsity_types", "wrap", "get_masks", "set_masks",
            "masked_weights", "masked_kernels", "sparsity", "sparsity_report", "strip", "export_saved_model",
-           "load_model", "shrink_channels",
+           "load_model", "shrink_channels", "fuse_steps",
            "SparseOptimizer", "SparsityCallback", "Trainer", "Callback"]

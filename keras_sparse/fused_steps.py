@@ -1,0 +1,105 @@
+"""``model.fit`` with its ``steps_per_execution`` steps in one XLA program, as ``ks.Trainer`` runs them.
+
+Keras's ``fit`` with ``steps_per_execution=K`` runs a graph ``while_loop`` that pulls one batch
+at a time through an ``Optional`` and calls the one-step XLA program K times. ``ks.Trainer``
+instead stages K batches and runs all K steps in one XLA program, which is faster on small
+models (BENCHMARKS.md, "Any-model core" (c)). ``fuse_steps(model)`` gives a compiled model's
+``fit`` the Trainer's shape: its train function pulls K batches, stacks them and runs K of the
+model's own ``train_step`` in one XLA ``while_loop``. Everything else of ``fit`` (callbacks, logs,
+metrics, validation, ``steps_per_epoch``) is Keras's.
+
+A chunk that cannot be stacked (the epoch's last, shorter one, or batches of different shapes)
+runs step by step through the one-step XLA program, so every batch is trained on once, in order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+
+def can_fuse(model: keras.Model) -> str | None:
+    """None if ``fuse_steps`` applies to the compiled ``model``, else the reason it does not."""
+    if keras.backend.backend() != "tensorflow":
+        return "it needs the TensorFlow backend"
+    if getattr(model, "optimizer", None) is None:
+        return "the model is not compiled"
+    if model.run_eagerly:
+        return "the model runs eagerly"
+    if model.jit_compile is not True:
+        return "the model is not compiled with jit_compile=True (fused steps are one XLA program)"
+    if model.steps_per_execution <= 1:
+        return "steps_per_execution is 1 (nothing to fuse)"
+    if tf.distribute.has_strategy() or model.distribute_strategy is not tf.distribute.get_strategy():
+        return "the model trains under a tf.distribute strategy"
+    return None
+
+
+def fuse_steps(model: keras.Model) -> bool:
+    """Makes ``model.fit`` run each ``steps_per_execution`` steps in one XLA program.
+
+    Call it after ``model.compile(..., jit_compile=True, steps_per_execution=K)`` with K > 1;
+    ``compile`` again undoes it. Returns False, changing nothing, where it does not apply
+    (``can_fuse`` says why): eager models, ``jit_compile`` off or ``"auto"`` left unresolved,
+    K = 1, a ``tf.distribute`` strategy.
+    """
+    if can_fuse(model) is not None:
+        return False
+    model.train_function = _FusedTrainFunction(model)
+    return True
+
+
+class _FusedTrainFunction:
+    """``model.train_function`` for ``fit``: takes the epoch's iterator, returns the last step's logs
+    and raises ``StopIteration`` when the iterator has no batch left (as Keras's own does)."""
+
+    def __init__(self, model: keras.Model):
+        self.model = model
+        self.steps = int(model.steps_per_execution)
+        self.one_step = tf.function(model.train_step, jit_compile=True, reduce_retracing=True)
+        self.fused = tf.function(self._fused_steps, jit_compile=True, reduce_retracing=True)
+        self.chunk = tf.function(self._chunk, reduce_retracing=True)
+
+    def __call__(self, iterator) -> dict[str, Any]:
+        ran, logs = self.chunk(iterator)
+        if not bool(ran):
+            raise StopIteration
+        return logs
+
+    def _fused_steps(self, stacked):
+        first = tf.nest.map_structure(lambda t: t[0], stacked)
+        logs = self.model.train_step(first)
+
+        def body(i, logs):
+            return i + 1, self.model.train_step(tf.nest.map_structure(lambda t: t[i], stacked))
+
+        return tf.while_loop(lambda i, _: i < self.steps, body, (tf.constant(1), logs))[1]
+
+    def _chunk(self, iterator):
+        batches = [iterator.get_next_as_optional() for _ in range(self.steps)]
+        # The logs' structure, for the branches in which a step does not run: the one-step
+        # program's outputs, traced (not run) on the iterator's element spec.
+        spec = self.one_step.get_concrete_function(iterator.element_spec).structured_outputs
+        no_logs = tf.nest.map_structure(lambda t: tf.zeros(t.shape, t.dtype), spec)
+
+        def step_by_step():
+            logs = no_logs
+            for batch in batches:
+                logs = tf.cond(batch.has_value(), lambda batch=batch: self.one_step(batch.get_value()),
+                               lambda logs=logs: logs)
+            return logs
+
+        def all_present():
+            values = [batch.get_value() for batch in batches]
+            shapes = [tf.shape(t) for t in tf.nest.flatten(values[0])]
+            same = [tf.reduce_all(tf.equal(tf.shape(t), shape))
+                    for value in values[1:] for t, shape in zip(tf.nest.flatten(value), shapes)]
+            return tf.cond(tf.reduce_all(same) if same else tf.constant(True),
+                           lambda: self.fused(tf.nest.map_structure(lambda *ts: tf.stack(ts), *values)),
+                           step_by_step)
+
+        # Batches come in order, so the last one is present only if all are.
+        logs = tf.cond(batches[-1].has_value(), all_present, step_by_step)
+        return batches[0].has_value(), logs
