@@ -318,10 +318,17 @@ class SparseOptimizer(keras.optimizers.Optimizer):
 
     def past_schedule_note(self, last_step: int) -> str | None:
         """The one line to show when training runs to ``last_step``, past the schedule's end (the
-        schedule is not stretched); None within the schedule, or when it has no length."""
+        schedule is not stretched); None within the schedule, when it has no length, and when the
+        masks would not change anyway (no updates at all, as static and SNIP, or explicit update
+        steps that reach past ``last_step``)."""
         if self.total_steps is None or last_step <= self.total_steps:
             return None
-        stop = f" (mask updates stop at step {self.algorithm.update_horizon()})" if self._ready else ""
+        stop = ""
+        if self._ready:
+            horizon = self.algorithm.update_horizon()
+            if horizon == 0 or horizon >= last_step:
+                return None
+            stop = f" (mask updates stop at step {horizon})"
         return (f"keras-sparse: training runs to step {last_step}, past the schedule's {self.total_steps} "
                 f"steps: the schedule is not stretched{stop}.")
 
