@@ -28,11 +28,12 @@ from keras_sparse.masking import (
 )
 from keras_sparse.optimizer import SparseOptimizer
 from keras_sparse.shrink import shrink_channels
+from keras_sparse.sparse_matmul import export_sparse_matmul, sparse_matmul_model
 from keras_sparse.trainer import Trainer
 
 __version__ = "0.1.0"
 
 __all__ = ["algorithms", "distributions", "schedules", "sparsity_types", "wrap", "get_masks", "set_masks",
            "masked_weights", "masked_kernels", "sparsity", "sparsity_report", "strip", "export_saved_model",
-           "load_model", "shrink_channels", "fuse_steps",
+           "load_model", "shrink_channels", "fuse_steps", "export_sparse_matmul", "sparse_matmul_model",
            "SparseOptimizer", "SparsityCallback", "Trainer", "Callback"]
