@@ -1,0 +1,92 @@
+"""``ks.fuse_steps``: model.fit with its steps_per_execution steps in one XLA program trains exactly
+as Keras's own loop does, batch for batch, and applies only where it can."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_sparse as ks
+from keras_sparse import algorithms
+from keras_sparse.fused_steps import can_fuse
+
+
+def _model_and_optimizer(algorithm="rigl"):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(4)])
+    algo = (algorithms.RigL(sparsity=0.5, update_frequency=3) if algorithm == "rigl"
+            else algorithms.StaticSparse(sparsity=0.5))
+    return model, ks.SparseOptimizer(keras.optimizers.SGD(0.1, momentum=0.9), algo, total_steps=39, model=model)
+
+
+def _data():
+    rng = np.random.RandomState(0)
+    return rng.randn(100, 8).astype("float32"), rng.randint(0, 4, 100), rng.rand(100).astype("float32")
+
+
+class _Batches(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.ends = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.ends.append(batch)
+
+
+def _fit(fused: bool, steps_per_execution: int = 5):
+    model, optimizer = _model_and_optimizer()
+    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"],
+                  jit_compile=True, steps_per_execution=steps_per_execution)
+    if fused:
+        assert ks.fuse_steps(model)
+    x, y, weights = _data()
+    batches = _Batches()
+    # 13 batches of 8 an epoch, the last one of 4.
+    history = model.fit(x, y, sample_weight=weights, batch_size=8, epochs=3, verbose=0, shuffle=False,
+                        callbacks=[batches])
+    return model, optimizer, history.history, batches.ends
+
+
+def test_fused_fit_trains_exactly_like_keras_fit_including_a_short_last_chunk():
+    """RigL (mask updates every 3 steps, inside the fused program), sample weights, 13 batches an
+    epoch at 5 a call: chunks of 5, 5 and 3 (the last with a short batch, run step by step)."""
+    runs = {fused: _fit(fused) for fused in (False, True)}
+    plain, plain_opt, plain_history, plain_ends = runs[False]
+    fused, fused_opt, fused_history, fused_ends = runs[True]
+    assert int(fused_opt.iterations.numpy()) == int(plain_opt.iterations.numpy()) == 39
+    assert fused_ends == plain_ends  # the same calls, so the same callbacks
+    for name in plain_history:
+        np.testing.assert_allclose(fused_history[name], plain_history[name], rtol=1e-5)
+    for a, b in zip(plain.weights, fused.weights):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-6)
+    masks_plain, masks_fused = list(ks.get_masks(plain).values()), list(ks.get_masks(fused).values())
+    assert all(np.array_equal(a, b) for a, b in zip(masks_plain, masks_fused))
+    assert any(not m.all() for m in masks_fused)
+    assert fused.train_function.fused.experimental_get_tracing_count() == 1  # the full chunks ran fused
+
+
+def test_fused_fit_reads_a_dataset_of_dict_inputs():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8,), name="features")
+    model = keras.Model({"features": inputs}, keras.layers.Dense(4)(keras.layers.Dense(16, activation="relu")(inputs)))
+    optimizer = ks.SparseOptimizer(keras.optimizers.SGD(0.1), algorithms.StaticSparse(sparsity=0.5), model=model)
+    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=True,
+                  steps_per_execution=4)
+    assert ks.fuse_steps(model)
+    x, y, _ = _data()
+    model.fit(tf.data.Dataset.from_tensor_slices(({"features": x}, y)).batch(10), epochs=2, verbose=0)
+    assert int(optimizer.iterations.numpy()) == 20
+    assert ks.sparsity(model) == pytest.approx(0.5, abs=0.01)
+
+
+@pytest.mark.parametrize("compile_args, reason", [
+    ({"jit_compile": True, "steps_per_execution": 1}, "steps_per_execution is 1"),
+    ({"jit_compile": False, "steps_per_execution": 5}, "jit_compile=True"),
+    ({"run_eagerly": True, "steps_per_execution": 5}, "eagerly"),
+])
+def test_fuse_steps_changes_nothing_where_it_does_not_apply(compile_args, reason):
+    model, optimizer = _model_and_optimizer("static")
+    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), **compile_args)
+    before = model.train_function
+    assert not ks.fuse_steps(model)
+    assert reason in can_fuse(model) and model.train_function is before
