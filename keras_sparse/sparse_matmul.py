@@ -54,7 +54,8 @@ class SparseMatMulDense(keras.layers.Layer):
     (``(nnz,)``) are non-trainable weights: this layer is for serving, not for training. It computes
     ``activation(inputs @ kernel + bias)`` as the Dense it replaces does, for inputs of any rank
     (the last axis is the features'). The product runs in the weights' dtype (TensorFlow's CSR
-    kernels have no float16), cast to the layer's compute dtype after.
+    kernels have no float16), cast to the layer's compute dtype after; under mixed precision the
+    values are read as float16 first, as a mixed-precision Dense reads its kernel.
     """
 
     def __init__(self, units: int, input_dim: int, nnz: int, activation=None, use_bias: bool = True,
@@ -84,7 +85,9 @@ class SparseMatMulDense(keras.layers.Layer):
 
     def _product(self, x: tf.Tensor, matmul: str) -> tf.Tensor:
         indices = tf.convert_to_tensor(self.indices)
-        values = tf.convert_to_tensor(self.values)
+        # Under mixed precision Keras reads the values in the compute dtype (float16): back to the
+        # weights' dtype, which the CSR kernels take (they have no float16).
+        values = tf.cast(tf.convert_to_tensor(self.values), self.variable_dtype)
         shape = tf.constant([self.input_dim, self.units], dtype=tf.int64)
         if matmul == "coo":
             return tf.sparse.sparse_dense_matmul(x, tf.SparseTensor(indices, values, shape))
@@ -93,7 +96,7 @@ class SparseMatMulDense(keras.layers.Layer):
         return tf.raw_ops.SparseMatrixMatMul(a=csr, b=x, transpose_a=True, transpose_b=True, transpose_output=True)
 
     def call(self, inputs):
-        x = tf.reshape(tf.cast(inputs, self.values.dtype), [-1, self.input_dim])
+        x = tf.reshape(tf.cast(inputs, self.variable_dtype), [-1, self.input_dim])
         if self.matmul == "auto":
             y = tf.cond(tf.shape(x)[0] < AUTO_CSR_ROWS, lambda: self._product(x, "coo"),
                         lambda: self._product(x, "csr"))
@@ -101,7 +104,7 @@ class SparseMatMulDense(keras.layers.Layer):
             y = self._product(x, self.matmul)
         y = tf.reshape(y, tf.concat([tf.shape(inputs)[:-1], [self.units]], axis=0))
         if self.use_bias:
-            y = y + self.bias
+            y = y + tf.cast(tf.convert_to_tensor(self.bias), self.variable_dtype)
         return tf.cast(self.activation(y), self.compute_dtype)
 
     def compute_output_shape(self, input_shape):

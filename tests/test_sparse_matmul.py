@@ -84,6 +84,19 @@ def test_an_all_zero_kernel_gives_the_activation_of_the_bias(matmul):
     np.testing.assert_allclose(np.asarray(sparse(x)), np.asarray(model(x)), rtol=1e-6, atol=1e-6)
 
 
+def test_mixed_precision_computes_in_the_weights_dtype():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((16,)), L.Dense(8, dtype="mixed_float16", name="a")])
+    kernel = model.get_layer("a").kernel.numpy()
+    kernel[np.random.default_rng(0).random(kernel.shape) < 0.9] = 0
+    model.get_layer("a").kernel.assign(kernel)
+    sparse = ks.sparse_matmul_model(model, min_sparsity=0.5)
+    x = np.random.default_rng(1).normal(size=(AUTO_CSR_ROWS, 16)).astype("float32")  # CSR: float32 only
+    out = sparse(x)
+    assert out.dtype == "float16" and sparse.get_layer("a").values.dtype == "float32"
+    np.testing.assert_allclose(np.asarray(out, "float32"), np.asarray(model(x), "float32"), rtol=1e-2, atol=1e-2)
+
+
 def test_dense_layers_of_nested_models_are_replaced():
     inner = two_layers()
     inputs = keras.Input((4,))
