@@ -16,8 +16,8 @@ model has. ``export_sparse_matmul(model, path)`` writes that model with ``export
 
 Two sparse products exist in TensorFlow's CPU kernels, and neither wins everywhere:
 
-- ``"coo"``: ``tf.sparse.sparse_dense_matmul`` on the COO indices. Per non-zero it adds one scaled
-  input column, so it is fast for one or a few rows and slow for a batch (no blocking over rows).
+- ``"coo"``: ``tf.sparse.sparse_dense_matmul`` on the COO indices. Fast for one or a few rows,
+  slow for a batch.
 - ``"csr"``: the kernel converted to CSR (``SparseTensorToCSRSparseMatrix``, on every call: a CSR
   matrix is a variant tensor and cannot be stored in a SavedModel) and ``SparseMatrixMatMul``.
   Fast for a batch, slow for one row.
@@ -39,8 +39,9 @@ from keras_sparse.masking import export_saved_model, mask_state, masked_weights
 Matmul = Literal["auto", "coo", "csr"]
 MATMULS = ("auto", "coo", "csr")
 
-#: ``"auto"`` uses CSR from this many rows (examples × positions) on: where the COO product stops
-#: being the faster one for the wide layers of benchmarks/sparse_matmul_export.py.
+#: ``"auto"`` uses CSR from this many rows (examples × positions) on: about where the COO product
+#: stops being the faster one for the wide MLP of benchmarks/sparse_matmul_export.py (its
+#: crossover run, BENCHMARKS.md section 11).
 AUTO_CSR_ROWS = 8
 
 FIX = "export it with ks.export_saved_model(model, path) (a dense SavedModel, pruned weights exactly 0)"
