@@ -10,6 +10,8 @@ metrics, validation, ``steps_per_epoch``) is Keras's.
 
 A chunk that cannot be stacked (the epoch's last, shorter one, or batches of different shapes)
 runs step by step through the one-step XLA program, so every batch is trained on once, in order.
+Data that is not a ``tf.data`` iterator of dense tensors (ragged or sparse inputs) goes to
+Keras's own train function, unchanged.
 """
 
 from __future__ import annotations
@@ -47,7 +49,9 @@ def fuse_steps(model: keras.Model) -> bool:
     """
     if can_fuse(model) is not None:
         return False
-    model.train_function = _FusedTrainFunction(model)
+    current = model.make_train_function()
+    if not (isinstance(current, _FusedTrainFunction) and current.steps == model.steps_per_execution):
+        model.train_function = _FusedTrainFunction(model, current)
     return True
 
 
@@ -55,14 +59,17 @@ class _FusedTrainFunction:
     """``model.train_function`` for ``fit``: takes the epoch's iterator, returns the last step's logs
     and raises ``StopIteration`` when the iterator has no batch left (as Keras's own does)."""
 
-    def __init__(self, model: keras.Model):
-        self.model = model
+    def __init__(self, model: keras.Model, keras_function):
+        self.model, self.keras_function = model, keras_function
         self.steps = int(model.steps_per_execution)
         self.one_step = tf.function(model.train_step, jit_compile=True, reduce_retracing=True)
         self.fused = tf.function(self._fused_steps, jit_compile=True, reduce_retracing=True)
         self.chunk = tf.function(self._chunk, reduce_retracing=True)
 
     def __call__(self, iterator) -> dict[str, Any]:
+        if not (isinstance(iterator, tf.data.Iterator) and all(
+                isinstance(spec, tf.TensorSpec) for spec in tf.nest.flatten(iterator.element_spec))):
+            return self.keras_function(iterator)
         ran, logs = self.chunk(iterator)
         if not bool(ran):
             raise StopIteration

@@ -16,7 +16,7 @@ def _model_and_optimizer(algorithm="rigl"):
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(4)])
     algo = (algorithms.RigL(sparsity=0.5, update_frequency=3) if algorithm == "rigl"
             else algorithms.StaticSparse(sparsity=0.5))
-    return model, ks.SparseOptimizer(keras.optimizers.SGD(0.1, momentum=0.9), algo, total_steps=39, model=model)
+    return model, ks.SparseOptimizer(keras.optimizers.SGD(0.1, momentum=0.9), algo, total_steps=26, model=model)
 
 
 def _data():
@@ -42,7 +42,7 @@ def _fit(fused: bool, steps_per_execution: int = 5):
     x, y, weights = _data()
     batches = _Batches()
     # 13 batches of 8 an epoch, the last one of 4.
-    history = model.fit(x, y, sample_weight=weights, batch_size=8, epochs=3, verbose=0, shuffle=False,
+    history = model.fit(x, y, sample_weight=weights, batch_size=8, epochs=2, verbose=0, shuffle=False,
                         callbacks=[batches])
     return model, optimizer, history.history, batches.ends
 
@@ -53,7 +53,7 @@ def test_fused_fit_trains_exactly_like_keras_fit_including_a_short_last_chunk():
     runs = {fused: _fit(fused) for fused in (False, True)}
     plain, plain_opt, plain_history, plain_ends = runs[False]
     fused, fused_opt, fused_history, fused_ends = runs[True]
-    assert int(fused_opt.iterations.numpy()) == int(plain_opt.iterations.numpy()) == 39
+    assert int(fused_opt.iterations.numpy()) == int(plain_opt.iterations.numpy()) == 26
     assert fused_ends == plain_ends  # the same calls, so the same callbacks
     for name in plain_history:
         np.testing.assert_allclose(fused_history[name], plain_history[name], rtol=1e-5)
@@ -74,8 +74,8 @@ def test_fused_fit_reads_a_dataset_of_dict_inputs():
                   steps_per_execution=4)
     assert ks.fuse_steps(model)
     x, y, _ = _data()
-    model.fit(tf.data.Dataset.from_tensor_slices(({"features": x}, y)).batch(10), epochs=2, verbose=0)
-    assert int(optimizer.iterations.numpy()) == 20
+    model.fit(tf.data.Dataset.from_tensor_slices(({"features": x}, y)).batch(10), epochs=1, verbose=0)
+    assert int(optimizer.iterations.numpy()) == 10
     assert ks.sparsity(model) == pytest.approx(0.5, abs=0.01)
 
 
@@ -90,3 +90,20 @@ def test_fuse_steps_changes_nothing_where_it_does_not_apply(compile_args, reason
     before = model.train_function
     assert not ks.fuse_steps(model)
     assert reason in can_fuse(model) and model.train_function is before
+
+
+def test_fusing_again_keeps_the_compiled_function_compile_undoes_it_and_the_callback_fuses():
+    model, optimizer = _model_and_optimizer("static")
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer, loss, jit_compile=True, steps_per_execution=5)
+    assert ks.fuse_steps(model)
+    fused = model.train_function
+    assert ks.fuse_steps(model) and model.train_function is fused  # nothing traced again
+    model.compile(optimizer, loss, jit_compile=True, steps_per_execution=5)
+    assert model.train_function is None  # Keras's compile resets it: the fused loop is gone
+    x, y, _ = _data()
+    model.fit(x, y, batch_size=10, epochs=1, verbose=0, callbacks=[ks.SparsityCallback()])
+    assert model.train_function.fused.experimental_get_tracing_count() == 1
+    model.compile(optimizer, loss, jit_compile=True, steps_per_execution=5)
+    model.fit(x, y, batch_size=10, epochs=1, verbose=0, callbacks=[ks.SparsityCallback(fuse_steps=False)])
+    assert not hasattr(model.train_function, "fused")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 
+from keras_sparse import fused_steps
 from keras_sparse.errors import ConfigError
 from keras_sparse.optimizer import SparseOptimizer, find_sparse_optimizer
 
@@ -18,7 +19,14 @@ class SparsityCallback(keras.callbacks.Callback):
       the optimizer says it when the call ends).
     * Adds ``sparsity`` (of the masked weights) to every epoch's logs, for ``CSVLogger``,
       ``TensorBoard`` and ``EarlyStopping``.
+    * With ``fuse_steps`` (the default), runs each ``steps_per_execution`` steps in one XLA
+      program (``keras_sparse.fuse_steps``) where the model is compiled for it; the training is
+      the same, step for step.
     """
+
+    def __init__(self, fuse_steps: bool = True):
+        super().__init__()
+        self.fuse_steps = fuse_steps
 
     def _optimizer(self) -> SparseOptimizer:
         optimizer = find_sparse_optimizer(getattr(self.model, "optimizer", None))
@@ -35,6 +43,9 @@ class SparsityCallback(keras.callbacks.Callback):
                                   "to fit, or total_steps to SparseOptimizer.")
             optimizer.set_schedule(epochs * steps, steps)
         optimizer.say_past_schedule(int(optimizer.iterations.numpy()) + (epochs or 0) * (steps or 0))
+        if self.fuse_steps:
+            # fit has made its train function by now and looks it up again at every call.
+            fused_steps.fuse_steps(self.model)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
