@@ -85,6 +85,30 @@ def test_repeated_cells_are_refused(tmp_path):
         run_grid(str(tmp_path), [{"x": 1}, {"x": 1}], square, log=quiet)
 
 
+def in_which_process(cell):
+    print(f"working on x={cell['x']}", flush=True)
+    return {"pid": os.getpid()}
+
+
+def test_one_job_hands_the_cells_left_to_fresh_processes_once_memory_maps_run_low(tmp_path, monkeypatch):
+    """A long grid in one process would die when XLA's compiled programs exhaust the process's
+    memory maps: past half of them, the cells left run one by one in fresh processes."""
+    maps = iter([(10, 100), (60, 100)])  # before the first cell: room; before the second: past half
+    monkeypatch.setattr(grid, "memory_maps", lambda: next(maps))
+    lines = []
+    results = run_grid(str(tmp_path), [{"x": x} for x in range(3)], in_which_process, log=lines.append)
+    assert results[0]["pid"] == os.getpid()
+    assert len({os.getpid(), results[1]["pid"], results[2]["pid"]}) == 3  # a fresh process for each
+    assert any("60 of its 100 memory maps" in line and "the 2 cells left run one by one in fresh processes" in line
+               for line in lines)
+    assert (tmp_path / "cells" / "x=2.log").read_text() == "working on x=2\n"
+
+
+def test_memory_maps_counts_this_process():
+    used, limit = grid.memory_maps()
+    assert 0 < used < limit
+
+
 def test_parallel_jobs_give_the_same_results_and_keep_each_cells_output_in_its_log(tmp_path):
     cells = [{"x": x} for x in range(2)] + [{"x": 2, "fail": True}]  # a fresh process each: 3 in all
     lines = []

@@ -6,6 +6,9 @@ into the same logdir redoes at most the cells that were running, and a grid's ce
 anywhere that writes into the same logdir. An executor says where they run:
 
 - ``Local(jobs)``: in this process (``jobs=1``) or in ``jobs`` fresh processes (``--jobs``);
+  with ``jobs=1``, once this process holds half of its memory maps (XLA keeps every compiled
+  program mapped, and a long grid in one process dies of it), the rest one by one in fresh
+  processes;
 - ``OneCell(k)``: cell ``k`` alone, in this process (``--cell=K``);
 - ``ListCells(program)``: runs nothing and prints one self-contained ``--cell=K`` command per
   cell still to do (``--list_cells``), for a Slurm job array, GNU parallel or any scheduler;
@@ -52,6 +55,12 @@ CellFunction = Callable[[Cell], Any]
 Log = Callable[[str], None]
 
 LOG_TAIL_LINES = 15  # of a failed cell's log, printed with its name
+# Share of the process's memory-map limit (vm.max_map_count) past which Local(jobs=1) runs the
+# rest in fresh processes: XLA maps each compiled program and never unmaps it, and at the limit
+# LLVM fails ("Cannot allocate memory") and the process dies: a reinit grid of the MNIST-1D MLP
+# (five trainings a cell, about 1,200 maps) died in its 52nd cell. Half the default 65,530 leaves
+# room for the cell that crosses the line.
+MAP_SHARE = 0.5
 RAY_EXTRA = "pip install -e '.[ray]' in a checkout, or pip install 'ray==2.60.0'"
 
 
@@ -275,14 +284,39 @@ class Local:
         grid.log(f"{len(grid.cells) - len(pending)} of {len(grid.cells)} cells already done; running "
                  f"{len(pending)} with {self.jobs} job(s).")
         if self.jobs <= 1 or len(pending) <= 1:
-            grid.run((execute(grid.function, i, grid.cells[i]) for i in pending), len(pending))
+            grid.run(self._here_while_maps_last(grid, pending), len(pending))
         else:
-            context = multiprocessing.get_context("spawn")
-            with context.Pool(self.jobs, initializer=_init_worker, initargs=(gin.config_str(), _module(grid.function)),
-                              maxtasksperchild=1) as pool:
-                jobs = [(grid.function, i, grid.cells[i]) for i in pending]
-                grid.run(pool.imap_unordered(_execute_captured, jobs), len(jobs))
+            grid.run(_in_fresh_processes(grid, pending, self.jobs), len(pending))
         return grid.in_order()
+
+    @staticmethod
+    def _here_while_maps_last(grid: Grid, pending: list[int]) -> Iterator[Outcome]:
+        for n, index in enumerate(pending):
+            used, limit = memory_maps()
+            if n and used > MAP_SHARE * limit:
+                grid.log(f"This process holds {used} of its {limit} memory maps (XLA keeps its compiled programs "
+                         f"mapped): the {len(pending) - n} cells left run one by one in fresh processes.")
+                yield from _in_fresh_processes(grid, pending[n:], 1)
+                return
+            yield execute(grid.function, index, grid.cells[index])
+
+
+def memory_maps() -> tuple[int, int]:
+    """This process's memory maps and their limit (Linux's /proc); (0, 1) where unknown."""
+    try:
+        with open("/proc/self/maps") as maps, open("/proc/sys/vm/max_map_count") as limit:
+            return sum(1 for _ in maps), int(limit.read())
+    except (OSError, ValueError):
+        return 0, 1
+
+
+def _in_fresh_processes(grid: Grid, pending: Sequence[int], jobs: int) -> Iterator[Outcome]:
+    """The cells in ``jobs`` spawned processes, a fresh one per cell, each with the driver's gin
+    configuration; a worker's output goes to the cell's log."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(jobs, initializer=_init_worker, initargs=(gin.config_str(), _module(grid.function)),
+                      maxtasksperchild=1) as pool:
+        yield from pool.imap_unordered(_execute_captured, [(grid.function, i, grid.cells[i]) for i in pending])
 
 
 class OneCell:
@@ -388,7 +422,10 @@ class Ray:
                          "for a node that has them to join (Ctrl-C stops).")
             # A GPU task gets a fresh worker process (Ray's default: its TensorFlow sees only the GPUs
             # Ray gave it); CPU tasks reuse workers, as --jobs 1 runs its cells in one process.
-            task = ray.remote(num_cpus=self.cpus_per_cell, num_gpus=self.gpus_per_cell, max_retries=0)(_ray_task)
+            # max_calls=1: a fresh worker process per cell, as Local's; a worker that ran cell after cell
+            # would run out of memory maps (MAP_SHARE).
+            task = ray.remote(num_cpus=self.cpus_per_cell, num_gpus=self.gpus_per_cell, max_retries=0,
+                              max_calls=1)(_ray_task)
             config, module, function = gin.config_str(), _module(grid.function), ray.put(grid.function)
             refs = {task.remote(config, module, function, i, grid.cells[i]): i for i in pending}
             grid.run(_ray_outcomes(ray, refs), len(refs))
