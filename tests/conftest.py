@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -231,3 +232,51 @@ class _Runs:
 def algorithm_runs() -> _Runs:
     """``algorithm_runs[name]``: a ``Run`` of algorithm ``name`` (keys of ``run_algorithms()``)."""
     return _Runs()
+
+
+# ------------------------------------------------ child processes started early
+class BackgroundRuns:
+    """Child-process runs (a binary, a worker script) that the slow end-to-end tests check, started
+    when the session starts, one at a time beside the tests that run in this process: they spend
+    most of their time starting TensorFlow and tracing, on one core, so the second core does them
+    while the first runs the in-process tests.
+
+    A test module declares ``BACKGROUND = {test function name: {run name: function(directory)}}``;
+    the runs of each selected test start in the order pytest will run the tests, each in a fresh
+    directory, and ``background.result(__name__, run name)`` waits for one and returns
+    ``(directory, what the function returned)`` (re-raising what it raised). A run that is not
+    started (its test not selected) is started on demand.
+    """
+
+    def __init__(self, tmp_path_factory, items):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._tmp = tmp_path_factory
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="background-run")
+        self._futures = {}
+        for item in items:
+            module = getattr(item, "module", None)
+            for name in getattr(module, "BACKGROUND", {}).get(getattr(item, "originalname", None), {}):
+                self._start(module, name)
+
+    def _start(self, module, name):
+        key = (module.__name__, name)
+        if key not in self._futures:
+            function = next(runs[name] for runs in module.BACKGROUND.values() if name in runs)
+            directory = self._tmp.mktemp(name)
+            self._futures[key] = self._pool.submit(lambda: (directory, function(directory)))
+        return self._futures[key]
+
+    def result(self, module_name, name):
+        return self._start(sys.modules[module_name], name).result()
+
+    def close(self):
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def background(request, tmp_path_factory):
+    """The session's ``BackgroundRuns`` (see there), started before the first test."""
+    runs = BackgroundRuns(tmp_path_factory, request.session.items)
+    yield runs
+    runs.close()
