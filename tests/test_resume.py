@@ -67,10 +67,32 @@ def finished_state(logdir):
         return arrays, json.load(f)
 
 
+KILL_STEP = random.Random().randint(1, 20)  # any step before the last (21); the result must not depend on which
+STOP_STEP = 11  # mid-epoch 2, just after a mask update (RigL updates at even steps)
+
+
+def stopped_then_rerun(logdir, step, stop, rerun):
+    """Runs a worker that stops itself at ``step`` with ``stop``; if it ended as it should (killed,
+    or exiting with 128 + the signal) and ``rerun``, reruns it into the same logdir."""
+    stopped = run_worker(logdir, step, stop)
+    ended_as_expected = stopped.returncode in (-stop, 128 + stop)
+    return stopped, run_worker(logdir) if rerun and ended_as_expected else None
+
+
+# Each test's worker processes (conftest.BackgroundRuns starts them when the session starts, beside
+# the in-process tests); each test waits for its own and checks them as before.
+BACKGROUND = {
+    "test_sigkill_at_a_random_step_then_rerun_ends_identically": {
+        "straight": run_worker, "sigkill": lambda d: stopped_then_rerun(d, KILL_STEP, signal.SIGKILL, True)},
+    "test_sigterm_or_ctrl_c_writes_a_mid_epoch_checkpoint_and_the_rerun_ends_identically": {
+        "SIGTERM": lambda d: stopped_then_rerun(d, STOP_STEP, signal.SIGTERM, False),
+        "SIGINT": lambda d: stopped_then_rerun(d, STOP_STEP, signal.SIGINT, True), "straight": run_worker},
+}
+
+
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    logdir = tmp_path_factory.mktemp("straight")
-    result = run_worker(logdir)
+def uninterrupted(background):
+    logdir, result = background.result(__name__, "straight")
     assert result.returncode == 0, result.stderr[-3000:]
     return finished_state(logdir)
 
@@ -84,28 +106,25 @@ def assert_same_end(logdir, uninterrupted):
         np.testing.assert_array_equal(arrays[key], expected_arrays[key], err_msg=key)
 
 
-def test_sigkill_at_a_random_step_then_rerun_ends_identically(tmp_path, uninterrupted):
-    step = random.Random().randint(1, 20)  # any step before the last (21); the result must not depend on which
-    killed = run_worker(tmp_path, step, signal.SIGKILL)
+def test_sigkill_at_a_random_step_then_rerun_ends_identically(background, uninterrupted):
+    step = KILL_STEP
+    logdir, (killed, resumed) = background.result(__name__, "sigkill")
     assert killed.returncode == -signal.SIGKILL, f"killed at step {step}: {killed.stderr[-2000:]}"
-    resumed = run_worker(tmp_path)
     assert resumed.returncode == 0, f"killed at step {step}: {resumed.stderr[-3000:]}"
-    assert_same_end(tmp_path, uninterrupted)
+    assert_same_end(logdir, uninterrupted)
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
-def test_sigterm_or_ctrl_c_writes_a_mid_epoch_checkpoint_and_the_rerun_ends_identically(tmp_path, uninterrupted,
-                                                                                       stop):
+def test_sigterm_or_ctrl_c_writes_a_mid_epoch_checkpoint_and_the_rerun_ends_identically(background, request, stop):
     """Both signals take the same path in the loop; the rerun is compared after Ctrl-C only."""
-    step = 11  # mid-epoch 2, just after a mask update (RigL updates at even steps)
-    stopped = run_worker(tmp_path, step, stop)
+    step = STOP_STEP
+    logdir, (stopped, resumed) = background.result(__name__, stop.name)
     assert stopped.returncode == 128 + stop, stopped.stderr[-2000:]
     assert stopped.stderr.strip().splitlines()[-1] == (f"Stopped by {stop.name} at step {step}; checkpoint "
-                                                   f"{tmp_path / 'checkpoints' / f'ckpt-{step}'} written: rerun the "
+                                                   f"{logdir / 'checkpoints' / f'ckpt-{step}'} written: rerun the "
                                                    "same command to resume.")
-    assert any(name.startswith(f"ckpt-{step}.") for name in os.listdir(tmp_path / "checkpoints"))
+    assert any(name.startswith(f"ckpt-{step}.") for name in os.listdir(logdir / "checkpoints"))
     if stop == signal.SIGTERM:
         return
-    resumed = run_worker(tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert_same_end(tmp_path, uninterrupted)
+    assert_same_end(logdir, request.getfixturevalue("uninterrupted"))
