@@ -33,23 +33,47 @@ def run_study(name, logdir, *bindings, jobs=1, flags=()):
     return json.loads((logdir / "results.json").read_text()), (logdir / "results.md").read_text(), result
 
 
-def test_reinit_study(tmp_path):
-    results, markdown, _ = run_study("reinit", tmp_path, 'reinit_study.algorithms = ["rigl", "snip"]',
-                                     "reinit_study.sparsities = [0.8]")
+REINIT = ['reinit_study.algorithms = ["rigl", "snip"]', "reinit_study.sparsities = [0.8]"]
+FURTHER_PRUNING = ['further_pruning_study.algorithms = ["magnitude", "static"]',
+                   "further_pruning_study.sparsities = [0.8]", "further_pruning_study.extra_sparsities = [0.0, 0.5]"]
+STRUCTURE = ["structure_study.seeds = [0]", "structure_study.freeze_epochs = [0.5, 1.0]",
+             "structure_study.first_epoch_points = 4"]
+
+
+def list_and_run_cells(directory, listed):
+    """--list_cells into ``listed``, then each command it prints, in order, from ``directory``
+    (another directory, as a scheduler would); the commands run only if they are the expected two."""
+    listing = run_study("further_pruning", listed, *FURTHER_PRUNING, flags=["--list_cells"])
+    commands = listing.stdout.splitlines()
+    if [shlex.split(c)[-1] for c in commands] != ["--cell=0", "--cell=1"]:
+        return listing, commands, None
+    return listing, commands, [run(shlex.split(command), cwd=directory) for command in commands]
+
+
+# Each test's binary runs (conftest.BackgroundRuns starts them when the session starts, beside the
+# in-process tests); each test waits for its own and checks them as before.
+BACKGROUND = {
+    "test_reinit_study": {"reinit": lambda d: run_study("reinit", d, *REINIT)},
+    "test_further_pruning_study_and_the_same_grid_cell_by_cell_from_listed_commands": {
+        "jobs1": lambda d: run_study("further_pruning", d, *FURTHER_PRUNING),
+        "listed": lambda d: list_and_run_cells(d, d / "cells")},
+    "test_structure_study": {"structure": lambda d: run_study("structure", d, *STRUCTURE)},
+}
+
+
+def test_reinit_study(background):
+    logdir, (results, markdown, _) = background.result(__name__, "reinit")
     rows = results["rows"]
     expected = {(a, s, v) for a in ("rigl", "snip") for s in (0.8,)
                 for v in ("trained", "original", "new_init", "reshuffle", "signed_constant")}
     assert {(r["algorithm"], r["sparsity"], r["variant"]) for r in rows} == expected
     assert len(rows) == len(expected) and all(r["seed"] == 0 and 0 <= r["accuracy"] <= 1 for r in rows)
-    assert "| rigl | 0.8 |" in markdown and (tmp_path / "reinit.png").stat().st_size > 1000
+    assert "| rigl | 0.8 |" in markdown and (logdir / "reinit.png").stat().st_size > 1000
     assert "One seed (seeds [0]): the value alone, no interval." in markdown and "nan" not in markdown
 
 
-def test_further_pruning_study_and_the_same_grid_cell_by_cell_from_listed_commands(tmp_path):
-    bindings = ['further_pruning_study.algorithms = ["magnitude", "static"]',
-                "further_pruning_study.sparsities = [0.8]", "further_pruning_study.extra_sparsities = [0.0, 0.5]"]
-    one_process, listed = tmp_path / "jobs1", tmp_path / "cells"
-    results, markdown, _ = run_study("further_pruning", one_process, *bindings)
+def test_further_pruning_study_and_the_same_grid_cell_by_cell_from_listed_commands(background):
+    one_process, (results, markdown, _) = background.result(__name__, "jobs1")
     rows = results["rows"]
     keys = {(r["algorithm"], r["sparsity"], r["scope"], r["extra_sparsity"]) for r in rows}
     assert keys == {(a, s, scope, e) for a in ("magnitude", "static") for s in (0.8,)
@@ -61,13 +85,12 @@ def test_further_pruning_study_and_the_same_grid_cell_by_cell_from_listed_comman
     for scope in ("layer", "global"):
         assert (one_process / f"further_pruning_{scope}.png").exists()
 
-    # --list_cells: one self-contained command per cell (run here from another directory, as a
+    # --list_cells: one self-contained command per cell (run from another directory, as a
     # scheduler would); the one that finishes the grid writes the tables, those of --jobs 1.
-    listing = run_study("further_pruning", listed, *bindings, flags=["--list_cells"])
-    commands = listing.stdout.splitlines()
+    directory, (listing, commands, outputs) = background.result(__name__, "listed")
+    listed = directory / "cells"
     assert [shlex.split(c)[-1] for c in commands] == ["--cell=0", "--cell=1"]
     assert "2 of 2 cells to run (0 done)" in listing.stderr
-    outputs = [run(shlex.split(command), cwd=tmp_path) for command in commands]
     assert "1 of 2 cells done, 1 to go" in outputs[0].stderr
     assert "All 2 cells are done: writing the study's tables." in outputs[1].stdout
     for name in os.listdir(one_process / "cells"):
@@ -84,10 +107,8 @@ def test_further_pruning_study_and_the_same_grid_cell_by_cell_from_listed_comman
     assert "further_pruning study: Cost: " in outputs[1].stdout
 
 
-def test_structure_study(tmp_path):
-    results, markdown, _ = run_study("structure", tmp_path, "structure_study.seeds = [0]",
-                                     "structure_study.freeze_epochs = [0.5, 1.0]",
-                                     "structure_study.first_epoch_points = 4")
+def test_structure_study(background):
+    logdir, (results, markdown, _) = background.result(__name__, "structure")
     rows = results["rows"]
     overall = sorted((r["step"], r["final_present"]) for r in rows if r.get("layer") == "overall")
     # 7 steps an epoch (3600 training examples, batches of 500). Snapshots: the initial mask,
@@ -106,7 +127,7 @@ def test_structure_study(tmp_path):
     assert "Early-frozen RigL" in markdown and "nan" not in markdown.lower()
     assert results["cost"]["cells_done"] == 4 and markdown.rstrip().splitlines()[-1].startswith("Cost: ")
     for name in ("structure_overlap", "early_freeze"):
-        assert (tmp_path / f"{name}.png").exists()
+        assert (logdir / f"{name}.png").exists()
 
 
 @pytest.mark.parametrize("config, expected, narrow", [
