@@ -107,10 +107,19 @@ TRAINER_NAMES = ["dense", "static", "magnitude", "snip", "set", "rigl", "rigl_fr
 FIT_NAMES = ["magnitude", "rigl"]  # a mask update after the optimizer step, and one instead of it
 
 
-@pytest.fixture(scope="module")
-def comparison():
+def compare(directory):
     return subprocess.run([sys.executable, "-c", COMPARE, ",".join(TRAINER_NAMES), ",".join(FIT_NAMES)],
                           capture_output=True, text=True, timeout=600, env=ENV, cwd=ROOT)
+
+
+# conftest.BackgroundRuns starts the child process when the session starts, beside the in-process tests.
+BACKGROUND = {test: {"compare": compare} for test in ("test_mirrored_matches_one_device",
+                                                      "test_mirrored_model_fit_matches_one_device")}
+
+
+@pytest.fixture(scope="module")
+def comparison(background):
+    return background.result(__name__, "compare")[1]
 
 
 def check(comparison, kind, expected):
