@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -69,17 +70,41 @@ def _bindings(*bindings):
     return [f"--gin_bindings={b}" for b in bindings]
 
 
-def test_train_binary_end_to_end_and_resume_past_a_corrupt_checkpoint(tmp_path):
-    logdir = tmp_path / "run"
-    args = ["--gin_config=gin_configs/rigl.gin", f"--logdir={logdir}", "--seed=3",
-            *_bindings("training.epochs = 2", "model.width = 8")]
+BINARY_BINDINGS = _bindings("training.epochs = 2", "model.width = 8")
+
+
+def run_binary_then_rerun_past_a_corrupt_checkpoint(directory):
+    """Runs the binary into ``directory/run`` and keeps a copy of that logdir as it ended
+    (``directory/first``); then truncates the newest checkpoint (step 112), removes metrics.json
+    (else the rerun would find the run finished) and reruns the same command. Returns both runs
+    (the second None where the first failed)."""
+    logdir = directory / "run"
+    args = ["--gin_config=gin_configs/rigl.gin", f"--logdir={logdir}", "--seed=3", *BINARY_BINDINGS]
     first = _run_binary(*args)
+    if first.returncode != 0:
+        return first, None
+    shutil.copytree(logdir, directory / "first", symlinks=True)
+    newest = next(p for p in (logdir / "checkpoints").iterdir() if p.name.startswith("ckpt-112.data"))
+    newest.write_bytes(newest.read_bytes()[:100])
+    (logdir / "metrics.json").unlink()
+    return first, _run_binary(*args)
+
+
+# conftest.BackgroundRuns starts the two binary runs when the session starts, beside the in-process tests.
+BACKGROUND = {"test_train_binary_end_to_end_and_resume_past_a_corrupt_checkpoint": {
+    "binary": run_binary_then_rerun_past_a_corrupt_checkpoint}}
+
+
+def test_train_binary_end_to_end_and_resume_past_a_corrupt_checkpoint(background):
+    directory, (first, second) = background.result(__name__, "binary")
+    logdir = directory / "run"
     assert first.returncode == 0, first.stderr[-3000:]
+    ended = directory / "first"  # the logdir as the first run left it
     for name in ("checkpoints", "config.gin", "operative_config.gin", "metrics.json", "saved_model"):
-        assert (logdir / name).exists(), name
-    assert not (logdir / ".lock").exists()
-    assert any(f.startswith("events.out.tfevents") for f in os.listdir(logdir))
-    metrics = json.loads((logdir / "metrics.json").read_text())
+        assert (ended / name).exists(), name
+    assert not (ended / ".lock").exists()
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(ended))
+    metrics = json.loads((ended / "metrics.json").read_text())
     assert metrics["steps"] == 112 and metrics["seed"] == 3
     # Each epoch line has its time and speed; the run ends with a summary of the result and its files.
     assert "Epoch 1/2" in first.stdout and "\r" not in first.stdout  # not a terminal: no progress bar
@@ -92,16 +117,12 @@ def test_train_binary_end_to_end_and_resume_past_a_corrupt_checkpoint(tmp_path):
     assert f"tensorboard --logdir {logdir}" in first.stdout
     assert "test_accuracy" in metrics and all("test_accuracy" not in record for record in metrics["history"])
 
-    loaded = tf.saved_model.load(str(logdir / "saved_model"))
+    loaded = tf.saved_model.load(str(ended / "saved_model"))
     x = next(iter(data.load(batch_size=4, name="mnist1d").test))[0][:4]
     assert loaded.signatures["serving_default"](x)["output_0"].shape == (4, 10)
 
-    # Truncate the newest checkpoint (step 112): the rerun names it, falls back to step 56,
+    # The newest checkpoint (step 112) was truncated: the rerun names it, falls back to step 56,
     # trains epoch 2 again and ends where the first run ended.
-    newest = next(p for p in (logdir / "checkpoints").iterdir() if p.name.startswith("ckpt-112.data"))
-    newest.write_bytes(newest.read_bytes()[:100])
-    (logdir / "metrics.json").unlink()  # else the rerun would find the run finished
-    second = _run_binary(*args)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "ckpt-112" in second.stderr and "trying the previous one" in second.stderr
     assert f"Resuming from step 56 of 112 ({logdir / 'checkpoints' / 'ckpt-56'})." in second.stdout
