@@ -19,9 +19,10 @@ def free_ports(n):
     return ports
 
 
-def test_two_local_workers_train_one_run(tmp_path):
+def train_with_two_workers(directory):
+    """Starts both workers on one logdir (``directory/run``); returns each one's return code and stderr."""
     workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
-    logdir = tmp_path / "run"
+    logdir = directory / "run"
     processes = []
     for index in range(2):
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
@@ -34,8 +35,18 @@ def test_two_local_workers_train_one_run(tmp_path):
              "--gin_bindings=training.progress = False"],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outputs = [p.communicate(timeout=420) for p in processes]
-    for p, (_, err) in zip(processes, outputs):
-        assert p.returncode == 0, err[-3000:]
+    return [(p.returncode, err) for p, (_, err) in zip(processes, outputs)]
+
+
+# conftest.BackgroundRuns starts the workers when the session starts, beside the in-process tests.
+BACKGROUND = {"test_two_local_workers_train_one_run": {"workers": train_with_two_workers}}
+
+
+def test_two_local_workers_train_one_run(background):
+    directory, ended = background.result(__name__, "workers")
+    logdir = directory / "run"
+    for returncode, err in ended:
+        assert returncode == 0, err[-3000:]
     chief = json.loads((logdir / "metrics.json").read_text())
     other = json.loads((logdir / "worker-1" / "metrics.json").read_text())
     assert (logdir / "saved_model").is_dir() and not (logdir / "worker-1" / "saved_model").exists()
