@@ -44,9 +44,13 @@ def _run(env_value):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_tfmot_schedule_does_not_switch_keras():
+# conftest.BackgroundRuns starts the child process when the session starts, beside the in-process tests.
+BACKGROUND = {"test_tfmot_schedule_does_not_switch_keras": {"unset": lambda directory: _run(None)}}
+
+
+def test_tfmot_schedule_does_not_switch_keras(background):
     # Unset is the case a leak would change (tfmot sets TF_USE_LEGACY_KERAS=1 when it is unset).
-    result = _run(None)
+    result = background.result(__name__, "unset")[1]
     assert result["env"] is None  # unset stays unset
     assert result["env"] != "1"
     assert result["tf_keras_version"].startswith("3")
