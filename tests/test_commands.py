@@ -35,18 +35,31 @@ def test_help_lists_the_shipped_gin_configs(command, tmp_path):
             assert f"\n  {name} " in result.stdout
 
 
-def test_train_runs_from_any_directory_with_a_shipped_config_name_and_noprogress(tmp_path):
+def train_from_a_directory_then_plot(tmp_path):
+    """keras-sparse-train run from ``tmp_path`` with a shipped config's bare name, then
+    keras-sparse-plot on its logdir (only where the training succeeded)."""
     result = subprocess.run(["keras-sparse-train", "--gin_config=static.gin", f"--logdir={tmp_path / 'run'}",
                              "--gin_bindings=training.epochs = 1", "--gin_bindings=model.width = 8",
                              "--gin_bindings=training.batch_size = 500", "--gin_bindings=training.export = False",
                              "--gin_bindings=training.jit_compile = False", "--noprogress"],
                             capture_output=True, text=True, timeout=300, env=ENV, cwd=tmp_path)
+    if result.returncode != 0:
+        return result, None
+    return result, subprocess.run(["keras-sparse-plot", str(tmp_path / "run")], capture_output=True, text=True,
+                                  timeout=120, env=ENV)
+
+
+# conftest.BackgroundRuns starts the two commands when the session starts, beside the in-process tests.
+BACKGROUND = {"test_train_runs_from_any_directory_with_a_shipped_config_name_and_noprogress": {
+    "train_then_plot": train_from_a_directory_then_plot}}
+
+
+def test_train_runs_from_any_directory_with_a_shipped_config_name_and_noprogress(background):
+    tmp_path, (result, plot) = background.result(__name__, "train_then_plot")
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "run" / "metrics.json").exists()
     # --noprogress silences the epoch lines, not the final summary.
     assert "Epoch" not in result.stdout and result.stdout.startswith("Done: test accuracy ")
-    plot = subprocess.run(["keras-sparse-plot", str(tmp_path / "run")], capture_output=True, text=True, timeout=120,
-                          env=ENV)
     assert plot.returncode == 0, plot.stderr[-2000:]
     assert (tmp_path / "run" / "layer_sparsity.png").exists()
 
