@@ -158,10 +158,18 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     assert checkpoints and all(name.startswith("ckpt-7.") for name in checkpoints)
 
 
-def test_binary_prints_one_error_line(tmp_path):
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "binaries", "train.py"), f"--gin_config={RIGL}",
-                             f"--logdir={tmp_path / 'run'}", "--gin_bindings=RigL.sparsity = 1.5"],
-                            capture_output=True, text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+def run_binary_with_a_bad_sparsity(tmp_path):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "binaries", "train.py"), f"--gin_config={RIGL}",
+                           f"--logdir={tmp_path / 'run'}", "--gin_bindings=RigL.sparsity = 1.5"],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+
+
+# conftest.BackgroundRuns starts the binary when the session starts, beside the in-process tests.
+BACKGROUND = {"test_binary_prints_one_error_line": {"bad_sparsity": run_binary_with_a_bad_sparsity}}
+
+
+def test_binary_prints_one_error_line(background):
+    tmp_path, result = background.result(__name__, "bad_sparsity")
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == ["error: sparsity=1.5 is outside [0, 1): pass a fraction such as 0.9 for 90% sparsity."]
