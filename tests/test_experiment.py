@@ -90,9 +90,11 @@ def run_binary_then_rerun_past_a_corrupt_checkpoint(directory):
     return first, _run_binary(*args)
 
 
-# conftest.BackgroundRuns starts the two binary runs when the session starts, beside the in-process tests.
+# conftest.BackgroundRuns starts the binary runs when the session starts, beside the in-process tests.
 BACKGROUND = {"test_train_binary_end_to_end_and_resume_past_a_corrupt_checkpoint": {
-    "binary": run_binary_then_rerun_past_a_corrupt_checkpoint}}
+    "binary": run_binary_then_rerun_past_a_corrupt_checkpoint},
+    "test_train_binary_missing_tfds_set_is_one_clear_line": {
+    "missing_tfds": lambda directory: run_binary_on_a_missing_tfds_set(directory)}}
 
 
 def test_train_binary_end_to_end_and_resume_past_a_corrupt_checkpoint(background):
@@ -132,10 +134,14 @@ def test_train_binary_end_to_end_and_resume_past_a_corrupt_checkpoint(background
     assert resumed["test_accuracy"] == metrics["test_accuracy"]
 
 
-def test_train_binary_missing_tfds_set_is_one_clear_line(tmp_path):
-    result = _run_binary("--gin_config=gin_configs/static.gin", f"--logdir={tmp_path / 'run'}",
-                         *_bindings("data.name = 'mnist'", f"data.data_dir = '{tmp_path / 'tfds'}'",
-                                    "data.download = False"))
+def run_binary_on_a_missing_tfds_set(tmp_path):
+    return _run_binary("--gin_config=gin_configs/static.gin", f"--logdir={tmp_path / 'run'}",
+                       *_bindings("data.name = 'mnist'", f"data.data_dir = '{tmp_path / 'tfds'}'",
+                                  "data.download = False"))
+
+
+def test_train_binary_missing_tfds_set_is_one_clear_line(background):
+    tmp_path, result = background.result(__name__, "missing_tfds")
     assert result.returncode != 0
     lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "'mnist'" in lines[0] and str(tmp_path / "tfds") in lines[0]
