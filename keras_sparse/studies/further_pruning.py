@@ -78,21 +78,27 @@ def run(logdir: str, jobs: int = 1, algorithms: Sequence[str] = ("magnitude", "s
 
 
 def _plot(rows, scope, algorithm_names, sparsities) -> plt.Figure:
-    figure, ax = plt.subplots(figsize=(5, 3.5))
-    for name in algorithm_names:
-        for s in sparsities:
-            accuracy = common.group([r for r in rows if r["scope"] == scope and r["algorithm"] == name
-                                     and r["sparsity"] == s], ["extra_sparsity"], "accuracy")
-            total = common.group([r for r in rows if r["scope"] == scope and r["algorithm"] == name
-                                  and r["sparsity"] == s], ["extra_sparsity"], "total_sparsity")
-            xs = [common.mean_std(v)[0] for v in total.values()]
-            plot_interval(ax, xs, list(accuracy.values()), scale=100, label=f"{name} @ {s:g}", marker="o",
-                          markersize=3)
-    ax.set_xlabel("total sparsity")
-    counts = [len(v) for v in common.group([r for r in rows if r["scope"] == scope],
-                                           ["algorithm", "sparsity", "extra_sparsity"], "accuracy").values()]
-    ax.set_ylabel(f"test accuracy (%)\n(band: {short_description(counts)})")
-    ax.set_title(f"further {scope} magnitude pruning, no retraining")
-    ax.legend(fontsize=7)
+    """One panel per trained sparsity, the algorithms side by side in each: accuracy against the
+    fraction of the remaining weights removed (one line per algorithm stays readable on a full
+    grid, where one panel with a line per algorithm and sparsity does not)."""
+    columns = min(len(sparsities), 3)
+    panels = -(-len(sparsities) // columns)
+    figure, axes = plt.subplots(panels, columns, figsize=(3.2 * columns, 2.8 * panels), sharey=True, squeeze=False)
+    ours = [r for r in rows if r["scope"] == scope]
+    for ax, s in zip(axes.flat, sparsities):
+        for name in algorithm_names:
+            accuracy = common.group([r for r in ours if r["algorithm"] == name and r["sparsity"] == s],
+                                    ["extra_sparsity"], "accuracy")
+            plot_interval(ax, [extra for (extra,) in accuracy], list(accuracy.values()), scale=100, label=name,
+                          marker="o", markersize=3)
+        ax.set_title(f"trained at {s:g} sparsity", fontsize=9)
+        ax.set_xlabel("fraction of the remaining\nweights removed", fontsize=8)
+    for ax in axes.flat[len(sparsities):]:
+        ax.set_visible(False)
+    counts = [len(v) for v in common.group(ours, ["algorithm", "sparsity", "extra_sparsity"], "accuracy").values()]
+    for row in axes:
+        row[0].set_ylabel(f"test accuracy (%)\n(band: {short_description(counts)})", fontsize=8)
+    axes[0][0].legend(fontsize=7)
+    figure.suptitle(f"further {scope} magnitude pruning, no retraining", fontsize=10)
     figure.tight_layout()
     return figure
