@@ -206,3 +206,34 @@ def test_structure_large_config_parses_and_snapshots_every_mask_update(tmp_path)
     assert "nan" not in markdown.lower()
     for name in ("structure_overlap", "structure_by_update", "early_freeze"):
         assert (tmp_path / f"{name}.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("config, expected", [
+    ("claims_mlp_reinit", {"model.name": "mlp", "reinit_study.sparsities": [0.5, 0.8, 0.9, 0.95, 0.98, 0.99],
+                           "reinit_study.seeds": [0, 1, 2, 3, 4],
+                           "reinit_study.variants": ["original", "new_init", "reshuffle", "signed_constant"]}),
+    ("claims_mlp_further_pruning", {"model.name": "mlp",
+                                    "further_pruning_study.sparsities": [0.5, 0.8, 0.9, 0.95, 0.98, 0.99],
+                                    "further_pruning_study.seeds": [0, 1, 2, 3, 4], "training.epochs": 30}),
+    ("transformer_reinit", {"model.name": "mnist1d_transformer", "training.optimizer": "adamw",
+                            "training.epochs": 60, "training.progress": False,
+                            "reinit_study.sparsities": [0.8, 0.9], "reinit_study.seeds": [0, 1, 2]}),
+    ("transformer_further_pruning", {"model.name": "mnist1d_transformer", "training.optimizer": "adamw",
+                                     "training.epochs": 60, "further_pruning_study.sparsities": [0.8, 0.9],
+                                     "further_pruning_study.seeds": [0, 1, 2]}),
+])
+def test_claim_configs_parse_with_their_settings(config, expected):
+    """Issue 17's claim grids (docs/results.md): the configs as shipped, with the settings the
+    results were run with (the transformer's own optimizer and epochs win over the studies' 30)."""
+    import gin
+
+    from keras_sparse.config import parse_gin
+    from keras_sparse.studies import further_pruning, reinit  # noqa: F401  (registers the studies)
+
+    gin.clear_config()
+    try:
+        parse_gin([os.path.join(ROOT, "gin_configs", "studies", f"{config}.gin")], [])
+        for name, value in expected.items():
+            assert gin.query_parameter(name) == value, name
+    finally:
+        gin.clear_config()
