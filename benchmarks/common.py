@@ -318,6 +318,15 @@ def graph_loop(step: Step) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
 
 
 # ------------------------------------------------------------------------------- timing
+def serving_call(signature, inputs: tf.Tensor) -> Callable[[], tf.Tensor]:
+    """A call of a loaded SavedModel's one-input signature on ``inputs``, returning its first
+    output. By keyword, as signatures are meant to be called: a positional call goes through
+    TensorFlow's fallback binding of positional arguments, a fixed cost per call that weighs on
+    batch 1 (BENCHMARKS.md section 11)."""
+    (key,) = signature.structured_input_signature[1]
+    return lambda: next(iter(signature(**{key: inputs}).values()))
+
+
 def seconds_per_call(call: Callable[[], tf.Tensor], calls: int) -> float:
     """Runs ``call()`` ``calls`` times back to back; returns the wall time per call, waiting for
     the last result (and for anything pending before the first)."""

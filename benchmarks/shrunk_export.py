@@ -28,7 +28,7 @@ TFLite (``tf.lite.TFLiteConverter.from_saved_model``, default options):
   full-size kernels);
 - ``shrunk S``: ``ks.shrink_channels`` of the same model.
 
-Timing: the SavedModel's ``serving_default`` signature called on a fixed random batch (TF's
+Timing: the SavedModel's ``serving_default`` signature called by keyword on a fixed random batch (TF's
 default threads), and ``tf.lite.Interpreter`` (``num_threads=2``, XNNPACK on, as by default)
 invoked on it; ``--rounds`` alternating rounds, the order of the variants rotated each round, each
 variant timed for about ``--seconds`` per round. Reported: the median milliseconds per call over
@@ -122,7 +122,7 @@ class Exported:
         self.inputs = {batch: tf.constant(value) for batch, value in x.items()}
 
     def saved_model_call(self, batch: int):
-        return lambda: next(iter(self.signature(self.inputs[batch]).values()))
+        return common.serving_call(self.signature, self.inputs[batch])
 
     def tflite_call(self, batch: int):
         interpreter = self.interpreters[batch]

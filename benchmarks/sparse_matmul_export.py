@@ -106,8 +106,7 @@ def measure(model_name: str, sparsities, matmuls, batches, rounds: int, seconds:
                 else:
                     ks.export_sparse_matmul(model, path, min_sparsity=0.0, matmul=matmul)
                 signature = tf.saved_model.load(path).signatures["serving_default"]
-                (key,) = signature.structured_input_signature[1]
-                diff = max(float(np.abs(next(iter(signature(**{key: tf.constant(x[b])}).values())).numpy()
+                diff = max(float(np.abs(common.serving_call(signature, tf.constant(x[b]))().numpy()
                                         - reference[b]).max()) for b in batches)
                 size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
                 signatures[name] = signature
@@ -117,10 +116,7 @@ def measure(model_name: str, sparsities, matmuls, batches, rounds: int, seconds:
         calls = {}
         for batch in batches:
             for name, signature in signatures.items():
-                # By keyword, as signatures are meant to be called: a positional call of a loaded
-                # signature took ~7 ms more at batch 1 here (TF's fallback binding of positional args).
-                (key,) = signature.structured_input_signature[1]
-                call = (lambda s, k, t: lambda: next(iter(s(**{k: t}).values())))(signature, key, inputs[batch])
+                call = common.serving_call(signature, inputs[batch])
                 calls[(batch, name)] = (call, calls_for(call, seconds))
         times = {key: [] for key in calls}
         names = list(signatures)
