@@ -16,10 +16,13 @@ Keras's own train function, unchanged.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import keras
 import tensorflow as tf
+
+from keras_sparse.optimizer import find_sparse_optimizer
 
 
 def can_fuse(model: keras.Model) -> str | None:
@@ -57,20 +60,36 @@ def fuse_steps(model: keras.Model) -> bool:
 
 class _FusedTrainFunction:
     """``model.train_function`` for ``fit``: takes the epoch's iterator, returns the last step's logs
-    and raises ``StopIteration`` when the iterator has no batch left (as Keras's own does)."""
+    and raises ``StopIteration`` when the iterator has no batch left (as Keras's own does).
+
+    With a ``SparseOptimizer``, a chunk whose steps the schedule says update no masks runs a second
+    set of programs traced ``without_mask_updates``: no in-graph conditional in the XLA loop."""
 
     def __init__(self, model: keras.Model, keras_function):
         self.model, self.keras_function = model, keras_function
         self.steps = int(model.steps_per_execution)
+        self.optimizer = find_sparse_optimizer(model.optimizer)
         self.one_step = tf.function(model.train_step, jit_compile=True, reduce_retracing=True)
         self.fused = tf.function(self._fused_steps, jit_compile=True, reduce_retracing=True)
-        self.chunk = tf.function(self._chunk, reduce_retracing=True)
+        self.chunk = tf.function(functools.partial(self._chunk, self.one_step, self.fused), reduce_retracing=True)
+        self.quiet_one_step = tf.function(model.train_step, jit_compile=True, reduce_retracing=True)
+        self.quiet_fused = tf.function(self._fused_steps, jit_compile=True, reduce_retracing=True)
+        self.quiet_chunk = tf.function(functools.partial(self._chunk, self.quiet_one_step, self.quiet_fused),
+                                       reduce_retracing=True)
 
     def __call__(self, iterator) -> dict[str, Any]:
         if not (isinstance(iterator, tf.data.Iterator) and all(
                 isinstance(spec, tf.TensorSpec) for spec in tf.nest.flatten(iterator.element_spec))):
             return self.keras_function(iterator)
-        ran, logs = self.chunk(iterator)
+        if self.optimizer is not None and self.optimizer.prepared:
+            start = int(self.optimizer.iterations.numpy())
+            if not self.optimizer.updates_between(start, start + self.steps):
+                with self.optimizer.without_mask_updates():
+                    return self._logs(*self.quiet_chunk(iterator))
+        return self._logs(*self.chunk(iterator))
+
+    @staticmethod
+    def _logs(ran, logs):
         if not bool(ran):
             raise StopIteration
         return logs
@@ -84,17 +103,17 @@ class _FusedTrainFunction:
 
         return tf.while_loop(lambda i, _: i < self.steps, body, (tf.constant(1), logs))[1]
 
-    def _chunk(self, iterator):
+    def _chunk(self, one_step, fused, iterator):
         batches = [iterator.get_next_as_optional() for _ in range(self.steps)]
         # The logs' structure, for the branches in which a step does not run: the one-step
         # program's outputs, traced (not run) on the iterator's element spec.
-        spec = self.one_step.get_concrete_function(iterator.element_spec).structured_outputs
+        spec = one_step.get_concrete_function(iterator.element_spec).structured_outputs
         no_logs = tf.nest.map_structure(lambda t: tf.zeros(t.shape, t.dtype), spec)
 
         def step_by_step():
             logs = no_logs
             for batch in batches:
-                logs = tf.cond(batch.has_value(), lambda batch=batch: self.one_step(batch.get_value()),
+                logs = tf.cond(batch.has_value(), lambda batch=batch: one_step(batch.get_value()),
                                lambda logs=logs: logs)
             return logs
 
@@ -104,7 +123,7 @@ class _FusedTrainFunction:
             same = [tf.reduce_all(tf.equal(tf.shape(t), shape))
                     for value in values[1:] for t, shape in zip(tf.nest.flatten(value), shapes)]
             return tf.cond(tf.reduce_all(same) if same else tf.constant(True),
-                           lambda: self.fused(tf.nest.map_structure(lambda *ts: tf.stack(ts), *values)),
+                           lambda: fused(tf.nest.map_structure(lambda *ts: tf.stack(ts), *values)),
                            step_by_step)
 
         # Batches come in order, so the last one is present only if all are.

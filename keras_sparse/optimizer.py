@@ -19,6 +19,7 @@ algorithm's update steps, so ``jit_compile`` and ``steps_per_execution`` work.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import weakref
 from typing import Any, Callable, Mapping, Sequence
@@ -83,6 +84,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         self._ready = False  # algorithm set up and masks bound
         self._said_past_end = False  # the past-the-schedule line is said once per optimizer
         self._update_table: tf.Tensor | None = None
+        self._tracing_without_updates = False  # see without_mask_updates
         if model is not None:
             masking.wrap(model)
             self.bind(masking.masked_weights(model))
@@ -218,7 +220,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             self.build(variables)
         self.prepare()
         if not tf.distribute.has_strategy() or tf.__internal__.distribute.strategy_supports_no_merge_call():
-            self.sparse_apply(grads, variables, update=None)
+            self.sparse_apply(grads, variables, update=False if self._tracing_without_updates else None)
             return
         # MirroredStrategy: a synchronization (the wrapped optimizer's gradient all-reduce) may not
         # sit inside a conditional in replica context, so decide in cross-replica context.
@@ -233,6 +235,23 @@ class SparseOptimizer(keras.optimizers.Optimizer):
             self.iterations.assign_add(1)
 
         tf.distribute.get_replica_context().merge_call(cross_replica, args=(list(grads), variables))
+
+    def updates_between(self, start: int, stop: int) -> bool:
+        """Whether any step from ``start`` to ``stop - 1`` updates the masks (the set-up schedule)."""
+        self.prepare(initialize=False)
+        return any(self.algorithm.is_update_step(s) for s in range(start, min(stop, self.algorithm.update_horizon())))
+
+    @contextlib.contextmanager
+    def without_mask_updates(self):
+        """While a step program is traced inside it, ``apply`` compiles a step that never updates
+        masks, without the in-graph ``tf.cond`` (which copies its operands each step inside an XLA
+        loop). For programs that the caller runs only where ``updates_between`` is False; call such
+        a program inside it every time, so that a retrace sees it too."""
+        self._tracing_without_updates = True
+        try:
+            yield
+        finally:
+            self._tracing_without_updates = False
 
     def is_update_now(self) -> tf.Tensor:
         """Whether the current step (``iterations``) updates the masks, as a boolean tensor."""
