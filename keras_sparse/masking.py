@@ -155,6 +155,14 @@ def mask_of(variable) -> MaskedWeight | None:
     return _REGISTRY.get(id(variable))
 
 
+def masked_values(variable) -> np.ndarray:
+    """``variable``'s values as a NumPy array, with its mask applied (pruned entries exactly 0.0)
+    when a wrapped model masks it: what a plain copy or an export of the model must hold."""
+    values = keras.ops.convert_to_numpy(variable)
+    weight = mask_of(variable)
+    return values if weight is None else np.where(weight.mask.numpy(), values, 0).astype(values.dtype)
+
+
 def _file_key(key: str) -> str:
     return key.replace("/", "|")
 
@@ -470,7 +478,6 @@ def strip(model: keras.Model) -> keras.Model:
     exact (weights are 0 wherever masks are off): ``export_saved_model`` and TFLite conversion
     work on it directly.
     """
-    masks = {id(w.variable): w.mask.numpy() for w in masked_weights(model)} if mask_state(model) else {}
     try:
         if isinstance(model, keras.Sequential) or type(model).__name__ == "Functional":
             fresh = keras.models.clone_model(model)
@@ -482,9 +489,7 @@ def strip(model: keras.Model) -> keras.Model:
                           "exactly 0.") from None
     if not fresh.built:
         fresh.build_from_config(model.get_build_config())
-    values = [np.where(masks[id(v)], v.numpy(), 0).astype(v.dtype) if id(v) in masks else v.numpy()
-              for v in model.weights]
-    fresh.set_weights(values)
+    fresh.set_weights([masked_values(v) for v in model.weights])
     return fresh
 
 

@@ -32,7 +32,7 @@ import keras
 import numpy as np
 
 from keras_sparse.errors import ConfigError
-from keras_sparse.masking import mask_state, masked_weights
+from keras_sparse.masking import masked_values
 
 layers = keras.layers
 
@@ -165,14 +165,7 @@ def _trace(model: keras.Model) -> tuple[list[_Node], list[int]]:
 
 def _masked_kernel_values(model: keras.Model) -> dict[int, np.ndarray]:
     """Each Dense/Conv kernel's values by id, with its mask applied when the model is wrapped."""
-    masks = {id(w.variable): w.mask.numpy() for w in masked_weights(model)} if mask_state(model) else {}
-    values = {}
-    for layer in model.layers:
-        if type(layer) in PRODUCERS:
-            kernel = layer.kernel.numpy()
-            mask = masks.get(id(layer.kernel))
-            values[id(layer)] = np.where(mask, kernel, 0).astype(kernel.dtype) if mask is not None else kernel
-    return values
+    return {id(layer): masked_values(layer.kernel) for layer in model.layers if type(layer) in PRODUCERS}
 
 
 # ----------------------------------------------------------------------------- analysis

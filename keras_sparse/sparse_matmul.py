@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_sparse.errors import ConfigError
-from keras_sparse.masking import export_saved_model, mask_state, masked_weights
+from keras_sparse.masking import export_saved_model, mask_of
 
 Matmul = Literal["auto", "coo", "csr"]
 MATMULS = ("auto", "coo", "csr")
@@ -145,15 +145,13 @@ def sparse_matmul_model(model: keras.Model, min_sparsity: float = 0.95, matmul: 
         raise ConfigError(f"min_sparsity={min_sparsity} is not a fraction between 0 and 1.")
     if matmul not in MATMULS:
         raise ConfigError(f"matmul={matmul!r} is not one of {MATMULS}.")
-    masks = {id(w.variable): w.mask.numpy() for w in masked_weights(model)} if mask_state(model) else {}
-
     def replace(layer: keras.layers.Layer) -> keras.layers.Layer:
         if type(layer) is not keras.layers.Dense or getattr(layer, "quantization_mode", None):
             return layer
         kernel = keras.ops.convert_to_numpy(layer.kernel)  # with a LoRA update merged in, if any
-        mask = masks.get(id(getattr(layer, "_kernel", None)))  # the variable wrap() masks
-        if mask is not None:
-            kernel = np.where(mask, kernel, 0).astype(kernel.dtype)
+        weight = mask_of(getattr(layer, "_kernel", None))  # the variable wrap() masks
+        if weight is not None:
+            kernel = np.where(weight.mask.numpy(), kernel, 0).astype(kernel.dtype)
         if kernel_sparsity(kernel) < min_sparsity:
             return layer
         new = SparseMatMulDense(layer.units, kernel.shape[0], int(np.count_nonzero(kernel)),
