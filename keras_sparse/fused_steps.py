@@ -69,13 +69,16 @@ class _FusedTrainFunction:
         self.model, self.keras_function = model, keras_function
         self.steps = int(model.steps_per_execution)
         self.optimizer = find_sparse_optimizer(model.optimizer)
-        self.one_step = tf.function(model.train_step, jit_compile=True, reduce_retracing=True)
-        self.fused = tf.function(self._fused_steps, jit_compile=True, reduce_retracing=True)
-        self.chunk = tf.function(functools.partial(self._chunk, self.one_step, self.fused), reduce_retracing=True)
-        self.quiet_one_step = tf.function(model.train_step, jit_compile=True, reduce_retracing=True)
-        self.quiet_fused = tf.function(self._fused_steps, jit_compile=True, reduce_retracing=True)
-        self.quiet_chunk = tf.function(functools.partial(self._chunk, self.quiet_one_step, self.quiet_fused),
-                                       reduce_retracing=True)
+        self.fused, self.chunk = self._programs()
+        self.quiet_fused, self.quiet_chunk = self._programs()  # traced only inside without_mask_updates
+
+    def _programs(self):
+        """A fresh set of compiled programs (each traces ``train_step`` on its own): the K-step XLA
+        program, and the chunk function that pulls K batches and runs them through it, or one by
+        one through its own one-step XLA program."""
+        one_step = tf.function(self.model.train_step, jit_compile=True, reduce_retracing=True)
+        fused = tf.function(self._fused_steps, jit_compile=True, reduce_retracing=True)
+        return fused, tf.function(functools.partial(self._chunk, one_step, fused), reduce_retracing=True)
 
     def __call__(self, iterator) -> dict[str, Any]:
         if not (isinstance(iterator, tf.data.Iterator) and all(
