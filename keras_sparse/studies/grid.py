@@ -420,10 +420,9 @@ class Ray:
             if short:
                 grid.log(f"Each cell asks for {' and '.join(short)}, more than Ray's cluster has now: the cells wait "
                          "for a node that has them to join (Ctrl-C stops).")
-            # A GPU task gets a fresh worker process (Ray's default: its TensorFlow sees only the GPUs
-            # Ray gave it); CPU tasks reuse workers, as --jobs 1 runs its cells in one process.
-            # max_calls=1: a fresh worker process per cell, as Local's; a worker that ran cell after cell
-            # would run out of memory maps (MAP_SHARE).
+            # max_calls=1: a fresh worker process per cell, CPU tasks too (Ray reuses CPU workers by
+            # default): a worker that ran cell after cell would run out of memory maps (MAP_SHARE), and
+            # a GPU task's TensorFlow then sees only the GPUs Ray gave it.
             task = ray.remote(num_cpus=self.cpus_per_cell, num_gpus=self.gpus_per_cell, max_retries=0,
                               max_calls=1)(_ray_task)
             config, module, function = gin.config_str(), _module(grid.function), ray.put(grid.function)
