@@ -54,6 +54,13 @@ class StepPrograms:
         self.strategy = strategy
         self.replicas = strategy.num_replicas_in_sync
         self.variables = list(model.trainable_variables)
+        with strategy.scope():
+            # The first step whose loss was NaN or infinite (-1: none), recorded by every step
+            # program. Not checkpointed: it only stops this run. Besides sparing TerminateOnNaN a
+            # read of every loss, this record keeps one-step-a-call programs as fast as before the
+            # loop was split (BENCHMARKS.md, "The loop before and after its split").
+            self._nonfinite_step = tf.Variable(-1, dtype=tf.int64, trainable=False,
+                                               aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         settings = (False,) if self.replicas > 1 else tuple(settings)
         self.train = {jit: self._compile(lambda x, y: self._step(x, y, False)[0], jit) for jit in settings}
         self.update = self._compile(lambda x, y: self._step(x, y, True), update_jit and self.replicas == 1)
@@ -92,7 +99,22 @@ class StepPrograms:
         """One training step with the mask update decided (a Python bool while tracing, or a
         boolean tensor in-graph). Returns the loss and the masks' active counts after an update."""
         loss, gradients = self.gradients(x, y, self.replicas)
+        self._record_nonfinite(loss)
         return loss, self.optimizer.sparse_apply(gradients, self.variables, update=update_masks)
+
+    def _record_nonfinite(self, loss):
+        """Records this step's index (the optimizer's step counter before its update) if its loss
+        is the first NaN or infinite one; every replica judges the loss summed over replicas."""
+        if self.replicas > 1:
+            loss = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, loss)
+        first = tf.logical_and(tf.logical_not(tf.math.is_finite(loss)), self._nonfinite_step < 0)
+        step = tf.cast(self.optimizer.iterations, tf.int64)
+        self._nonfinite_step.assign(tf.where(first, step, self._nonfinite_step))
+
+    def first_nonfinite_step(self) -> int | None:
+        """The first step whose loss was NaN or infinite, or None: one read from the device."""
+        step = int(self._nonfinite_step.numpy())
+        return None if step < 0 else step
 
     def _staged_fn(self, xs, ys, start, count):
         """Steps ``start .. start + count - 1`` of a staged chunk (``xs``/``ys`` hold batches

@@ -34,25 +34,41 @@ def test_an_epoch_line_without_time_has_no_speed():
     assert epoch_line({"train_loss": 1.0, "seconds": 0.0}, 0) == "train_loss=1.0000 — 0.0 s"
 
 
-def test_nan_check_names_the_first_bad_step_of_a_staged_call_and_the_kept_checkpoint():
+class RecordedSteps:
+    """A stand-in for ``StepPrograms``' record of the first non-finite step, counting its reads."""
+
+    def __init__(self, step=None):
+        self.step, self.reads = step, 0
+
+    def first_nonfinite_step(self):
+        self.reads += 1
+        return self.step
+
+
+def test_nan_check_names_the_recorded_step_and_the_kept_checkpoint():
     check = TerminateOnNaN()
-    trainer = stand_in(step=4)
-    check.on_step_end(trainer, tf.constant(1.0))  # step 3
-    trainer.step = 8
-    check.on_step_end(trainer, tf.constant([1.0, np.inf, np.nan, 2.0]))  # steps 4-7: step 5 first
+    trainer = stand_in(step=8, programs=RecordedSteps(5))
     trainer.checkpoint = types.SimpleNamespace(latest="/run/checkpoints/ckpt-4")
     with pytest.raises(TrainingDivergedError, match=r"at step 5: .*ckpt-4 is kept"):
         check.on_checkpoint(trainer)  # nothing diverged is saved
+    with pytest.raises(TrainingDivergedError, match="at step 5: .*no checkpoint was written"):
+        check.on_epoch_end(stand_in(programs=RecordedSteps(5)), {})
 
 
-def test_nan_check_reads_losses_at_log_points_and_passes_finite_ones():
+def test_nan_check_reads_the_device_only_at_log_points_and_passes_finite_runs():
     check = TerminateOnNaN()
-    trainer = stand_in(step=1, log_point=True)
+    programs = RecordedSteps()
+    trainer = stand_in(step=1, log_point=False, programs=programs)
     check.on_step_end(trainer, tf.constant(0.5))
-    trainer.step, trainer.log_point = 2, False
-    check.on_step_end(trainer, tf.constant(np.nan))  # not read until the next check point
-    with pytest.raises(TrainingDivergedError, match="at step 1: .*no checkpoint was written"):
-        check.on_epoch_end(trainer, {})
+    assert programs.reads == 0  # no wait on the device between log points
+    trainer.log_point = True
+    check.on_step_end(trainer, tf.constant(0.5))
+    check.on_epoch_end(trainer, {})
+    check.on_checkpoint(trainer)
+    assert programs.reads == 3
+    programs.step = 1
+    with pytest.raises(TrainingDivergedError, match="at step 1: "):
+        check.on_step_end(trainer, tf.constant(np.nan))
 
 
 def test_training_cost_counts_dense_gradient_steps_and_flops_at_each_steps_densities():

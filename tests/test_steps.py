@@ -30,3 +30,24 @@ def test_a_loss_by_name_or_function_matches_the_labels_rank_to_the_predictions(l
     np.testing.assert_allclose(steps.as_loss(loss)(y, p), expected, rtol=1e-6)
     given = keras.losses.BinaryCrossentropy()
     assert steps.as_loss(given) is given
+
+
+@pytest.mark.parametrize("jit", [True, False])
+def test_the_programs_record_the_first_step_whose_loss_is_not_finite(jit):
+    import keras_sparse as ks
+
+    model = ks.wrap(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="fc")]), quiet=True)
+    optimizer = ks.SparseOptimizer(keras.optimizers.SGD(0.0), ks.algorithms.Dense())
+    optimizer.build(model.trainable_variables)
+    programs = steps.StepPrograms(model, optimizer, steps.as_loss("mse"), ks.masked_weights(model),
+                                  tf.distribute.get_strategy(), settings=(jit,), update_jit=jit)
+    good, bad = tf.ones([3, 2]), tf.constant([[1.0, np.nan]] * 3)
+    y = tf.zeros([3, 1])
+    programs.train[jit](good, y)  # step 0
+    assert programs.first_nonfinite_step() is None
+    # Steps 1-4 in one staged call: step 3 is the first bad one, step 4 is bad too.
+    xs = tf.stack([good, good, bad, bad])
+    programs.staged[jit](xs, tf.stack([y] * 4), tf.constant(0), tf.constant(4))
+    assert programs.first_nonfinite_step() == 3
+    programs.train[jit](bad, y)
+    assert programs.first_nonfinite_step() == 3  # the first one stays
