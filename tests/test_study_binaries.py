@@ -221,6 +221,9 @@ def test_structure_large_config_parses_and_snapshots_every_mask_update(tmp_path)
     ("transformer_further_pruning", {"model.name": "mnist1d_transformer", "training.optimizer": "adamw",
                                      "training.epochs": 60, "further_pruning_study.sparsities": [0.8, 0.9],
                                      "further_pruning_study.seeds": [0, 1, 2]}),
+    ("structure_mlp_large", {"model.name": "mlp", "data.name": "mnist1d_large", "training.epochs": 20,
+                             "RigL.update_frequency": 100, "structure_study.sparsity": 0.95,
+                             "structure_study.seeds": [0, 1, 2, 3, 4], "structure_study.snapshot_every_update": True}),
 ])
 def test_claim_configs_parse_with_their_settings(config, expected):
     """Issue 17's claim grids (docs/results.md): the configs as shipped, with the settings the
@@ -228,7 +231,7 @@ def test_claim_configs_parse_with_their_settings(config, expected):
     import gin
 
     from keras_sparse.config import parse_gin
-    from keras_sparse.studies import further_pruning, reinit  # noqa: F401  (registers the studies)
+    from keras_sparse.studies import further_pruning, reinit, structure  # noqa: F401  (registers the studies)
 
     gin.clear_config()
     try:
