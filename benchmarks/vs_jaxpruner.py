@@ -25,7 +25,9 @@ Cases (``MODEL ALGORITHM K=k``, ``k`` steps a compiled call):
   momentum 0.9);
 - ``lenet_300_100 static_fit K={1,20}``: the same static case with Keras's own loop on our side,
   ``model.compile(optimizer=ks.SparseOptimizer(...), jit_compile=True, steps_per_execution=k)``
-  and ``model.fit`` (the path most users run), against jaxpruner's static case;
+  and ``model.fit(..., callbacks=[ks.SparsityCallback()])`` (the path most users run; the
+  callback fuses K > 1 steps into one XLA program, ``ks.fuse_steps``), against jaxpruner's
+  static case;
 - ``resnet20 {static,rigl} K=1``: the CIFAR ResNet-20 of ``keras_sparse.models`` (3×3 convs
   without bias, BatchNorm, 1×1 shortcut convs with BatchNorm) on random 32×32×3 inputs, batch
   128, SGD(0.01, momentum 0.9); a flax module of the same layers, names and shapes on the JAX
@@ -210,7 +212,8 @@ class OursCase:
         if self.algorithm.endswith("_fit"):  # Keras's own loop: model.fit with the sparse optimizer
             self.sparse = ks.SparseOptimizer(optimizer, self.algo, model=self.model)
             self.model.compile(optimizer=self.sparse, loss=common.loss_fn(), jit_compile=True, steps_per_execution=k)
-            self.run = lambda rounds=1: self.model.fit(data, epochs=rounds, verbose=0)
+            callback = ks.SparsityCallback()  # as README shows it: K steps fused into one XLA program
+            self.run = lambda rounds=1: self.model.fit(data, epochs=rounds, verbose=0, callbacks=[callback])
         else:
             self.trainer = common.trainer(self.model, self.algo, optimizer, steps_per_execution=k)
             self.run = common.epochs_of(self.trainer, data)
