@@ -88,3 +88,4 @@ def test_a_tiny_grid_runs_the_matched_pairs_reaches_each_rule_and_tabulates(tmp_
     assert "| 0.75 | 1:4 | 0.7500 | yes |" in markdown and "| 0.75 | channel | 0.7500 | yes |" in markdown
     assert "| 0.75 | 2:4 |" not in markdown and "1:4: conv1; channel: logits" in markdown
     assert "One seed (seeds [0])" in markdown and "nan" not in markdown
+    assert "each N:M type runs only at sparsity 1 - N/M (2:4 at 0.5, 1:4 at 0.75)" in markdown  # the grid's types

@@ -146,11 +146,14 @@ def table(rows: Sequence[Mapping[str, Any]], algorithms: Sequence[str], types: S
         if str(sparsity_types.parse(row["type"])) != "unstructured" and row["unstructured"]:
             left.setdefault(row["type"], set()).update(key.rsplit("/", 1)[0] for key in row["unstructured"])
     kept = "; ".join(f"{t}: {', '.join(sorted(left[t]))}" for t in types if t in left)
-    caption = ("Test accuracy (%) per sparsity type at matched density: N:M fixes a layer's density at N/M, so 2:4 "
-               "is compared at sparsity 0.5 and 1:4 at 0.75, and each other type at both; every layer gets the same "
-               "target (uniform). \"Sparsity reached\" is the masked weights' final sparsity from the sparsity "
-               "report (every value over algorithms and seeds); \"pattern holds\" that every masked weight's final "
-               "mask has its type's pattern. "
+    n_by_m = [(t, kind) for t in types if isinstance(kind := sparsity_types.parse(t), sparsity_types.NByM)]
+    matched = ", ".join(f"{t} at {1 - kind.n / kind.m:g}" for t, kind in n_by_m)
+    caption = ("Test accuracy (%) per sparsity type at matched density: "
+               + (f"N:M fixes a layer's density at N/M, so each N:M type runs only at sparsity 1 - N/M ({matched}) "
+                  "and each other type at every sparsity; " if n_by_m else "each type runs at every sparsity; ")
+               + "every layer gets the same target (uniform). \"Sparsity reached\" is the masked weights' final "
+               "sparsity from the sparsity report (every value over algorithms and seeds); \"pattern holds\" that "
+               "every masked weight's final mask has its type's pattern. "
                + (f"Layers left unstructured (the type has no meaning there, docs/structure.md): {kept}. " if kept
                   else "No layer was left unstructured. ")
                + common.caption(accuracy, seeds))
