@@ -100,6 +100,45 @@ def gin_bindings(path: str) -> dict[str, Any]:
     return bindings
 
 
+# ---------------------------------------------------------------------- in-process runs
+def load_average() -> list[float]:
+    """The 1, 5 and 15-minute load averages: how busy the shared machine was."""
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def calls_for(call: Callable[[], Any], seconds: float) -> int:
+    """How many calls of ``call`` (its result waited for) take about ``seconds``, at least 3,
+    from a short trial after one untimed call."""
+    import numpy as np
+
+    np.asarray(call())
+    start, n = time.perf_counter(), 0
+    while n < 3 or time.perf_counter() - start < 0.05:
+        np.asarray(call())
+        n += 1
+    return max(3, round(seconds / ((time.perf_counter() - start) / n)))
+
+
+def run_in_process(script: str, out: str, measure: Callable[[], dict[str, Any]],
+                   report: Callable[[list[Any]], str], **settings: Any) -> None:
+    """A benchmark measured in this process: ``measure()``'s results, with the command, the
+    TensorFlow and Keras versions, the CPU count, ``settings`` and the load average before and
+    after, written to ``out`` (JSON) and printed through ``report``."""
+    import keras
+    import tensorflow as tf
+
+    started = time.perf_counter()
+    run = {"command": f"python benchmarks/{os.path.basename(script)} " + " ".join(sys.argv[1:]),
+           "load_before": load_average(), "tensorflow": tf.__version__, "keras": keras.__version__,
+           "cpus": os.cpu_count(), **settings}
+    run.update(measure())
+    run["load_after"] = load_average()
+    run["wall_seconds"] = time.perf_counter() - started
+    write_json(out, run)
+    print(report([run]))
+    print(f"\n{out}")
+
+
 # ------------------------------------------------------------------------- other revisions
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

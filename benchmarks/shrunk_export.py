@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -135,15 +134,6 @@ class Exported:
         return call
 
 
-def calls_for(call, seconds: float) -> int:
-    np.asarray(call())
-    start, n = time.perf_counter(), 0
-    while n < 3 or time.perf_counter() - start < 0.05:
-        np.asarray(call())
-        n += 1
-    return max(3, round(seconds / ((time.perf_counter() - start) / n)))
-
-
 def measure(model_name: str, sparsities, batches, rounds: int, seconds: float) -> dict:
     rng = np.random.default_rng(1)
     x = {b: rng.normal(size=(b, *SHAPES[model_name])).astype("float32") for b in batches}
@@ -169,7 +159,7 @@ def measure(model_name: str, sparsities, batches, rounds: int, seconds: float) -
             for batch in batches:
                 for name, exported in variants.items():
                     call = getattr(exported, f"{fmt}_call")(batch)
-                    calls[(fmt, batch, name)] = (call, calls_for(call, seconds))
+                    calls[(fmt, batch, name)] = (call, harness.calls_for(call, seconds))
         times = {key: [] for key in calls}
         names = list(variants)
         for r in range(rounds):
@@ -230,17 +220,9 @@ def main() -> None:
     if args.combine:
         print(report(harness.load_runs(args.combine)))
         return
-    started = time.perf_counter()
-    run = {"command": "python benchmarks/shrunk_export.py " + " ".join(os.sys.argv[1:]),
-           "load_before": [round(v, 2) for v in os.getloadavg()], "tensorflow": tf.__version__,
-           "keras": keras.__version__, "cpus": os.cpu_count()}
-    run["models"] = [measure(m, args.sparsities, args.batches, args.rounds, args.seconds) for m in args.models]
-    run["load_after"] = [round(v, 2) for v in os.getloadavg()]
-    run["wall_seconds"] = time.perf_counter() - started
-    harness.write_json(args.out, run)
-    print(report([run]))
-    print(f"\n{args.out}")
-
+    harness.run_in_process(__file__, args.out, lambda: {
+        "models": [measure(m, args.sparsities, args.batches, args.rounds, args.seconds) for m in args.models]},
+        report)
 
 if __name__ == "__main__":
     main()

@@ -36,9 +36,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import tempfile
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -72,22 +70,6 @@ def random_masks(model: keras.Model, sparsity: float, seed: int = 0) -> None:
     ks.set_masks(model, masks)
 
 
-def uptime() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "load average: " + ", ".join(f"{v:.2f}" for v in os.getloadavg())
-
-
-def calls_for(call, seconds: float) -> int:
-    np.asarray(call())
-    start, n = time.perf_counter(), 0
-    while n < 3 or time.perf_counter() - start < 0.05:
-        np.asarray(call())
-        n += 1
-    return max(3, round(seconds / ((time.perf_counter() - start) / n)))
-
-
 def measure(model_name: str, sparsities, matmuls, batches, rounds: int, seconds: float) -> dict:
     rng = np.random.default_rng(1)
     x = {b: rng.normal(size=(b, INPUTS)).astype("float32") for b in batches}
@@ -117,7 +99,7 @@ def measure(model_name: str, sparsities, matmuls, batches, rounds: int, seconds:
         for batch in batches:
             for name, signature in signatures.items():
                 call = common.serving_call(signature, inputs[batch])
-                calls[(batch, name)] = (call, calls_for(call, seconds))
+                calls[(batch, name)] = (call, harness.calls_for(call, seconds))
         times = {key: [] for key in calls}
         names = list(signatures)
         for r in range(rounds):
@@ -153,7 +135,7 @@ def report(runs) -> str:
             out.append(f"\n{entry['model']} ({INPUTS}-{'-'.join(map(str, entry['hidden']))}-{common.CLASSES}): "
                        "SavedModel serving_default, median over rounds\n")
             out.append(harness.table(header, rows))
-        out.append(f"\n{run['command']}\nbefore: {run['uptime_before']}\nafter:  {run['uptime_after']}\n"
+        out.append(f"\n{run['command']}\nload average before / after: {run['load_before']} / {run['load_after']}\n"
                    f"{run['rounds']} rounds, {run['wall_seconds']:.0f} s; TF {run['tensorflow']}, "
                    f"Keras {run['keras']}, {run['cpus']} CPUs")
     return "\n".join(out)
@@ -173,18 +155,9 @@ def main() -> None:
     if args.combine:
         print(report(harness.load_runs(args.combine)))
         return
-    started = time.perf_counter()
-    run = {"command": "python benchmarks/sparse_matmul_export.py " + " ".join(os.sys.argv[1:]),
-           "uptime_before": uptime(), "tensorflow": tf.__version__, "keras": keras.__version__,
-           "cpus": os.cpu_count(), "rounds": args.rounds}
-    run["models"] = [measure(m, args.sparsities, args.matmuls, args.batches, args.rounds, args.seconds)
-                     for m in args.models]
-    run["uptime_after"] = uptime()
-    run["wall_seconds"] = time.perf_counter() - started
-    harness.write_json(args.out, run)
-    print(report([run]))
-    print(f"\n{args.out}")
-
+    harness.run_in_process(__file__, args.out, lambda: {
+        "models": [measure(m, args.sparsities, args.matmuls, args.batches, args.rounds, args.seconds)
+                   for m in args.models]}, report, rounds=args.rounds)
 
 if __name__ == "__main__":
     main()
