@@ -84,6 +84,10 @@ class _FusedTrainFunction:
         if not (isinstance(iterator, tf.data.Iterator) and all(
                 isinstance(spec, tf.TensorSpec) for spec in tf.nest.flatten(iterator.element_spec))):
             return self.keras_function(iterator)
+        if self.optimizer is not None and not self.optimizer.prepared and self.optimizer.weights_:
+            # Set up now rather than in the first step, so that the first chunk can take the
+            # no-update programs too: a static mask never compiles the other set.
+            self.optimizer.prepare(initialize=False)
         if self.optimizer is not None and self.optimizer.prepared:
             start = int(self.optimizer.iterations.numpy())
             if not self.optimizer.updates_between(start, start + self.steps):
