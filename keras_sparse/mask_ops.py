@@ -26,8 +26,8 @@ def topk_mask(scores: tf.Tensor, k: tf.Tensor | int) -> tf.Tensor:
 
     Scores of more than ``BLOCK`` entries are read a block at a time (a loop over blocks, each
     block's keys made again at each pass): every pass makes several int32 arrays of its input's
-    size, which over a whole 16M-weight kernel held RigL's peak memory at 1.35× dense training's
-    (BENCHMARKS.md, section 5). The result is the same either way.
+    size, which over a whole 16M-weight kernel raised RigL's peak memory well above dense
+    training's (BENCHMARKS.md, section 5 has the figures). The result is the same either way.
     """
     flat = tf.reshape(scores, [-1])
     if _in_blocks(flat):
