@@ -84,12 +84,10 @@ class _FusedTrainFunction:
         if not (isinstance(iterator, tf.data.Iterator) and all(
                 isinstance(spec, tf.TensorSpec) for spec in tf.nest.flatten(iterator.element_spec))):
             return self.keras_function(iterator)
-        if self.optimizer is not None and not self.optimizer.prepared and self.optimizer.weights_:
-            # Set up now rather than in the first step, so that the first chunk can take the
-            # no-update programs too: a static mask never compiles the other set.
-            self.optimizer.prepare(initialize=False)
-        if self.optimizer is not None and self.optimizer.prepared:
+        if self.optimizer is not None and self.optimizer.weights_:
             start = int(self.optimizer.iterations.numpy())
+            # updates_between sets the optimizer up if the first step has not yet, so the first
+            # chunk can take the no-update programs too: a static mask never compiles the other set.
             if not self.optimizer.updates_between(start, start + self.steps):
                 with self.optimizer.without_mask_updates():
                     return self._logs(*self.quiet_chunk(iterator))
