@@ -119,14 +119,30 @@ def calls_for(call: Callable[[], Any], seconds: float) -> int:
     return max(3, round(seconds / ((time.perf_counter() - start) / n)))
 
 
-def run_in_process(script: str, out: str, measure: Callable[[], dict[str, Any]],
+def add_latency_flags(parser: argparse.ArgumentParser, rounds: int, seconds: float, out: str) -> None:
+    """The flags of a latency benchmark measured in this process (``run_in_process``):
+    ``--batches``, ``--rounds``, ``--seconds`` (about how long a variant is timed a round),
+    ``--out`` and ``--combine``."""
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--seconds", type=float, default=seconds, help="about how long a variant is timed per round")
+    parser.add_argument("--out", default=out)
+    parser.add_argument("--combine", nargs="+", metavar="JSON", help=COMBINE_HELP)
+
+
+def run_in_process(script: str, args: argparse.Namespace, measure: Callable[[], dict[str, Any]],
                    report: Callable[[list[Any]], str], **settings: Any) -> None:
-    """A benchmark measured in this process: ``measure()``'s results, with the command, the
+    """A benchmark measured in this process (flags: ``add_latency_flags``): with ``--combine``,
+    ``report`` over those runs; otherwise ``measure()``'s results, with the command, the
     TensorFlow and Keras versions, the CPU count, ``settings`` and the load average before and
-    after, written to ``out`` (JSON) and printed through ``report``."""
+    after, written to ``--out`` (JSON) and printed through ``report``."""
+    if args.combine:
+        print(report(load_runs(args.combine)))
+        return
     import keras
     import tensorflow as tf
 
+    out = args.out
     started = time.perf_counter()
     run = {"command": f"python benchmarks/{os.path.basename(script)} " + " ".join(sys.argv[1:]),
            "load_before": load_average(), "tensorflow": tf.__version__, "keras": keras.__version__,

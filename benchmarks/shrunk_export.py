@@ -211,18 +211,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["mnist1d_cnn", "vgg", "resnet"], choices=sorted(SHAPES))
     parser.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.75])
-    parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--seconds", type=float, default=0.2, help="about how long a variant is timed per round")
-    parser.add_argument("--out", default="shrunk_export.json")
-    parser.add_argument("--combine", nargs="+", metavar="JSON", help=harness.COMBINE_HELP)
+    harness.add_latency_flags(parser, rounds=9, seconds=0.2, out="shrunk_export.json")
     args = parser.parse_args()
-    if args.combine:
-        print(report(harness.load_runs(args.combine)))
-        return
-    harness.run_in_process(__file__, args.out, lambda: {
+    harness.run_in_process(__file__, args, lambda: {
         "models": [measure(m, args.sparsities, args.batches, args.rounds, args.seconds) for m in args.models]},
         report)
+
 
 if __name__ == "__main__":
     main()

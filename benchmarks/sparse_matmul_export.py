@@ -146,18 +146,12 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(HIDDEN), choices=sorted(HIDDEN))
     parser.add_argument("--sparsities", nargs="+", type=float, default=[0.9, 0.95, 0.98, 0.99])
     parser.add_argument("--matmuls", nargs="+", default=["coo", "csr", "auto"], choices=["coo", "csr", "auto"])
-    parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--seconds", type=float, default=0.15, help="about how long a variant is timed per round")
-    parser.add_argument("--out", default="sparse_matmul_export.json")
-    parser.add_argument("--combine", nargs="+", metavar="JSON", help=harness.COMBINE_HELP)
+    harness.add_latency_flags(parser, rounds=15, seconds=0.15, out="sparse_matmul_export.json")
     args = parser.parse_args()
-    if args.combine:
-        print(report(harness.load_runs(args.combine)))
-        return
-    harness.run_in_process(__file__, args.out, lambda: {
+    harness.run_in_process(__file__, args, lambda: {
         "models": [measure(m, args.sparsities, args.matmuls, args.batches, args.rounds, args.seconds)
                    for m in args.models]}, report, rounds=args.rounds)
+
 
 if __name__ == "__main__":
     main()
