@@ -225,7 +225,7 @@ def test_benchmark_command_lines_use_existing_options():
                 problems.append(f"{doc}: `{line}` runs {script}, which does not exist")
                 continue
             source = (ROOT / script).read_text()
-            if "harness.add_worker_flags(" in source:  # --combine and the worker flags are defined there
+            if re.search(r"harness\.add_\w+_flags\(", source):  # flags that harness defines for the script
                 source += (ROOT / "benchmarks" / "harness.py").read_text()
             problems += [f"{doc}: `{line}` passes {option}, which {script} does not define"
                          for option in re.findall(r"(?<!\S)(--[\w-]+)", arguments) if f'"{option}"' not in source]
