@@ -284,7 +284,7 @@ def run_case(case: Mapping[str, Any], initial: Mapping[str, list[np.ndarray]]):
         history = trainer.fit(data, epochs=case["epochs"], callbacks=[TrainerZeros(watch)])
         steps, losses = int(trainer.optimizer.iterations.numpy()), [h["train_loss"] for h in history]
         jit = getattr(trainer, "jit_compile", True)  # asked for; a Trainer with an "auto" mode keeps it
-        programs = trainer.trace_counts() if hasattr(trainer, "trace_counts") else None
+        programs = trainer.programs.trace_counts()
     else:
         sparse = ks.SparseOptimizer(optimizer, algo, total_steps=case["epochs"] * case["batches"],
                                     steps_per_epoch=case["batches"], model=model)

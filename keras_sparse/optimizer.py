@@ -386,6 +386,17 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         return cls(optimizer, **config)
 
 
+def as_sparse_optimizer(optimizer: keras.optimizers.Optimizer, algorithm: SparseAlgorithm | None) -> SparseOptimizer:
+    """``optimizer`` wrapped in a ``SparseOptimizer`` running ``algorithm``, or ``optimizer`` itself
+    if it is a ``SparseOptimizer`` already (then ``algorithm`` is None or its own)."""
+    if not isinstance(optimizer, SparseOptimizer):
+        return SparseOptimizer(optimizer, algorithm)
+    if algorithm is not None and algorithm is not optimizer.algorithm:
+        raise ConfigError("The SparseOptimizer runs another algorithm than the one given: pass the plain "
+                          "optimizer, or algorithm=None.")
+    return optimizer
+
+
 def find_sparse_optimizer(optimizer) -> SparseOptimizer | None:
     """``optimizer`` if it is a ``SparseOptimizer``, or the one it wraps (Keras wraps the compiled
     optimizer in a ``LossScaleOptimizer`` under ``mixed_float16``); None if there is none."""

@@ -16,6 +16,7 @@ loop that calls the one-step XLA program (BENCHMARKS.md, "K steps a call on conv
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import keras
@@ -25,6 +26,7 @@ import tensorflow as tf
 from keras_sparse import mask_ops
 from keras_sparse.masking import MaskedWeight
 from keras_sparse.optimizer import SparseOptimizer
+from keras_sparse.tuning import XlaChoice
 
 
 def as_loss(loss: keras.losses.Loss | str | Callable) -> keras.losses.Loss:
@@ -38,7 +40,10 @@ def as_loss(loss: keras.losses.Loss | str | Callable) -> keras.losses.Loss:
 class StepPrograms:
     """The training loop's compiled programs for ``model`` trained by ``optimizer``:
     ``train[jit]`` (one step a call) and ``staged[jit]`` (K steps a call) for each XLA setting
-    in ``settings``, and ``update`` (a mask-update step), XLA-compiled if ``update_jit``.
+    ``xla`` may run (both while it decides), and ``update`` (a mask-update step), XLA-compiled
+    only where XLA is set on: while ``"auto"`` decides it runs as a graph, since its XLA
+    compilation costs more than it saves over the few hundred updates of a run (BENCHMARKS.md,
+    "Fast by default"). ``call`` runs the steps of one compiled call of the loop.
 
     Batches are global batches: under a strategy each replica takes its share, and the
     optimizer sums the gradients over replicas.
@@ -46,7 +51,7 @@ class StepPrograms:
 
     def __init__(self, model: keras.Model, optimizer: SparseOptimizer, loss: keras.losses.Loss,
                  kernels: Sequence[MaskedWeight], strategy: tf.distribute.Strategy,
-                 settings: Sequence[bool] = (True,), update_jit: bool = True):
+                 xla: XlaChoice | None = None):
         self.model = model
         self.optimizer = optimizer
         self.loss = loss
@@ -61,13 +66,45 @@ class StepPrograms:
             # loop was split (BENCHMARKS.md, "The loop before and after its split").
             self._nonfinite_step = tf.Variable(-1, dtype=tf.int64, trainable=False,
                                                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        settings = (False,) if self.replicas > 1 else tuple(settings)
+        self.xla = xla or XlaChoice(True)
+        settings = (False,) if self.replicas > 1 else (True, False) if self.xla.deciding else (self.xla.choice,)
         self.train = {jit: self._compile(lambda x, y: self._step(x, y, False)[0], jit) for jit in settings}
-        self.update = self._compile(lambda x, y: self._step(x, y, True), update_jit and self.replicas == 1)
+        self.update = self._compile(lambda x, y: self._step(x, y, True), self.xla.choice is True and self.replicas == 1)
         self.staged = {jit: _StagedDispatch(tf.function(self._staged_fn, jit_compile=jit),
                                             self.train[jit].function if jit else None)
                        for jit in settings if self.replicas == 1}
         self._active_counts = tf.function(self._active_counts_fn, jit_compile=self.replicas == 1)
+        self._constants: dict[int, tf.Tensor] = {}
+
+    def call(self, x, y, start: int | None, count: int, update: bool) -> tuple[tf.Tensor, Any]:
+        """``count`` steps in compiled calls, the last one a mask update if ``update``: on the batch
+        ``x, y`` (``start`` None, ``count`` 1), or on batches ``start .. start + count - 1`` of a
+        stack of batches (``staged``). Plain steps run in the setting ``xla`` gives (and time
+        while it decides). Returns the steps' losses and, after an update, the masks' active
+        counts (else None)."""
+        plain = count - 1 if update else count
+        losses, counts = [], None
+        if plain:
+            losses.append(self.xla.run(functools.partial(self._run_plain, x=x, y=y, start=start, count=plain),
+                                       plain, self.trace_counts))
+        if update:
+            if start is not None:
+                x, y = (tf.nest.map_structure(lambda t: t[start + plain], part) for part in (x, y))
+            loss, counts = self.update(x, y)
+            losses.append(tf.reshape(loss, [1]) if losses else loss)
+        return (losses[0] if len(losses) == 1 else tf.concat(losses, 0)), counts
+
+    def _run_plain(self, jit: bool, x, y, start: int | None, count: int) -> tf.Tensor:
+        if start is None:
+            return self.train[jit](x, y)
+        losses = self.staged[jit](x, y, self._constant(start), self._constant(count))
+        return losses if count == losses.shape[0] else losses[start:start + count]
+
+    def _constant(self, value: int) -> tf.Tensor:
+        """``tf.constant(value)``, made once per value (the loop passes the same few each call)."""
+        if value not in self._constants:
+            self._constants[value] = tf.constant(value)
+        return self._constants[value]
 
     def _compile(self, step_fn, jit: bool):
         """One device: a ``tf.function``, XLA-compiled if ``jit``; several: ``strategy.run``, the
@@ -128,6 +165,17 @@ class StepPrograms:
 
     def _active_counts_fn(self) -> tf.Tensor:
         return tf.stack([mask_ops.count_true(k.mask) for k in self.kernels])
+
+    def layer_densities(self, active_counts: np.ndarray | None = None) -> dict[str, float]:
+        """Each masked weight's share of active weights, from ``active_counts`` (one per masked
+        weight, as a mask update returns them) or counted on the device now."""
+        counts = self.active_counts() if active_counts is None else active_counts
+        return {k.key: float(n) / float(np.prod(k.mask.shape)) for k, n in zip(self.kernels, counts)}
+
+    def sparsity(self) -> float:
+        """Current overall sparsity of the masked weights."""
+        active = float(np.sum(self.active_counts()))
+        return 1.0 - active / float(sum(np.prod(k.mask.shape) for k in self.kernels))
 
     def summed_kernel_gradients(self, batches) -> dict[str, np.ndarray]:
         """Each masked kernel's dense gradient summed over ``batches`` (SNIP's scores).

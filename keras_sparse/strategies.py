@@ -31,6 +31,13 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     raise ConfigError(f"Unknown training.strategy {name!r}: use one of {list(STRATEGIES)}.")
 
 
+def check_built_in_scope(model, strategy: tf.distribute.Strategy) -> None:
+    """A one-line error unless every variable of ``model`` was created under ``strategy``."""
+    if not all(strategy.extended.variable_created_in_scope(getattr(v, "value", v)) for v in model.weights):
+        raise ConfigError(f"The variables of model {model.name!r} were not created under the strategy: build and "
+                          "wrap the model inside `with strategy.scope():`.")
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Whether this process writes the run's outputs (always, but for non-chief multi-workers)."""
     resolver = getattr(strategy, "cluster_resolver", None)

@@ -8,7 +8,6 @@ The loop asks the algorithm only when masks change; it never branches on which a
 from __future__ import annotations
 
 import os
-import signal
 import time
 from typing import Any, Callable, Sequence
 
@@ -17,15 +16,16 @@ import numpy as np
 import tensorflow as tf
 
 from keras_sparse.algorithms.base import SparseAlgorithm
-from keras_sparse.callbacks import Callback, ProgressLogger, TensorBoard, TerminateOnNaN, TrainingCost
+from keras_sparse.callbacks import Callback, CallbackList, ProgressLogger, TensorBoard, TerminateOnNaN, TrainingCost
 from keras_sparse.checkpointing import RunCheckpoint
 from keras_sparse.epochs import EpochIterator, as_dataset, cardinality
-from keras_sparse.errors import ConfigError, TrainingInterrupted
+from keras_sparse.errors import TrainingInterrupted
 from keras_sparse.evaluation import Evaluator
 from keras_sparse.masking import mask_state, masked_weights, sparsity_report
-from keras_sparse.optimizer import SparseOptimizer
+from keras_sparse.optimizer import as_sparse_optimizer
 from keras_sparse.signals import stop_requests
 from keras_sparse.steps import StepPrograms, as_loss
+from keras_sparse.strategies import check_built_in_scope
 from keras_sparse.tuning import AUTO, XlaChoice, check_jit_compile
 from keras_sparse.tuning import steps_per_execution as resolve_steps_per_execution
 
@@ -45,9 +45,7 @@ class Trainer:
             ``model.compile`` takes them (``["accuracy"]``, Keras metric objects, functions).
         jit_compile: run the train step XLA-compiled (True), as a plain TensorFlow graph (False),
             or (``"auto"``, the default) the faster of the two, timed on the first calls of
-            ``fit`` (``tuning.XlaChoice``; its choice goes to ``summary()``). With ``"auto"``
-            the mask-update step runs as a graph: its XLA compilation costs more than it saves
-            over the few hundred updates of a run (BENCHMARKS.md, "Fast by default").
+            ``fit`` (``tuning.XlaChoice``; its choice goes to ``summary()``).
         logdir: if set, checkpoints (``logdir/checkpoints``) and TensorBoard events go there,
             and ``fit`` resumes from the latest checkpoint it finds.
         progress: print a line per epoch (``callbacks.ProgressLogger``).
@@ -72,36 +70,21 @@ class Trainer:
         replicas = self.strategy.num_replicas_in_sync
         if steps_per_execution != AUTO:
             resolve_steps_per_execution(steps_per_execution, None, replicas)  # its one-line error, now
-        if steps_per_execution != AUTO and steps_per_execution > 1 and replicas > 1:
-            raise ConfigError(f"steps_per_execution={steps_per_execution} needs a single device, but the strategy "
-                              f"has {replicas} replicas: use steps_per_execution=1 with a distribution strategy.")
-        if strategy is not None and not all(self.strategy.extended.variable_created_in_scope(getattr(v, "value", v))
-                                            for v in model.weights):
-            raise ConfigError("The model's variables were not created under the strategy: build and wrap the "
-                              "model inside `with strategy.scope():`.")
-        if isinstance(optimizer, SparseOptimizer):
-            if algorithm is not None and algorithm is not optimizer.algorithm:
-                raise ConfigError("Trainer: the SparseOptimizer runs another algorithm than the one given: pass "
-                                  "the plain optimizer, or algorithm=None.")
-        else:
-            with self.strategy.scope():  # its step counter is mirrored like the model
-                optimizer = SparseOptimizer(optimizer, algorithm)
+        if strategy is not None:
+            check_built_in_scope(model, strategy)
         self.model = model
-        self.optimizer = optimizer
+        self.kernels = masked_weights(model)
+        with self.strategy.scope():  # the optimizer's variables are mirrored like the model's
+            self.optimizer = optimizer = as_sparse_optimizer(optimizer, algorithm)
+            optimizer.build(list(model.trainable_variables))
+            optimizer.bind(self.kernels)
         self.algorithm = optimizer.algorithm
         self.loss = as_loss(loss)
         jit_compile = check_jit_compile(jit_compile)
-        self.xla = XlaChoice(jit_compile if replicas == 1 else False)
+        self.xla = XlaChoice(jit_compile if replicas == 1 else False, say=progress)
         self.steps_per_execution = steps_per_execution  # a number once ``fit`` resolves "auto"
         self.log_every_steps = max(1, int(log_every_steps))
-        self.progress = progress
-        self.kernels = masked_weights(model)
-        with self.strategy.scope():
-            self.optimizer.build(list(model.trainable_variables))
-            self.optimizer.bind(self.kernels)
-        settings = (True, False) if self.xla.deciding else (self.xla.choice,)
-        self.programs = StepPrograms(model, optimizer, self.loss, self.kernels, self.strategy, settings,
-                                     update_jit=jit_compile is True)
+        self.programs = StepPrograms(model, optimizer, self.loss, self.kernels, self.strategy, self.xla)
         self._evaluators = {jit: Evaluator(model, self.loss, metrics, self.strategy, jit) for jit in (True, False)}
         self.epoch_iterator: EpochIterator | None = None  # made by ``fit``, once steps_per_execution is known
         # The masks are not among the model's tracked variables (``MaskState``): name them.
@@ -114,16 +97,11 @@ class Trainer:
 
         # Where training is, for callbacks; ``step`` mirrors the optimizer's step counter on the
         # host, so the loop never waits on the device to know it.
-        self.step = 0
-        self.epoch = 0
-        self.epochs = 0
-        self.epoch_step = 0
-        self.steps_per_epoch = 0
+        self.step = self.epoch = self.epochs = self.epoch_step = self.steps_per_epoch = 0
         self.log_point = False  # whether the last call crossed a log_every_steps boundary or ended an epoch
         self.history: list[dict[str, Any]] = []
         self._set_up = False
         self._boundaries: set[int] = set()
-        self._scalars: dict[Any, tf.Tensor] = {}
 
     def configure(self, epochs: int, steps_per_epoch: int) -> None:
         """Gives the algorithm the length of training; its checks (a per-layer map naming a
@@ -159,37 +137,33 @@ class Trainer:
                 self.steps_per_execution, first.element_spec, self.strategy.num_replicas_in_sync,
                 first_batch=lambda: next(iter(first.take(1))))
             self.epoch_iterator = EpochIterator(self.strategy, self.steps_per_execution)
-        callbacks = [*self._before_user, *callbacks, *self._after_user]
-        self._boundaries = {int(step) for callback in callbacks for step in callback.step_boundaries(self)}
+        callbacks = CallbackList([*self._before_user, *callbacks, *self._after_user])
+        self._boundaries = callbacks.step_boundaries(self)
         self._set_up_masks(epoch_data(0), callbacks)
-        for callback in callbacks:
-            callback.on_train_begin(self)
+        callbacks.on_train_begin(self)
         with stop_requests() as stop_signal:
             first_epoch, done_in_epoch = divmod(self.step, self.steps_per_epoch)
             for epoch in range(first_epoch, epochs):
                 # A run resumed from a mid-epoch checkpoint skips the batches it had done.
                 self.epoch, self.epoch_step = epoch, done_in_epoch if epoch == first_epoch else 0
-                for callback in callbacks:
-                    callback.on_epoch_begin(self, epoch)
+                callbacks.on_epoch_begin(self, epoch)
                 started = time.perf_counter()
                 batches = self.epoch_iterator.batches(epoch_data(epoch), self.epoch_step, self.steps_per_epoch)
                 losses = self._train_epoch(batches, callbacks, stop_signal)
                 if stop_signal() is not None:
-                    self._stop(stop_signal(), callbacks)
+                    raise TrainingInterrupted.at_step(stop_signal(), self.step, self._save(callbacks))
                 record = {"epoch": epoch + 1, "step": self.step,
                           "train_loss": float(np.mean(np.concatenate([np.reshape(loss, -1) for loss in losses]))),
                           "seconds": time.perf_counter() - started, "sparsity": self.sparsity()}
                 if validation_data is not None:
                     record.update({f"val_{k}": v for k, v in self.evaluate(validation_data).items()})
                 self.history.append(record)
-                for callback in callbacks:
-                    callback.on_epoch_end(self, record)
+                callbacks.on_epoch_end(self, record)
                 self._save(callbacks)
-        for callback in callbacks:
-            callback.on_train_end(self)
+        callbacks.on_train_end(self)
         return self.history
 
-    def _set_up_masks(self, first_epoch: tf.data.Dataset, callbacks: Sequence[Callback]) -> None:
+    def _set_up_masks(self, first_epoch: tf.data.Dataset, callbacks: CallbackList) -> None:
         """Once per trainer: the latest checkpoint of the logdir if there is one, else the
         algorithm's initial masks (SNIP scores the first batches of epoch 0)."""
         if self._set_up:
@@ -204,21 +178,20 @@ class Trainer:
             n = self.algorithm.scoring_batches
             scores = (lambda: self.programs.summed_kernel_gradients(first_epoch.take(n))) if n else None
             self.optimizer.initialize_masks(gradients=scores)
-            for callback in callbacks:
-                callback.on_masks_initialized(self, n)
+            callbacks.on_masks_initialized(self, n)
 
-    def _train_epoch(self, batches, callbacks: Sequence[Callback], stop_signal: Callable[[], int | None]) -> list:
+    def _train_epoch(self, batches, callbacks: CallbackList, stop_signal: Callable[[], int | None]) -> list:
         """Runs the rest of the epoch; returns the losses (one tensor per compiled call)."""
         losses = []
+        stacked = self.steps_per_execution > 1
         for x, y in batches:
-            staged = 1 if self.steps_per_execution == 1 else tf.nest.flatten(y)[0].shape[0]
+            staged = tf.nest.flatten(y)[0].shape[0] if stacked else 1
             start = 0
             while start < staged:
                 count, update = self._next_call(staged - start)
                 if update:
-                    for callback in callbacks:
-                        callback.on_mask_update_begin(self)
-                loss, counts = self._call(x, y, start, count, update, staged)
+                    callbacks.on_mask_update_begin(self)
+                loss, counts = self.programs.call(x, y, start if stacked else None, count, update)
                 every = self.log_every_steps
                 self.log_point = ((self.step + count) // every > self.step // every
                                   or self.epoch_step + count == self.steps_per_epoch)
@@ -226,46 +199,12 @@ class Trainer:
                 self.epoch_step += count
                 start += count
                 losses.append(loss)
-                for callback in callbacks:
-                    callback.on_step_end(self, loss)
+                callbacks.on_step_end(self, loss)
                 if update:
-                    counts = np.asarray(counts)
-                    for callback in callbacks:
-                        callback.on_mask_update_end(self, counts)
+                    callbacks.on_mask_update_end(self, np.asarray(counts))
                 if stop_signal() is not None:
                     return losses
         return losses
-
-    def _call(self, x, y, start: int, count: int, update: bool, staged: int) -> tuple[tf.Tensor, Any]:
-        """Steps ``start .. start + count - 1`` of the batch or stack of batches ``x, y``, the last
-        one a mask update if ``update``, in compiled calls. Returns the steps' losses and the
-        active counts after the update (None without one). While the XLA setting is being
-        decided, each call of the step program is timed (``XlaChoice``)."""
-        plain = count - 1 if update else count
-        losses, counts = [], None
-        if plain:
-            jit = self.xla.next()
-            deciding, traces = self.xla.deciding, (sum(self.trace_counts().values()) if self.xla.deciding else 0)
-            started = time.perf_counter()
-            if self.steps_per_execution == 1:
-                loss = self.programs.train[jit](x, y)
-            else:
-                loss = self.programs.staged[jit](x, y, self._scalar(start), self._scalar(plain))
-                if plain < staged:
-                    loss = loss[start:start + plain]
-            if deciding:
-                np.asarray(loss)  # wait for the call
-                note = self.xla.record(jit, time.perf_counter() - started, plain,
-                                       compiled=sum(self.trace_counts().values()) != traces)
-                if note and self.progress:
-                    print(note, flush=True)
-            losses.append(loss)
-        if update:
-            if self.steps_per_execution > 1:
-                x, y = (tf.nest.map_structure(lambda t: t[start + plain], part) for part in (x, y))
-            loss, counts = self.programs.update(x, y)
-            losses.append(tf.reshape(loss, [1]) if losses else loss)
-        return (losses[0] if len(losses) == 1 else tf.concat(losses, 0)), counts
 
     def _next_call(self, most: int) -> tuple[int, bool]:
         """Steps for the next compiled call, and whether its last one updates the masks: up to
@@ -279,62 +218,31 @@ class Trainer:
                 return n, False
         return most, False
 
-    def _scalar(self, value: int | bool) -> tf.Tensor:
-        """``tf.constant(value)``, made once per value (the loop passes the same few each call)."""
-        key = (type(value), value)
-        if key not in self._scalars:
-            self._scalars[key] = tf.constant(value)
-        return self._scalars[key]
-
-    def _save(self, callbacks: Sequence[Callback]) -> str | None:
+    def _save(self, callbacks: CallbackList) -> str | None:
         """Writes a checkpoint (model, optimizer, masks, history, callbacks' state) if there is a logdir."""
         if self.checkpoint is None:
             return None
-        for callback in callbacks:
-            callback.on_checkpoint(self)
+        callbacks.on_checkpoint(self)
         return self.checkpoint.save(self.step, self.history, [*callbacks, self.xla])
-
-    def _stop(self, signal_number: int, callbacks: Sequence[Callback]) -> None:
-        path = self._save(callbacks)
-        raise TrainingInterrupted(
-            f"Stopped by {signal.Signals(signal_number).name} at step {self.step}"
-            + (f"; checkpoint {path} written: rerun the same command to resume." if path
-               else " (no logdir: nothing was saved)."), signal_number)
 
     def evaluate(self, data: tf.data.Dataset | tuple, batch_size: int = 32) -> dict[str, float]:
         """Mean loss and the trainer's ``metrics`` over ``data``."""
         return self._evaluators[self.xla.current()].evaluate(as_dataset(data, batch_size))
 
-    def layer_densities(self, active_counts: np.ndarray | None = None) -> dict[str, float]:
-        """Each masked weight's share of active weights, from ``active_counts`` (one per masked
-        weight, as a mask update returns them) or counted on the device now."""
-        counts = self.programs.active_counts() if active_counts is None else active_counts
-        return {k.key: float(n) / float(np.prod(k.mask.shape)) for k, n in zip(self.kernels, counts)}
-
     def sparsity(self) -> float:
         """Current overall sparsity of the masked weights."""
-        counts = self.programs.active_counts()
-        return 1.0 - float(np.sum(counts)) / float(sum(np.prod(k.mask.shape) for k in self.kernels))
-
-    def trace_counts(self) -> dict[str, int]:
-        """How often each compiled program was traced (once per input signature)."""
-        return self.programs.trace_counts()
+        return self.programs.sparsity()
 
     def summary(self) -> dict[str, Any]:
         """Counters for ``metrics.json``: steps, dense-gradient steps, FLOPs, per-layer sparsity and
         sparsity type (with whether its pattern holds)."""
         report = sparsity_report(self.model)
-        return {
-            "steps": self.step,
-            "dense_gradient_steps": self.cost.dense_gradient_steps,
-            "training_flops_relative_to_dense": self.cost.relative_flops(self.step),
-            "sparsity": self.sparsity(),
-            "layer_sparsity": {key: value["sparsity"] for key, value in report.items() if key != "total"},
-            "layer_structure": {key: {"type": value["type"], "pattern_holds": value["pattern_holds"]}
-                                for key, value in report.items() if key != "total"},
-            "sparsity_of_all_parameters": report["total"]["sparsity_of_all_parameters"],
-            "algorithm": self.algorithm.config(),
-            "steps_per_execution": self.steps_per_execution,
-            **self.xla.summary(),
-        }
-
+        total = report.pop("total")
+        return {"steps": self.step, "dense_gradient_steps": self.cost.dense_gradient_steps,
+                "training_flops_relative_to_dense": self.cost.relative_flops(self.step), "sparsity": self.sparsity(),
+                "layer_sparsity": {key: layer["sparsity"] for key, layer in report.items()},
+                "layer_structure": {key: {"type": layer["type"], "pattern_holds": layer["pattern_holds"]}
+                                    for key, layer in report.items()},
+                "sparsity_of_all_parameters": total["sparsity_of_all_parameters"],
+                "algorithm": self.algorithm.config(), "steps_per_execution": self.steps_per_execution,
+                **self.xla.summary()}

@@ -10,7 +10,8 @@ convolutions TensorFlow's own kernels run faster; BENCHMARKS.md, "Fast by defaul
 from __future__ import annotations
 
 import statistics
-from typing import Any
+import time
+from typing import Any, Callable
 
 import numpy as np
 import tensorflow as tf
@@ -46,6 +47,9 @@ def steps_per_execution(setting: int | str, element_spec: Any, replicas: int, fi
                 or int(setting) != setting or setting < 1:
             raise ConfigError(f"steps_per_execution={setting!r} must be a positive whole number of steps or "
                               "\"auto\".")
+        if setting > 1 and replicas > 1:
+            raise ConfigError(f"steps_per_execution={setting} needs a single device, but the strategy has "
+                              f"{replicas} replicas: use steps_per_execution=1 with a distribution strategy.")
         return int(setting)
     if replicas > 1:
         return 1
@@ -72,8 +76,10 @@ class XlaChoice:
     decision was made times afresh, and may decide otherwise (which changes float rounding only).
     """
 
-    def __init__(self, jit_compile: bool | str = AUTO, timed_calls: int = 3, enough_seconds: float = 2.0):
+    def __init__(self, jit_compile: bool | str = AUTO, timed_calls: int = 3, enough_seconds: float = 2.0,
+                 say: bool = True):
         jit_compile = check_jit_compile(jit_compile)
+        self.say = say  # print the decision
         self.auto = jit_compile == AUTO
         self.choice: bool | None = None if self.auto else jit_compile
         self.timed_calls = int(timed_calls)
@@ -98,6 +104,21 @@ class XlaChoice:
         """The setting for programs outside the timed loop (evaluation): the choice, or while
         deciding the plain graph, which costs nothing to compile."""
         return bool(self.choice)
+
+    def run(self, call: Callable[[bool], Any], steps: int, trace_counts: Callable[[], Any]) -> Any:
+        """``call(jit)`` with the next setting. While deciding, the call is waited for and timed as
+        ``steps`` steps (untimed if ``trace_counts()`` changed: it compiled), and the note that
+        completes the decision is printed (if ``say``)."""
+        jit = self.next()
+        if not self.deciding:
+            return call(jit)
+        traces, started = trace_counts(), time.perf_counter()
+        result = call(jit)
+        np.asarray(result)  # wait for the call
+        note = self.record(jit, time.perf_counter() - started, steps, compiled=trace_counts() != traces)
+        if note and self.say:
+            print(note, flush=True)
+        return result
 
     def record(self, jit: bool, seconds: float, steps: int, compiled: bool) -> str | None:
         """Takes the time of a call of ``steps`` steps with ``jit``; returns a one-line note when

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 import keras_sparse as ks
-from keras_sparse.callbacks import ProgressLogger, TerminateOnNaN, TrainingCost
+from keras_sparse.callbacks import Callback, CallbackList, ProgressLogger, TerminateOnNaN, TrainingCost
 from keras_sparse.callbacks.progress import epoch_line
 from keras_sparse.errors import TrainingDivergedError
 
@@ -75,9 +75,9 @@ def test_training_cost_counts_dense_gradient_steps_and_flops_at_each_steps_densi
     model = ks.wrap(keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="fc")]), quiet=True)
     kernels = ks.masked_weights(model)
     densities = {"fc/kernel": 0.5}
-    trainer = stand_in(model=model, kernels=kernels, step=0,  # as Trainer.layer_densities: now, or from counts
-                       layer_densities=lambda counts=None: dict(densities) if counts is None
-                       else {"fc/kernel": float(counts[0]) / 12},
+    programs = stand_in(  # as StepPrograms.layer_densities: now, or from counts
+        layer_densities=lambda counts=None: dict(densities) if counts is None else {"fc/kernel": float(counts[0]) / 12})
+    trainer = stand_in(model=model, kernels=kernels, step=0, programs=programs,
                        algorithm=types.SimpleNamespace(uses_dense_gradient=lambda step: step == 0))
     cost = TrainingCost()
     cost.on_masks_initialized(trainer, 2)  # two dense scoring batches (SNIP)
@@ -96,3 +96,33 @@ def test_training_cost_counts_dense_gradient_steps_and_flops_at_each_steps_densi
     restored = TrainingCost()
     restored.set_state(cost.get_state())
     assert restored.get_state() == cost.get_state()
+
+
+def test_a_callback_list_calls_each_hook_on_each_callback_in_order_and_joins_their_boundaries():
+    calls = []
+
+    class Recorder(Callback):
+        def __init__(self, name, boundaries):
+            self.name, self.boundaries = name, boundaries
+
+        def step_boundaries(self, trainer):
+            return self.boundaries
+
+        def on_epoch_end(self, trainer, record):
+            calls.append((self.name, "on_epoch_end", record["epoch"]))
+
+        def on_mask_update_end(self, trainer, active_counts):
+            calls.append((self.name, "on_mask_update_end", list(active_counts)))
+
+    first, second = Recorder("first", [3, 5]), Recorder("second", (np.int64(5), 8))
+    callbacks = CallbackList([first, second])
+    trainer = stand_in()
+    callbacks.on_epoch_end(trainer, {"epoch": 2})
+    callbacks.on_mask_update_end(trainer, np.array([4]))
+    callbacks.on_step_end(trainer, None)  # hooks a callback leaves alone do nothing
+    assert calls == [("first", "on_epoch_end", 2), ("second", "on_epoch_end", 2),
+                     ("first", "on_mask_update_end", [4]), ("second", "on_mask_update_end", [4])]
+    assert callbacks.step_boundaries(trainer) == {3, 5, 8}
+    assert list(callbacks) == [first, second]
+    hooks = [name for name in vars(Callback) if name.startswith("on_")]
+    assert all(name in vars(CallbackList) for name in hooks)  # a new hook must be passed on too

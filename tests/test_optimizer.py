@@ -31,6 +31,7 @@ from conftest import (
 
 import keras_sparse as ks
 from keras_sparse import algorithms
+from keras_sparse.optimizer import as_sparse_optimizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12  # small_convnet_data: 6 steps an epoch, 2 epochs
@@ -337,3 +338,13 @@ def test_optimizer_round_trips_through_its_config():
     assert type(again.inner_optimizer) is keras.optimizers.SGD
     assert again.algorithm.config() == optimizer.algorithm.config()
     assert (again.total_steps, again.steps_per_epoch) == (STEPS, 6)
+
+
+def test_as_sparse_optimizer_wraps_a_plain_optimizer_and_passes_a_sparse_one_through():
+    algorithm = algorithms.StaticSparse(0.5)
+    wrapped = as_sparse_optimizer(keras.optimizers.SGD(0.1), algorithm)
+    assert isinstance(wrapped, ks.SparseOptimizer) and wrapped.algorithm is algorithm
+    assert as_sparse_optimizer(wrapped, None) is wrapped
+    assert as_sparse_optimizer(wrapped, algorithm) is wrapped
+    with pytest.raises(ks.errors.ConfigError, match="runs another algorithm than the one given"):
+        as_sparse_optimizer(wrapped, algorithms.StaticSparse(0.5))

@@ -26,3 +26,14 @@ def test_a_second_ctrl_c_raises_keyboard_interrupt():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
         assert stop_signal() == signal.SIGINT
+
+
+def test_the_interruption_says_where_it_stopped_and_how_to_resume():
+    from keras_sparse.errors import TrainingInterrupted
+
+    saved = TrainingInterrupted.at_step(signal.SIGTERM, 7, "/r/checkpoints/ckpt-7")
+    assert str(saved) == ("Stopped by SIGTERM at step 7; checkpoint /r/checkpoints/ckpt-7 written: rerun the same "
+                          "command to resume.")
+    assert saved.exit_code == 128 + signal.SIGTERM
+    assert str(TrainingInterrupted.at_step(signal.SIGINT, 3, None)) == (
+        "Stopped by SIGINT at step 3 (no logdir: nothing was saved).")

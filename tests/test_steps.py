@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from keras_sparse import steps
+from keras_sparse.tuning import XlaChoice
 
 
 def test_programs_are_called_through_one_concrete_function_per_signature():
@@ -40,7 +41,7 @@ def test_the_programs_record_the_first_step_whose_loss_is_not_finite(jit):
     optimizer = ks.SparseOptimizer(keras.optimizers.SGD(0.0), ks.algorithms.Dense())
     optimizer.build(model.trainable_variables)
     programs = steps.StepPrograms(model, optimizer, steps.as_loss("mse"), ks.masked_weights(model),
-                                  tf.distribute.get_strategy(), settings=(jit,), update_jit=jit)
+                                  tf.distribute.get_strategy(), XlaChoice(jit))
     good, bad = tf.ones([3, 2]), tf.constant([[1.0, np.nan]] * 3)
     y = tf.zeros([3, 1])
     programs.train[jit](good, y)  # step 0
@@ -51,3 +52,26 @@ def test_the_programs_record_the_first_step_whose_loss_is_not_finite(jit):
     assert programs.first_nonfinite_step() == 3
     programs.train[jit](bad, y)
     assert programs.first_nonfinite_step() == 3  # the first one stays
+
+
+@pytest.mark.parametrize("jit", [True, False])
+def test_a_call_runs_the_steps_of_a_stack_from_start_with_the_update_on_the_last(jit):
+    import keras_sparse as ks
+
+    model = ks.wrap(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, use_bias=False, name="fc")]),
+                    quiet=True)
+    model.get_layer("fc").kernel.assign([[1.0], [2.0]])
+    optimizer = ks.SparseOptimizer(keras.optimizers.SGD(0.0), ks.algorithms.Dense(), total_steps=10)
+    optimizer.build(model.trainable_variables)
+    programs = steps.StepPrograms(model, optimizer, steps.as_loss("mse"), ks.masked_weights(model),
+                                  tf.distribute.get_strategy(), XlaChoice(jit))
+    # Four batches of one example; with the kernel [1, 2] and labels 0 their losses are 1, 4, 9, 4.
+    xs = tf.constant([[[1.0, 0.0]], [[0.0, 1.0]], [[1.0, 1.0]], [[2.0, 0.0]]])
+    ys = tf.zeros([4, 1, 1])
+    losses, counts = programs.call(xs, ys, 1, 3, update=True)  # batches 1, 2 plain, batch 3 the update
+    assert losses.numpy().tolist() == [4.0, 9.0, 4.0] and counts.numpy().tolist() == [2]
+    losses, counts = programs.call(xs, ys, 0, 2, update=False)
+    assert losses.numpy().tolist() == [1.0, 4.0] and counts is None
+    loss, counts = programs.call(xs[2], ys[2], None, 1, update=False)  # one batch, not a stack
+    assert float(loss) == 9.0 and counts is None
+    assert int(optimizer.iterations.numpy()) == 6

@@ -105,7 +105,7 @@ def test_checkpoint_resume(tmp_path, mlp, dataset):
 def test_each_program_compiles_once(algorithm_runs):
     trainer = algorithm_runs["rigl"].trainer
     assert trainer.xla.choice is True
-    assert trainer.trace_counts()["train"] == trainer.trace_counts()["update"] == 1
+    assert trainer.programs.trace_counts()["train"] == trainer.programs.trace_counts()["update"] == 1
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -328,7 +328,7 @@ def test_staged_calls_end_at_mask_updates(mlp, dataset):
     trainer.fit(dataset(96, (8,), 4, batch=8), epochs=1, callbacks=[ends])  # 12 steps
     # Steps done after each call: 0 | 1-3 | 4 | 5-6 | 7-9 | 10-11.
     assert ends.steps == [1, 4, 5, 7, 10, 12]
-    assert trainer.trace_counts()["staged"] == 1  # stacks of 5 and of 2 batches: one trace for any length
+    assert trainer.programs.trace_counts()["staged"] == 1  # stacks of 5 and of 2 batches: one trace for any length
 
 
 def test_calls_end_after_the_steps_a_callback_asks_for(mlp, dataset):
@@ -403,5 +403,5 @@ def test_staged_updates_compile_once_per_stack_shape(mlp, dataset):
     trainer.fit(data, epochs=2)
     second = time.perf_counter() - started
     assert trainer.step == 24 and trainer.cost.dense_gradient_steps == 5
-    assert trainer.trace_counts()["staged"] == 1
+    assert trainer.programs.trace_counts()["staged"] == 1
     assert second < first / 3, (first, second)

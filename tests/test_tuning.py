@@ -137,7 +137,7 @@ def test_trainer_auto_decides_on_training_calls_and_resumes_with_the_choice(mlp,
     resumed = trainer()
     resumed.fit(data, epochs=2)
     assert resumed.step == 16 and resumed.xla.choice is first.xla.choice
-    assert resumed.trace_counts()["train"] == 1  # only the chosen setting ran
+    assert resumed.programs.trace_counts()["train"] == 1  # only the chosen setting ran
 
 
 def test_trainer_auto_steps_per_execution_stages_twenty(mlp, dataset):
@@ -147,3 +147,37 @@ def test_trainer_auto_steps_per_execution_stages_twenty(mlp, dataset):
     trainer.fit(dataset(8 * 25, (8,), 4, batch=8), epochs=1)  # 25 steps: calls of 20 and 5
     assert trainer.steps_per_execution == 20 and trainer.step == 25
     assert trainer.summary()["steps_per_execution"] == 20
+
+
+@pytest.mark.parametrize("say", [True, False])
+def test_run_times_calls_while_deciding_but_not_those_that_compiled(say, capsys):
+    choice = XlaChoice("auto", timed_calls=1, say=say)
+    traces = {"train": 0}
+
+    def call(jit):
+        if len(asked) < 2:
+            traces["train"] += 1  # the first call of each setting compiles
+        asked.append(jit)
+        return tf.constant([1.0, 2.0])
+
+    asked = []
+    for _ in range(5):
+        losses = choice.run(call, 2, lambda: dict(traces))
+        assert losses.numpy().tolist() == [1.0, 2.0]
+    # Two compiling calls (untimed), one timed call of each setting, then the chosen one only.
+    assert asked[:4] == [True, False, True, False] and not choice.deciding
+    assert asked[4:] == [choice.choice]
+    assert [len(choice.seconds_per_step[jit]) for jit in (True, False)] == [1, 1]
+    assert ("keras-sparse: XLA " in capsys.readouterr().out) is say
+
+
+def test_run_with_a_fixed_setting_calls_it_and_times_nothing():
+    choice = XlaChoice(False)
+    assert choice.run(lambda jit: jit, 3, lambda: {}) is False
+    assert choice.seconds_per_step == {True: [], False: []}
+
+
+def test_several_steps_a_call_need_a_single_device():
+    with pytest.raises(ConfigError, match="steps_per_execution=4 needs a single device"):
+        steps_per_execution(4, None, 2)
+    assert steps_per_execution(1, None, 2) == 1

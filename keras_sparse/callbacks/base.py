@@ -7,7 +7,7 @@ own module (modelled on Keras's ``keras.callbacks``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -65,6 +65,51 @@ class Callback:
 
     def set_state(self, state: Any) -> None:
         """Takes back the state ``get_state`` returned, when a run resumes."""
+
+
+class CallbackList(Callback):
+    """Callbacks called as one, in order, each hook on each of them (as Keras's ``CallbackList``).
+    Iterating gives the callbacks; ``step_boundaries`` joins theirs."""
+
+    def __init__(self, callbacks: Sequence[Callback]):
+        self.callbacks = list(callbacks)
+
+    def __iter__(self) -> Iterator[Callback]:
+        return iter(self.callbacks)
+
+    def _each(self, hook: str, *args) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(*args)
+
+    def on_train_begin(self, trainer):
+        self._each("on_train_begin", trainer)
+
+    def on_masks_initialized(self, trainer, scoring_steps):
+        self._each("on_masks_initialized", trainer, scoring_steps)
+
+    def on_epoch_begin(self, trainer, epoch):
+        self._each("on_epoch_begin", trainer, epoch)
+
+    def on_step_end(self, trainer, losses):
+        self._each("on_step_end", trainer, losses)
+
+    def step_boundaries(self, trainer) -> set[int]:
+        return {int(step) for callback in self.callbacks for step in callback.step_boundaries(trainer)}
+
+    def on_mask_update_begin(self, trainer):
+        self._each("on_mask_update_begin", trainer)
+
+    def on_mask_update_end(self, trainer, active_counts):
+        self._each("on_mask_update_end", trainer, active_counts)
+
+    def on_epoch_end(self, trainer, record):
+        self._each("on_epoch_end", trainer, record)
+
+    def on_checkpoint(self, trainer):
+        self._each("on_checkpoint", trainer)
+
+    def on_train_end(self, trainer):
+        self._each("on_train_end", trainer)
 
 
 def last_loss(losses: tf.Tensor) -> float:

@@ -35,7 +35,7 @@ class TrainingCost(Callback):
     def on_train_begin(self, trainer) -> None:
         macs = flops.forward_macs(trainer.model, trainer.kernels)
         self._forward = {k.key: 2.0 * m for k, m in zip(trainer.kernels, macs)}
-        self._set_densities(trainer.layer_densities())
+        self._set_densities(trainer.programs.layer_densities())
         self._counted = trainer.step
 
     def _set_densities(self, densities: dict[str, float]) -> None:
@@ -54,7 +54,7 @@ class TrainingCost(Callback):
         self._counted = trainer.step
 
     def on_mask_update_end(self, trainer, active_counts: np.ndarray) -> None:
-        self._set_densities(trainer.layer_densities(active_counts))
+        self._set_densities(trainer.programs.layer_densities(active_counts))
 
     def on_epoch_end(self, trainer, record: dict[str, Any]) -> None:
         record["dense_gradient_steps"] = self.dense_gradient_steps

@@ -52,7 +52,7 @@ class TensorBoard(Callback):
         numbers = {k: float(v) for k, v in record.items()
                    if isinstance(v, (int, float)) and k not in ("epoch", "step")}
         self._scalars(trainer.step, "epoch", numbers)
-        self._scalars(trainer.step, "sparsity", {k: 1.0 - d for k, d in trainer.layer_densities().items()})
+        self._scalars(trainer.step, "sparsity", {k: 1.0 - d for k, d in trainer.programs.layer_densities().items()})
         with self._writer.as_default(step=trainer.step):
             for key, mask in get_masks(trainer.model).items():
                 # A kernel as a 2-D picture: rows = all input positions, columns = outputs.
