@@ -20,9 +20,10 @@ algorithm's update steps, so ``jit_compile`` and ``steps_per_execution`` work.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import sys
 import weakref
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import keras
 import numpy as np
@@ -203,7 +204,7 @@ class SparseOptimizer(keras.optimizers.Optimizer):
                                   "optimizer.initialize_masks(train_data) once, after compile and before fit.")
 
             def gradients():
-                return _summed_gradients(self._state_ref().model_ref(), self.weights_, data, scoring)
+                return _summed_compiled_loss_gradients(self._state_ref().model_ref(), self.weights_, data, scoring)
         weights = {w.key: w.variable.numpy() for w in self.weights_}
         masks = self.algorithm.initial_masks(weights, gradients if scoring else None)
         for w in self.weights_:
@@ -405,28 +406,31 @@ def find_sparse_optimizer(optimizer) -> SparseOptimizer | None:
     return optimizer
 
 
-def _summed_gradients(model: keras.Model, weights: Sequence[masking.MaskedWeight], data, batches: int):
-    """Dense gradients of the compiled loss summed over ``batches`` batches of ``data``, for
-    scoring at initialization. Runs in training mode (batch statistics) but puts BatchNorm's
-    moving averages back: scoring must not train."""
+def summed_gradients(model: keras.Model, weights: Sequence[masking.MaskedWeight], batches: Iterable,
+                     loss: Callable[[Any, Any, Any], tf.Tensor]) -> dict[str, np.ndarray]:
+    """Each of ``weights``' dense gradient of ``loss(x, y, predictions)`` summed over ``batches``
+    (SNIP's scores; Lee et al. 2019). Runs in training mode (batch statistics) but puts
+    BatchNorm's moving averages back: scoring must not train."""
+    saved = [v.numpy() for v in model.non_trainable_variables]
+    total = {w.key: np.zeros(w.variable.shape, np.float32) for w in weights}
+    for x, y in batches:
+        with tf.GradientTape() as tape:
+            value = loss(x, y, model(x, training=True))
+        for w, gradient in zip(weights, tape.gradient(value, [w.variable for w in weights])):
+            if gradient is not None:
+                total[w.key] += np.asarray(gradient, np.float32)
+    for variable, value in zip(model.non_trainable_variables, saved):
+        variable.assign(value)
+    return total
+
+
+def _summed_compiled_loss_gradients(model: keras.Model, weights: Sequence[masking.MaskedWeight], data,
+                                    batches: int) -> dict[str, np.ndarray]:
+    """``summed_gradients`` of the model's compiled loss over the first ``batches`` batches of
+    ``data`` (a dataset, or arrays ``(x, y)`` batched by 32)."""
     if model is None or getattr(model, "compiled_loss", None) is None and getattr(model, "loss", None) is None:
         raise ConfigError("initialize_masks(data) needs the model compiled with its loss first.")
     if not isinstance(data, tf.data.Dataset):
         data = tf.data.Dataset.from_tensor_slices(data).batch(32) if isinstance(data, tuple) else data
-    saved = [v.numpy() for v in model.non_trainable_variables]
-    total = {w.key: np.zeros(w.variable.shape, np.float32) for w in weights}
-    taken = 0
-    for x, y in data:
-        with tf.GradientTape() as tape:
-            predictions = model(x, training=True)
-            loss = model.compute_loss(x=x, y=y, y_pred=predictions)
-        gradients = tape.gradient(loss, [w.variable for w in weights])
-        for w, g in zip(weights, gradients):
-            if g is not None:
-                total[w.key] += np.asarray(g, np.float32)
-        taken += 1
-        if taken == batches:
-            break
-    for variable, value in zip(model.non_trainable_variables, saved):
-        variable.assign(value)
-    return total
+    return summed_gradients(model, weights, itertools.islice(data, batches),
+                            lambda x, y, predictions: model.compute_loss(x=x, y=y, y_pred=predictions))

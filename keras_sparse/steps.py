@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from keras_sparse import mask_ops
 from keras_sparse.masking import MaskedWeight
-from keras_sparse.optimizer import SparseOptimizer
+from keras_sparse.optimizer import SparseOptimizer, summed_gradients
 from keras_sparse.tuning import XlaChoice
 
 
@@ -126,11 +126,13 @@ class StepPrograms:
         divided by the replica count; Keras losses (``self.loss`` is one) do that themselves.
         """
         with tf.GradientTape() as tape:
-            predictions = self.model(x, training=True)
-            loss = self.loss(y, predictions)
-            if self.model.losses:
-                loss = loss + tf.add_n(self.model.losses) / replicas
+            loss = self._loss(y, self.model(x, training=True), replicas)
         return loss * replicas, tape.gradient(loss, self.variables)
+
+    def _loss(self, y, predictions, replicas: int = 1) -> tf.Tensor:
+        """The loss of ``predictions`` plus the model's own losses (regularizers), a replica's share."""
+        loss = self.loss(y, predictions)
+        return loss + tf.add_n(self.model.losses) / replicas if self.model.losses else loss
 
     def _step(self, x, y, update_masks: bool | tf.Tensor):
         """One training step with the mask update decided (a Python bool while tracing, or a
@@ -178,21 +180,10 @@ class StepPrograms:
         return 1.0 - active / float(sum(np.prod(k.mask.shape) for k in self.kernels))
 
     def summed_kernel_gradients(self, batches) -> dict[str, np.ndarray]:
-        """Each masked kernel's dense gradient summed over ``batches`` (SNIP's scores).
-
-        Runs in training mode (batch statistics), but leaves BatchNorm's moving averages as they
-        were: moving them would be training on the scoring batches.
-        """
-        total = {k.key: np.zeros(k.kernel.shape, np.float32) for k in self.kernels}
-        index = {id(v): i for i, v in enumerate(self.variables)}
-        saved = [v.numpy() for v in self.model.non_trainable_variables]
-        for x, y in batches:
-            _, gradients = self.gradients(x, y)
-            for k in self.kernels:
-                total[k.key] += gradients[index[id(k.kernel)]].numpy()
-        for variable, value in zip(self.model.non_trainable_variables, saved):
-            variable.assign(value)
-        return total
+        """Each masked kernel's dense gradient summed over ``batches`` (SNIP's scores), of the
+        loss the steps train on (``optimizer.summed_gradients``)."""
+        return summed_gradients(self.model, self.kernels, batches,
+                                lambda x, y, predictions: self._loss(y, predictions))
 
     def trace_counts(self) -> dict[str, int]:
         """How often each compiled program was traced: once per input signature, else every call

@@ -31,7 +31,7 @@ from conftest import (
 
 import keras_sparse as ks
 from keras_sparse import algorithms
-from keras_sparse.optimizer import as_sparse_optimizer
+from keras_sparse.optimizer import as_sparse_optimizer, summed_gradients
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12  # small_convnet_data: 6 steps an epoch, 2 epochs
@@ -348,3 +348,16 @@ def test_as_sparse_optimizer_wraps_a_plain_optimizer_and_passes_a_sparse_one_thr
     assert as_sparse_optimizer(wrapped, algorithm) is wrapped
     with pytest.raises(ks.errors.ConfigError, match="runs another algorithm than the one given"):
         as_sparse_optimizer(wrapped, algorithms.StaticSparse(0.5))
+
+
+def test_summed_gradients_add_up_over_the_batches_and_leave_batchnorm_statistics_as_they_were():
+    model = ks.wrap(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, use_bias=False, name="fc"),
+                                      keras.layers.BatchNormalization(name="bn")]), quiet=True)
+    batches = [(tf.constant([[1.0, 2.0]]), None), (tf.constant([[3.0, 4.0], [5.0, 6.0]]), None)]
+    moving = [v.numpy() for v in model.non_trainable_variables]
+    # The loss is the fc layer's summed output: its kernel's gradient is each batch's summed input.
+    fc = model.get_layer("fc")
+    gradients = summed_gradients(model, ks.masked_weights(model), batches, lambda x, y, _: tf.reduce_sum(fc(x)))
+    np.testing.assert_array_equal(gradients["fc/kernel"], [[9.0], [12.0]])
+    for before, variable in zip(moving, model.non_trainable_variables):
+        np.testing.assert_array_equal(variable.numpy(), before)  # the training-mode calls moved them
