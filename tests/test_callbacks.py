@@ -124,5 +124,7 @@ def test_a_callback_list_calls_each_hook_on_each_callback_in_order_and_joins_the
                      ("first", "on_mask_update_end", [4]), ("second", "on_mask_update_end", [4])]
     assert callbacks.step_boundaries(trainer) == {3, 5, 8}
     assert list(callbacks) == [first, second]
+    with pytest.raises(ks.errors.ConfigError, match="EarlyStopping is not a keras_sparse.Callback: Trainer.fit takes "):
+        CallbackList([first, keras.callbacks.EarlyStopping()])
     hooks = [name for name in vars(Callback) if name.startswith("on_")]
     assert all(name in vars(CallbackList) for name in hooks)  # a new hook must be passed on too

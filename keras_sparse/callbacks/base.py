@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 import numpy as np
 import tensorflow as tf
 
+from keras_sparse.errors import ConfigError
+
 if TYPE_CHECKING:
     from keras_sparse.trainer import Trainer
 
@@ -72,6 +74,10 @@ class CallbackList(Callback):
     Iterating gives the callbacks; ``step_boundaries`` joins theirs."""
 
     def __init__(self, callbacks: Sequence[Callback]):
+        for callback in callbacks:
+            if not isinstance(callback, Callback):
+                raise ConfigError(f"{type(callback).__name__} is not a keras_sparse.Callback: Trainer.fit takes "
+                                  "subclasses of ks.Callback; Keras callbacks go to model.fit with a SparseOptimizer.")
         self.callbacks = list(callbacks)
 
     def __iter__(self) -> Iterator[Callback]:
