@@ -1,10 +1,10 @@
 """Fast by default (issue 16): what a user gets without choosing settings, before and after.
 
-    python benchmarks/defaults_before_after.py [--before c6b6f65] [--repeats 2] [--parts main resnet]
+    python benchmarks/defaults_before_after.py --before REV [--repeats 2] [--parts main resnet]
         [--resnet-steps 200] [--out defaults_before_after.json]
     python benchmarks/defaults_before_after.py --combine A.json B.json ...
 
-``--before`` (a git revision; default c6b6f65, the last commit whose defaults were XLA on and one
+``--before`` (a git revision; BENCHMARKS.md names the last one whose defaults were XLA on and one
 step a call) is extracted with ``git archive`` into a temporary folder; "after" is this working
 tree. Each measurement is a fresh process with ``PYTHONPATH`` set to its tree, the two trees
 alternating (before first in odd repeats, after first in even ones). Parts:
@@ -133,7 +133,7 @@ def problems_of(run: dict[str, Any]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--before", default="c6b6f65")
+    parser.add_argument("--before", default=None, help="git revision of the 'before' library (needed to measure)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--parts", nargs="+", choices=["main", "resnet"], default=["main", "resnet"])
     parser.add_argument("--resnet-steps", type=int, default=200)
@@ -142,6 +142,8 @@ def main() -> None:
     args = parser.parse_args()
     if harness.ran_combine_or_worker(args, report, resnet_worker):
         return
+    if args.before is None:
+        parser.error("--before REV is needed: the revision to measure against (BENCHMARKS.md names it)")
     if args.resnet_steps % EPOCH_STEPS:
         parser.error(f"--resnet-steps must be a multiple of {EPOCH_STEPS}")
     started = time.perf_counter()

@@ -1,11 +1,11 @@
 """The training loop of this working tree against an earlier revision's, side by side in one run.
 
-    python benchmarks/loop_before_after.py --before 51ae13c [--after REV] [--alternations 9]
+    python benchmarks/loop_before_after.py --before REV [--after REV] [--alternations 9]
         [--workers 2] [--steps 300] [--cases ...] [--quick] [--out loop_before_after.json]
     python benchmarks/loop_before_after.py --combine A.json B.json ...
 
-The library of ``--before`` (a git revision; default 51ae13c, the last commit before the loop
-was split into a loop and callbacks) is extracted with ``git archive`` into a temporary folder;
+The library of ``--before`` (a git revision; BENCHMARKS.md names the one before the loop was split
+into a loop and callbacks) is extracted with ``git archive`` into a temporary folder;
 ``--after`` is this working tree, or another revision extracted the same way. Both trees run the
 same measurement, the code of this script and ``common.py``, in worker processes whose
 ``PYTHONPATH`` is their tree (each worker checks that ``keras_sparse`` came from it), and only
@@ -211,7 +211,7 @@ def report(runs: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--before", default="51ae13c", help="git revision of the 'before' library")
+    parser.add_argument("--before", default=None, help="git revision of the 'before' library (needed to measure)")
     parser.add_argument("--after", default=None, help="git revision of the 'after' library (default: this working "
                                                       "tree as it is)")
     parser.add_argument("--alternations", type=int, default=None, help="timed rounds, at least 3 (default 9)")
@@ -225,6 +225,8 @@ def main() -> None:
     args = parser.parse_args()
     if harness.ran_combine_or_worker(args, report, worker):
         return
+    if args.before is None:
+        parser.error("--before REV is needed: the revision to measure against (BENCHMARKS.md names it)")
     alternations = args.alternations or (3 if args.quick else 9)
     workers = args.workers or (1 if args.quick else 2)
     steps = args.steps or (100 if args.quick else 300)

@@ -1,6 +1,6 @@
 """Two versions of the library's one-step program in one process, alternated.
 
-    python benchmarks/step_in_one_process.py --before 51ae13c [--after REV | --after-tree DIR]
+    python benchmarks/step_in_one_process.py --before REV [--after REV | --after-tree DIR]
         [--rounds 15] [--steps 300]
 
 Separate processes of one library run the same compiled step 10-40% apart (BENCHMARKS.md, "The
@@ -59,8 +59,8 @@ def side(label: str, revision: str | None, tree: str | None, workdir: str):
 
 
 def one_step_program(trainer):
-    """The trainer's one-step XLA program: ``programs.train[True]``; revisions before the loop was
-    split (718110c) kept it as ``_train_step``."""
+    """The trainer's one-step XLA program: ``programs.train[True]``; revisions from before the loop
+    was split keep it as ``_train_step``."""
     programs = getattr(trainer, "programs", None)
     if programs is None:
         return trainer._train_step
