@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 class Callback:
     """Hooks into ``Trainer.fit``; override the ones you need. The trainer's public attributes
     (``step``, ``epoch``, ``epoch_step``, ``steps_per_epoch``, ``epochs``, ``model``,
-    ``kernels``, ``log_point``, …) say where training is.
+    ``kernels``, ``log_point``, …) say where training is; ``trainer.programs`` counts the masks
+    (``layer_densities()``, ``active_counts()``).
 
     A callback with counters that must survive a restart returns them (JSON-able) from
     ``get_state`` and takes them back in ``set_state``: they are saved with every checkpoint.
