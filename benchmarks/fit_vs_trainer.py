@@ -145,7 +145,7 @@ def measure(model_name: str, args) -> dict:
         for algo in args.algorithms:
             variants += [fit_variant(model_name, algo, k, data, last_step),
                          trainer_variant(model_name, algo, k, data, last_step)]
-            if args.fused and k > 1:
+            if args.fused:
                 variants.append(fit_variant(model_name, algo, k, data, last_step, fused=True))
         if args.diagnose:
             variants.append(fit_variant(model_name, "static-no-cond", k, data, last_step))
@@ -163,7 +163,7 @@ def measure(model_name: str, args) -> dict:
         for algo in args.algorithms:
             ratios[f"fit {algo} K={k} / trainer {algo} K={k}"] = harness.round_ratios(
                 rates, f"fit {algo} K={k}", f"trainer {algo} K={k}")
-            if args.fused and k > 1:
+            if args.fused:
                 for other in (f"trainer {algo} K={k}", f"fit {algo} K={k}"):
                     ratios[f"fit-fused {algo} K={k} / {other}"] = harness.round_ratios(
                         rates, f"fit-fused {algo} K={k}", other)
@@ -286,7 +286,8 @@ def main() -> None:
     parser.add_argument("--diagnose", action="store_true",
                         help="add model.fit with a SparseOptimizer that skips the in-graph tf.cond (static only)")
     parser.add_argument("--fused", action="store_true",
-                        help="add model.fit after ks.fuse_steps(model) (K steps in one XLA program), for K > 1")
+                        help="add model.fit after ks.fuse_steps(model) (K > 1: K steps in one XLA program; "
+                             "K = 1: the XLA step called directly)")
     parser.add_argument("--programs", action="store_true", help="also time the compiled programs alone")
     parser.add_argument("--program-rounds", type=int, default=9)
     parser.add_argument("--no-loops", dest="loops", action="store_false", help="programs only")

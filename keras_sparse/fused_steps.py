@@ -1,11 +1,13 @@
 """``model.fit`` with its ``steps_per_execution`` steps in one XLA program, as ``ks.Trainer`` runs them.
 
-Keras's ``fit`` with ``steps_per_execution=K`` runs a graph ``while_loop`` that pulls one batch
-at a time through an ``Optional`` and calls the one-step XLA program K times. ``ks.Trainer``
-instead stages K batches and runs all K steps in one XLA program, which is faster on small
-models (BENCHMARKS.md, "Any-model core" (c)). ``fuse_steps(model)`` gives a compiled model's
-``fit`` the Trainer's shape: its train function pulls K batches, stacks them and runs K of the
-model's own ``train_step`` in one XLA ``while_loop``. Everything else of ``fit`` (callbacks, logs,
+Keras's ``fit`` runs a graph function that pulls one batch at a time and calls the one-step XLA
+program from inside it (with ``steps_per_execution=K``, K times in a graph ``while_loop``).
+``ks.Trainer`` instead calls its XLA program directly, on one batch or on K batches staged
+together, which is faster on small models (BENCHMARKS.md, "Any-model core" (b), (c)).
+``fuse_steps(model)`` gives a compiled model's ``fit`` the Trainer's shape: with K > 1 its train
+function pulls K batches, stacks them and runs K of the model's own ``train_step`` in one XLA
+``while_loop``; with K = 1 it pulls the batch in Python and calls the one-step XLA program
+directly, with no graph function around it. Everything else of ``fit`` (callbacks, logs,
 metrics, validation, ``steps_per_epoch``) is Keras's.
 
 A chunk that cannot be stacked (the epoch's last, shorter one, or batches of different shapes)
@@ -17,6 +19,7 @@ Keras's own train function, unchanged.
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Any
 
 import keras
@@ -35,8 +38,6 @@ def can_fuse(model: keras.Model) -> str | None:
         return "the model runs eagerly"
     if model.jit_compile is not True:
         return "the model is not compiled with jit_compile=True (fused steps are one XLA program)"
-    if model.steps_per_execution <= 1:
-        return "steps_per_execution is 1 (nothing to fuse)"
     if tf.distribute.has_strategy() or model.distribute_strategy is not tf.distribute.get_strategy():
         return "the model trains under a tf.distribute strategy"
     return None
@@ -45,10 +46,10 @@ def can_fuse(model: keras.Model) -> str | None:
 def fuse_steps(model: keras.Model) -> bool:
     """Makes ``model.fit`` run each ``steps_per_execution`` steps in one XLA program.
 
-    Call it after ``model.compile(..., jit_compile=True, steps_per_execution=K)`` with K > 1;
-    ``compile`` again undoes it. Returns False, changing nothing, where it does not apply
-    (``can_fuse`` says why): eager models, ``jit_compile`` off or ``"auto"`` left unresolved,
-    K = 1, a ``tf.distribute`` strategy.
+    Call it after ``model.compile(..., jit_compile=True, steps_per_execution=K)``; ``compile``
+    again undoes it. Returns False, changing nothing, where it does not apply (``can_fuse`` says
+    why): eager models, ``jit_compile`` off or ``"auto"`` left unresolved, a ``tf.distribute``
+    strategy.
     """
     if can_fuse(model) is not None:
         return False
@@ -62,13 +63,21 @@ class _FusedTrainFunction:
     """``model.train_function`` for ``fit``: takes the epoch's iterator, returns the last step's logs
     and raises ``StopIteration`` when the iterator has no batch left (as Keras's own does).
 
-    With a ``SparseOptimizer``, a chunk whose steps the schedule says update no masks runs a second
-    set of programs traced ``without_mask_updates``: no in-graph conditional in the XLA loop."""
+    K = 1: the one-step XLA program, called with the batch pulled in Python; a ``SparseOptimizer``
+    whose schedule updates masks decides them in-graph, as in Keras's own step. K > 1: with a ``SparseOptimizer``, a
+    chunk whose steps the schedule says update no masks runs a second set of programs traced
+    ``without_mask_updates``: no in-graph conditional in the XLA loop."""
 
     def __init__(self, model: keras.Model, keras_function):
         self.model, self.keras_function = model, keras_function
         self.steps = int(model.steps_per_execution)
         self.optimizer = find_sparse_optimizer(model.optimizer)
+        if self.steps == 1:
+            self.one_step = tf.function(model.train_step, jit_compile=True)
+            # Its concrete function for each element spec: calling the tf.function would match the
+            # batch against its signatures at every step, a cost per step on small models.
+            self.one_step_programs: dict[Any, Any] = {}
+            return
         self.fused, self.chunk = self._programs()
         self.quiet_fused, self.quiet_chunk = self._programs()  # traced only inside without_mask_updates
 
@@ -84,6 +93,11 @@ class _FusedTrainFunction:
         if not (isinstance(iterator, tf.data.Iterator) and all(
                 isinstance(spec, tf.TensorSpec) for spec in tf.nest.flatten(iterator.element_spec))):
             return self.keras_function(iterator)
+        if self.steps == 1:
+            program = self.one_step_programs.get(iterator.element_spec)
+            if program is None:
+                program = self.one_step_programs[iterator.element_spec] = self._one_step_program(iterator.element_spec)
+            return program(next(iterator))  # StopIteration at the end, as Keras's function
         if self.optimizer is not None and self.optimizer.weights_:
             start = int(self.optimizer.iterations.numpy())
             # updates_between sets the optimizer up if the first step has not yet, so the first
@@ -92,6 +106,15 @@ class _FusedTrainFunction:
                 with self.optimizer.without_mask_updates():
                     return self._logs(*self.quiet_chunk(iterator))
         return self._logs(*self.chunk(iterator))
+
+    def _one_step_program(self, spec):
+        """The one-step program for batches of ``spec``; without the in-graph update decision where
+        the schedule never updates masks (static sparsity, dense), as the K-step programs."""
+        optimizer = self.optimizer
+        if optimizer is not None and optimizer.weights_ and not optimizer.updates_between(0, sys.maxsize):
+            with optimizer.without_mask_updates():
+                return self.one_step.get_concrete_function(spec)
+        return self.one_step.get_concrete_function(spec)
 
     @staticmethod
     def _logs(ran, logs):

@@ -47,10 +47,7 @@ def _fit(fused: bool, steps_per_execution: int = 5):
     return model, optimizer, history.history, batches.ends
 
 
-def test_fused_fit_trains_exactly_like_keras_fit_including_a_short_last_chunk():
-    """RigL (mask updates every 3 steps, inside the fused program), sample weights, 13 batches an
-    epoch at 5 a call: chunks of 5, 5 and 3 (the last with a short batch, run step by step)."""
-    runs = {fused: _fit(fused) for fused in (False, True)}
+def _assert_same_training(runs):
     plain, plain_opt, plain_history, plain_ends = runs[False]
     fused, fused_opt, fused_history, fused_ends = runs[True]
     assert int(fused_opt.iterations.numpy()) == int(plain_opt.iterations.numpy()) == 26
@@ -62,11 +59,43 @@ def test_fused_fit_trains_exactly_like_keras_fit_including_a_short_last_chunk():
     masks_plain, masks_fused = list(ks.get_masks(plain).values()), list(ks.get_masks(fused).values())
     assert all(np.array_equal(a, b) for a, b in zip(masks_plain, masks_fused))
     assert any(not m.all() for m in masks_fused)
+
+
+def test_fused_fit_trains_exactly_like_keras_fit_including_a_short_last_chunk():
+    """RigL (mask updates every 3 steps, inside the fused program), sample weights, 13 batches an
+    epoch at 5 a call: chunks of 5, 5 and 3 (the last with a short batch, run step by step)."""
+    runs = {fused: _fit(fused) for fused in (False, True)}
+    _assert_same_training(runs)
     # Full chunks ran fused: with the in-graph update decision while the schedule updates masks
     # (every 3 steps up to its end at step 19), without it after.
-    function = fused.train_function
+    function = runs[True][0].train_function
     assert function.fused.experimental_get_tracing_count() == 1
     assert function.quiet_fused.experimental_get_tracing_count() == 1
+
+
+def test_one_step_a_call_trains_exactly_like_keras_fit_with_one_program_a_batch_shape():
+    """K = 1: the batch pulled in Python and the one-step XLA program called directly; RigL's
+    updates decided in-graph. The same 26 steps, logs, weights and masks as Keras's own loop."""
+    runs = {fused: _fit(fused, steps_per_execution=1) for fused in (False, True)}
+    _assert_same_training(runs)
+    function = runs[True][0].train_function
+    # One program for the iterator's batches, the epoch's last short one included (traced twice
+    # at the first step, which makes variables: the optimizer's, the metrics').
+    assert function.one_step.experimental_get_tracing_count() == 2
+    assert len(function.one_step_programs) == 1
+
+
+@pytest.mark.parametrize("algorithm, decides", [("rigl", True), ("static", False)])
+def test_the_one_step_program_decides_mask_updates_in_graph_only_where_the_schedule_has_some(algorithm, decides):
+    model, optimizer = _model_and_optimizer(algorithm)
+    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=True)
+    assert ks.fuse_steps(model)
+    x, y, _ = _data()
+    model.fit(x, y, batch_size=10, epochs=1, verbose=0)
+    (program,) = model.train_function.one_step_programs.values()
+    conditionals = [op for op in program.graph.get_operations() if op.type in ("If", "StatelessIf")]
+    assert bool(conditionals) == decides
+    assert int(optimizer.iterations.numpy()) == 10 and ks.sparsity(model) == pytest.approx(0.5, abs=0.01)
 
 
 def test_fused_fit_reads_a_dataset_of_dict_inputs():
@@ -84,7 +113,6 @@ def test_fused_fit_reads_a_dataset_of_dict_inputs():
 
 
 @pytest.mark.parametrize("compile_args, reason", [
-    ({"jit_compile": True, "steps_per_execution": 1}, "steps_per_execution is 1"),
     ({"jit_compile": False, "steps_per_execution": 5}, "jit_compile=True"),
     ({"run_eagerly": True, "steps_per_execution": 5}, "eagerly"),
 ])

@@ -19,9 +19,10 @@ class SparsityCallback(keras.callbacks.Callback):
       the optimizer says it when the call ends).
     * Adds ``sparsity`` (of the masked weights) to every epoch's logs, for ``CSVLogger``,
       ``TensorBoard`` and ``EarlyStopping``.
-    * With ``fuse_steps`` (the default), runs each ``steps_per_execution`` steps in one XLA
-      program (``keras_sparse.fuse_steps``) where the model is compiled for it; the training is
-      the same, step for step.
+    * With ``fuse_steps`` (the default), runs ``fit``'s steps as ``ks.Trainer`` runs them
+      (``keras_sparse.fuse_steps``) where the model is compiled with ``jit_compile=True``: each
+      ``steps_per_execution`` steps in one XLA program, or at one step a call the XLA step called
+      directly; the training is the same, step for step.
     """
 
     def __init__(self, fuse_steps: bool = True):
