@@ -26,7 +26,7 @@ Cases (``MODEL ALGORITHM K=k``, ``k`` steps a compiled call):
 - ``lenet_300_100 static_fit K={1,20}``: the same static case with Keras's own loop on our side,
   ``model.compile(optimizer=ks.SparseOptimizer(...), jit_compile=True, steps_per_execution=k)``
   and ``model.fit(..., callbacks=[ks.SparsityCallback()])`` (the path most users run; the
-  callback fuses K > 1 steps into one XLA program, ``ks.fuse_steps``), against jaxpruner's
+  callback runs fit's steps as ``ks.Trainer`` does, ``ks.fuse_steps``), against jaxpruner's
   static case;
 - ``resnet20 {static,rigl} K=1``: the CIFAR ResNet-20 of ``keras_sparse.models`` (3×3 convs
   without bias, BatchNorm, 1×1 shortcut convs with BatchNorm) on random 32×32×3 inputs, batch
