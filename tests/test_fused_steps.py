@@ -98,13 +98,14 @@ def test_the_one_step_program_decides_mask_updates_in_graph_only_where_the_sched
     assert int(optimizer.iterations.numpy()) == 10 and ks.sparsity(model) == pytest.approx(0.5, abs=0.01)
 
 
-def test_fused_fit_reads_a_dataset_of_dict_inputs():
+@pytest.mark.parametrize("steps_per_execution", [1, 4])
+def test_fused_fit_reads_a_dataset_of_dict_inputs(steps_per_execution):
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8,), name="features")
     model = keras.Model({"features": inputs}, keras.layers.Dense(4)(keras.layers.Dense(16, activation="relu")(inputs)))
     optimizer = ks.SparseOptimizer(keras.optimizers.SGD(0.1), algorithms.StaticSparse(sparsity=0.5), model=model)
     model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=True,
-                  steps_per_execution=4)
+                  steps_per_execution=steps_per_execution)
     assert ks.fuse_steps(model)
     x, y, _ = _data()
     model.fit(tf.data.Dataset.from_tensor_slices(({"features": x}, y)).batch(10), epochs=1, verbose=0)
