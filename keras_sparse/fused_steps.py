@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import weakref
 from typing import Any
 
 import keras
@@ -74,9 +75,11 @@ class _FusedTrainFunction:
         self.optimizer = find_sparse_optimizer(model.optimizer)
         if self.steps == 1:
             self.one_step = tf.function(model.train_step, jit_compile=True)
-            # Its concrete function for each element spec: calling the tf.function would match the
-            # batch against its signatures at every step, a cost per step on small models.
-            self.one_step_programs: dict[Any, Any] = {}
+            # Its concrete function for each element spec (specs with dicts do not hash: a list),
+            # found once an iterator: calling the tf.function would match the batch against its
+            # signatures at every step, a cost per step on small models.
+            self.one_step_programs: list[tuple[Any, Any]] = []
+            self.iterator_program = (lambda: None, None)  # (weak reference to an iterator, its program)
             return
         self.fused, self.chunk = self._programs()
         self.quiet_fused, self.quiet_chunk = self._programs()  # traced only inside without_mask_updates
@@ -94,9 +97,10 @@ class _FusedTrainFunction:
                 isinstance(spec, tf.TensorSpec) for spec in tf.nest.flatten(iterator.element_spec))):
             return self.keras_function(iterator)
         if self.steps == 1:
-            program = self.one_step_programs.get(iterator.element_spec)
-            if program is None:
-                program = self.one_step_programs[iterator.element_spec] = self._one_step_program(iterator.element_spec)
+            known, program = self.iterator_program
+            if known() is not iterator:
+                program = self._one_step_program(iterator.element_spec)
+                self.iterator_program = (weakref.ref(iterator), program)
             return program(next(iterator))  # StopIteration at the end, as Keras's function
         if self.optimizer is not None and self.optimizer.weights_:
             start = int(self.optimizer.iterations.numpy())
@@ -110,11 +114,17 @@ class _FusedTrainFunction:
     def _one_step_program(self, spec):
         """The one-step program for batches of ``spec``; without the in-graph update decision where
         the schedule never updates masks (static sparsity, dense), as the K-step programs."""
+        for known, program in self.one_step_programs:
+            if known == spec:
+                return program
         optimizer = self.optimizer
         if optimizer is not None and optimizer.weights_ and not optimizer.updates_between(0, sys.maxsize):
             with optimizer.without_mask_updates():
-                return self.one_step.get_concrete_function(spec)
-        return self.one_step.get_concrete_function(spec)
+                program = self.one_step.get_concrete_function(spec)
+        else:
+            program = self.one_step.get_concrete_function(spec)
+        self.one_step_programs.append((spec, program))
+        return program
 
     @staticmethod
     def _logs(ran, logs):

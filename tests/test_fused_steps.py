@@ -92,7 +92,7 @@ def test_the_one_step_program_decides_mask_updates_in_graph_only_where_the_sched
     assert ks.fuse_steps(model)
     x, y, _ = _data()
     model.fit(x, y, batch_size=10, epochs=1, verbose=0)
-    (program,) = model.train_function.one_step_programs.values()
+    ((_, program),) = model.train_function.one_step_programs
     conditionals = [op for op in program.graph.get_operations() if op.type in ("If", "StatelessIf")]
     assert bool(conditionals) == decides
     assert int(optimizer.iterations.numpy()) == 10 and ks.sparsity(model) == pytest.approx(0.5, abs=0.01)
