@@ -65,9 +65,9 @@ class _FusedTrainFunction:
     and raises ``StopIteration`` when the iterator has no batch left (as Keras's own does).
 
     K = 1: the one-step XLA program, called with the batch pulled in Python; a ``SparseOptimizer``
-    whose schedule updates masks decides them in-graph, as in Keras's own step. K > 1: with a ``SparseOptimizer``, a
-    chunk whose steps the schedule says update no masks runs a second set of programs traced
-    ``without_mask_updates``: no in-graph conditional in the XLA loop."""
+    whose schedule updates masks decides them in-graph, as in Keras's own step. K > 1: with a
+    ``SparseOptimizer``, a chunk whose steps the schedule says update no masks runs a second set of
+    programs traced ``without_mask_updates``: no in-graph conditional in the XLA loop."""
 
     def __init__(self, model: keras.Model, keras_function):
         self.model, self.keras_function = model, keras_function
