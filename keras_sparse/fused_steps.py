@@ -18,6 +18,7 @@ Keras's own train function, unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import weakref
@@ -118,10 +119,8 @@ class _FusedTrainFunction:
             if known == spec:
                 return program
         optimizer = self.optimizer
-        if optimizer is not None and optimizer.weights_ and not optimizer.updates_between(0, sys.maxsize):
-            with optimizer.without_mask_updates():
-                program = self.one_step.get_concrete_function(spec)
-        else:
+        quiet = optimizer is not None and optimizer.weights_ and not optimizer.updates_between(0, sys.maxsize)
+        with optimizer.without_mask_updates() if quiet else contextlib.nullcontext():
             program = self.one_step.get_concrete_function(spec)
         self.one_step_programs.append((spec, program))
         return program
