@@ -229,6 +229,28 @@ def test_without_the_callback_a_fit_call_past_the_schedule_says_so_once_when_it_
     assert "past" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("steps_per_epoch, says", [(5, True), (None, False), (8, False)])
+def test_an_epoch_longer_than_steps_per_epoch_is_said_once(capsys, steps_per_epoch, says):
+    """Keras's fit runs whole chunks of steps_per_execution steps while the data lasts: 5 steps an
+    epoch at 4 a call run 8 on repeated data, and the schedule taken from the first call (2 × 5
+    steps) ends early; the callback says so once. Finite data of 6 batches (chunks of 4 and 2)
+    and a multiple of 4 run what they say: nothing is said."""
+    model = build_small_convnet()
+    optimizer = ks.SparseOptimizer(keras.optimizers.SGD(0.05), algorithms.RigL(sparsity=0.8, update_frequency=2),
+                                   model=model)
+    model.compile(optimizer=optimizer, loss=loss_fn(), steps_per_execution=4)
+    data = small_convnet_data() if steps_per_epoch is None else small_convnet_data().repeat()
+    model.fit(data, epochs=2, steps_per_epoch=steps_per_epoch, verbose=0, callbacks=[ks.SparsityCallback()])
+    planned = steps_per_epoch or 6
+    ran = 8 if says else planned
+    assert int(optimizer.iterations.numpy()) == 2 * ran and optimizer.total_steps == 2 * planned
+    err = [line for line in capsys.readouterr().err.splitlines() if "steps_per_epoch=" in line]
+    assert err == (["keras-sparse: epoch 1 ran 8 steps, not steps_per_epoch=5: Keras's fit runs whole chunks of "
+                    "steps_per_execution=4 steps while the data lasts; the schedule, taken from epochs × "
+                    "steps_per_epoch, has 10 steps: make steps_per_epoch a multiple of steps_per_execution, or "
+                    "pass total_steps to SparseOptimizer."] if says else [])
+
+
 def test_keras_callbacks(tmp_path):
     model = build_small_convnet()
     model.compile(optimizer=_sparse_optimizer("rigl", model=model), loss=loss_fn(), metrics=["accuracy"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import keras
 
 from keras_sparse import fused_steps
@@ -17,6 +19,9 @@ class SparsityCallback(keras.callbacks.Callback):
     * Says once, in one line, when a ``fit`` call is about to train past the schedule's end: the
       schedule is not stretched (``SparseOptimizer.say_past_schedule``; without this callback
       the optimizer says it when the call ends).
+    * Says once, in one line, when an epoch ran more steps than ``steps_per_epoch``: Keras's ``fit``
+      runs whole chunks of ``steps_per_execution`` steps while the data lasts (30 steps an epoch
+      at 20 a call run 40), so a schedule counted from ``steps_per_epoch`` ends early.
     * Adds ``sparsity`` (of the masked weights) to every epoch's logs, for ``CSVLogger``,
       ``TensorBoard`` and ``EarlyStopping``.
     * With ``fuse_steps`` (the default), runs ``fit``'s steps as ``ks.Trainer`` runs them
@@ -28,6 +33,9 @@ class SparsityCallback(keras.callbacks.Callback):
     def __init__(self, fuse_steps: bool = True):
         super().__init__()
         self.fuse_steps = fuse_steps
+        self._schedule_from_fit = False
+        self._epoch_start: int | None = None
+        self._said_long_epoch = False
 
     def _optimizer(self) -> SparseOptimizer:
         optimizer = find_sparse_optimizer(getattr(self.model, "optimizer", None))
@@ -43,11 +51,28 @@ class SparsityCallback(keras.callbacks.Callback):
                 raise ConfigError("SparsityCallback: this fit call's data has no known length: pass steps_per_epoch "
                                   "to fit, or total_steps to SparseOptimizer.")
             optimizer.set_schedule(epochs * steps, steps)
+            self._schedule_from_fit = True
         optimizer.say_past_schedule(int(optimizer.iterations.numpy()) + (epochs or 0) * (steps or 0))
         if self.fuse_steps:
             # fit has made its train function by now and looks it up again at every call.
             fused_steps.fuse_steps(self.model)
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = int(self._optimizer().iterations.numpy())
+
     def on_epoch_end(self, epoch, logs=None):
+        optimizer = self._optimizer()
         if logs is not None:
-            logs["sparsity"] = self._optimizer().sparsity()
+            logs["sparsity"] = optimizer.sparsity()
+        planned = self.params.get("steps")
+        if not planned or self._epoch_start is None or self._said_long_epoch:
+            return
+        ran = int(optimizer.iterations.numpy()) - self._epoch_start
+        if ran > planned:
+            self._said_long_epoch = True
+            schedule = (f"; the schedule, taken from epochs × steps_per_epoch, has {optimizer.total_steps} steps"
+                        if self._schedule_from_fit else "")
+            print(f"keras-sparse: epoch {epoch + 1} ran {ran} steps, not steps_per_epoch={planned}: Keras's fit runs "
+                  f"whole chunks of steps_per_execution={self.model.steps_per_execution} steps while the data "
+                  f"lasts{schedule}: make steps_per_epoch a multiple of steps_per_execution, or pass total_steps "
+                  "to SparseOptimizer.", file=sys.stderr, flush=True)
