@@ -85,6 +85,27 @@ def test_one_step_a_call_trains_exactly_like_keras_fit_with_one_program_a_batch_
     assert len(function.one_step_programs) == 1
 
 
+def test_steps_per_epoch_on_repeated_data_runs_the_steps_keras_fit_runs():
+    """steps_per_epoch=7 at 5 a call on repeated data: Keras's loop runs whole chunks while the data
+    lasts (10 steps an epoch, the same iterator across epochs); the fused function runs the same
+    steps on the same batches."""
+    x, y, _ = _data()
+    runs = {}
+    for fused in (False, True):
+        model, optimizer = _model_and_optimizer()
+        model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=True,
+                      steps_per_execution=5)
+        if fused:
+            assert ks.fuse_steps(model)
+        batches = _Batches()
+        data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8).repeat()
+        model.fit(data, epochs=2, steps_per_epoch=7, verbose=0, callbacks=[batches])
+        runs[fused] = (int(optimizer.iterations.numpy()), batches.ends, [w.numpy() for w in model.weights])
+    assert runs[True][:2] == runs[False][:2] == (20, [4, 9, 4, 9])
+    for a, b in zip(runs[False][2], runs[True][2]):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("algorithm, decides", [("rigl", True), ("static", False)])
 def test_the_one_step_program_decides_mask_updates_in_graph_only_where_the_schedule_has_some(algorithm, decides):
     model, optimizer = _model_and_optimizer(algorithm)
