@@ -45,6 +45,10 @@ pack() {
 
 unpack() {
     local dir=$1 expected actual
+    if [ ! -f "$dir/c00" ] || [ ! -f "$dir/deps/bundle.sha256" ]; then
+        echo "gpu_bundle: $dir has no c00 or no deps/bundle.sha256: copy there all that 'pack' wrote"
+        exit 1
+    fi
     expected=$(cat "$dir/deps/bundle.sha256")
     actual=$(cat "$dir"/c?? | sha256sum | cut -d' ' -f1)
     if [ "$actual" != "$expected" ]; then

@@ -65,6 +65,17 @@ def test_chunks_that_do_not_make_the_bundle_are_refused_before_anything_is_writt
     assert not site.exists()
 
 
+@pytest.mark.parametrize("missing", ["c00", "deps/bundle.sha256"])
+def test_a_folder_without_the_first_chunk_or_the_checksum_is_refused_in_one_line(tmp_path, missing):
+    folder = _bundle(tmp_path / "bundle", {"tensorflow/__init__.py": b"x" * 300})
+    os.remove(os.path.join(folder, missing))
+    result = _run("unpack", folder, env={"SITE": str(tmp_path / "site")})
+    line = result.stdout.strip()
+    assert result.returncode == 1 and "\n" not in line
+    assert line.endswith("has no c00 or no deps/bundle.sha256: copy there all that 'pack' wrote")
+    assert not (tmp_path / "site").exists()
+
+
 def test_unpack_restores_the_files_installs_the_deps_and_names_missing_cuda_12_libraries(tmp_path):
     members = {"tensorflow_stub/data.bin": os.urandom(200), "nvidia/cublas/lib/libcublas.so.12": b"stub"}
     folder = _bundle(tmp_path / "bundle", members)
