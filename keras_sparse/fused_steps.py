@@ -61,6 +61,12 @@ def fuse_steps(model: keras.Model) -> bool:
     return True
 
 
+def _dense_batches(iterator) -> bool:
+    """Whether ``iterator`` is a ``tf.data`` iterator of dense tensors (not ragged or sparse)."""
+    return isinstance(iterator, tf.data.Iterator) and all(
+        isinstance(spec, tf.TensorSpec) for spec in tf.nest.flatten(iterator.element_spec))
+
+
 class _FusedTrainFunction:
     """``model.train_function`` for ``fit``: takes the epoch's iterator, returns the last step's logs
     and raises ``StopIteration`` when the iterator has no batch left (as Keras's own does).
@@ -94,15 +100,16 @@ class _FusedTrainFunction:
         return fused, tf.function(functools.partial(self._chunk, one_step, fused), reduce_retracing=True)
 
     def __call__(self, iterator) -> dict[str, Any]:
-        if not (isinstance(iterator, tf.data.Iterator) and all(
-                isinstance(spec, tf.TensorSpec) for spec in tf.nest.flatten(iterator.element_spec))):
-            return self.keras_function(iterator)
         if self.steps == 1:
             known, program = self.iterator_program
-            if known() is not iterator:
+            if known() is not iterator:  # checked once an iterator, not at every step
+                if not _dense_batches(iterator):
+                    return self.keras_function(iterator)
                 program = self._one_step_program(iterator.element_spec)
                 self.iterator_program = (weakref.ref(iterator), program)
             return program(next(iterator))  # StopIteration at the end, as Keras's function
+        if not _dense_batches(iterator):
+            return self.keras_function(iterator)
         if self.optimizer is not None and self.optimizer.weights_:
             start = int(self.optimizer.iterations.numpy())
             # updates_between sets the optimizer up if the first step has not yet, so the first
