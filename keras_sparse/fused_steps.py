@@ -55,7 +55,8 @@ def fuse_steps(model: keras.Model) -> bool:
     """
     if can_fuse(model) is not None:
         return False
-    current = model.make_train_function()
+    model.make_train_function()  # returns the function only when it was made before
+    current = model.train_function
     if not (isinstance(current, _FusedTrainFunction) and current.steps == model.steps_per_execution):
         model.train_function = _FusedTrainFunction(model, current)
     return True

@@ -134,6 +134,30 @@ def test_fused_fit_reads_a_dataset_of_dict_inputs(steps_per_execution):
     assert ks.sparsity(model) == pytest.approx(0.5, abs=0.01)
 
 
+@pytest.mark.parametrize("steps_per_execution", [1, 4])
+def test_sparse_inputs_go_to_keras_own_train_function_when_fused_right_after_compile(steps_per_execution):
+    """fuse_steps called straight after compile (before fit made a train function): batches of
+    sparse tensors, which the fused programs do not take, still train through Keras's function."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8,), sparse=True)
+    dense = keras.layers.Lambda(lambda t: tf.sparse.to_dense(t), output_shape=(8,))(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.Dense(16, activation="relu")(dense)))
+    optimizer = ks.SparseOptimizer(keras.optimizers.SGD(0.1), algorithms.StaticSparse(sparsity=0.5), model=model)
+    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=True,
+                  steps_per_execution=steps_per_execution)
+    assert ks.fuse_steps(model)
+    x, y, _ = _data()
+    x[x < 0.5] = 0.0
+    model.fit(tf.data.Dataset.from_tensor_slices((tf.sparse.from_dense(x), y)).batch(10), epochs=1, verbose=0)
+    assert int(optimizer.iterations.numpy()) == 10
+    assert ks.sparsity(model) == pytest.approx(0.5, abs=0.01)
+    function = model.train_function
+    if steps_per_execution == 1:
+        assert function.one_step_programs == []
+    else:
+        assert function.fused.experimental_get_tracing_count() == 0
+
+
 @pytest.mark.parametrize("compile_args, reason", [
     ({"jit_compile": False, "steps_per_execution": 5}, "jit_compile=True"),
     ({"run_eagerly": True, "steps_per_execution": 5}, "eagerly"),
