@@ -5,13 +5,17 @@ program from inside it (with ``steps_per_execution=K``, K times in a graph ``whi
 ``ks.Trainer`` instead calls its XLA program directly, on one batch or on K batches staged
 together, which is faster on small models (BENCHMARKS.md, "Any-model core" (b), (c)).
 ``fuse_steps(model)`` gives a compiled model's ``fit`` the Trainer's shape: with K > 1 its train
-function pulls K batches, stacks them and runs K of the model's own ``train_step`` in one XLA
-``while_loop``; with K = 1 it pulls the batch in Python and calls the one-step XLA program
-directly, with no graph function around it. Everything else of ``fit`` (callbacks, logs,
-metrics, validation, ``steps_per_epoch``) is Keras's.
+function runs K of the model's own ``train_step`` in one XLA ``while_loop`` on K batches stacked
+together, and a background thread pulls and stacks the next K batches meanwhile (the Trainer's
+``tf.data`` pipeline stacks in its own thread too); with K = 1 it pulls the batch in Python and
+calls the one-step XLA program directly, with no graph function around it. Everything else of
+``fit`` (callbacks, logs, metrics, validation, ``steps_per_epoch``) is Keras's.
 
-A chunk that cannot be stacked (the epoch's last, shorter one, or batches of different shapes)
-runs step by step through the one-step XLA program, so every batch is trained on once, in order.
+Batches are trained on once each, in order. A chunk that cannot be stacked (the epoch's last,
+shorter one, or batches of different shapes) runs step by step through the one-step XLA
+program. Pulling ahead means that a ``fit`` which stops before its data ends (``steps_per_epoch``,
+``EarlyStopping``) has drawn up to K batches more than it trained on; that matters only for a
+Python generator given to ``fit`` again, from which Keras's own prefetching draws ahead too.
 Data that is not a ``tf.data`` iterator of dense tensors (ragged or sparse inputs) goes to
 Keras's own train function, unchanged.
 """
@@ -19,10 +23,12 @@ Keras's own train function, unchanged.
 from __future__ import annotations
 
 import contextlib
-import functools
+import queue
 import sys
+import threading
 import weakref
-from typing import Any
+from concurrent.futures import Future
+from typing import Any, Callable
 
 import keras
 import tensorflow as tf
@@ -73,9 +79,11 @@ class _FusedTrainFunction:
     and raises ``StopIteration`` when the iterator has no batch left (as Keras's own does).
 
     K = 1: the one-step XLA program, called with the batch pulled in Python; a ``SparseOptimizer``
-    whose schedule updates masks decides them in-graph, as in Keras's own step. K > 1: with a
-    ``SparseOptimizer``, a chunk whose steps the schedule says update no masks runs a second set of
-    programs traced ``without_mask_updates``: no in-graph conditional in the XLA loop."""
+    whose schedule updates masks decides them in-graph, as in Keras's own step. K > 1: the chunk
+    of K batches that a background thread pulled during the last call (pulled now on an
+    iterator's first call) runs through the K-step XLA program; with a ``SparseOptimizer``, a
+    chunk whose steps the schedule says update no masks runs a second set of programs traced
+    ``without_mask_updates``: no in-graph conditional in the XLA loop."""
 
     def __init__(self, model: keras.Model, keras_function):
         self.model, self.keras_function = model, keras_function
@@ -89,16 +97,21 @@ class _FusedTrainFunction:
             self.one_step_programs: list[tuple[Any, Any]] = []
             self.iterator_program = (lambda: None, None)  # (weak reference to an iterator, its program)
             return
-        self.fused, self.chunk = self._programs()
-        self.quiet_fused, self.quiet_chunk = self._programs()  # traced only inside without_mask_updates
+        # Two sets of programs (each traces ``train_step`` on its own): the K-step XLA program and
+        # the one-step one, for chunks that cannot be stacked; the second set is traced only
+        # inside without_mask_updates.
+        self.fused, self.one_step = self._xla_programs()
+        self.quiet_fused, self.quiet_one_step = self._xla_programs()
+        self.pull = tf.function(self._pull, reduce_retracing=True)
+        # (a weak reference to an iterator, the future of its next chunk)
+        self.pulling: tuple[Callable[[], Any], Future | None] = (lambda: None, None)
+        # (a weak reference to an iterator, its programs)
+        self.iterator_programs: tuple[Callable[[], Any], _IteratorPrograms | None] = (lambda: None, None)
+        self.worker: _Worker | None = None
 
-    def _programs(self):
-        """A fresh set of compiled programs (each traces ``train_step`` on its own): the K-step XLA
-        program, and the chunk function that pulls K batches and runs them through it, or one by
-        one through its own one-step XLA program."""
-        one_step = tf.function(self.model.train_step, jit_compile=True, reduce_retracing=True)
-        fused = tf.function(self._fused_steps, jit_compile=True, reduce_retracing=True)
-        return fused, tf.function(functools.partial(self._chunk, one_step, fused), reduce_retracing=True)
+    def _xla_programs(self):
+        return tuple(tf.function(step, jit_compile=True, reduce_retracing=True)
+                     for step in (self._fused_steps, self.model.train_step))
 
     def __call__(self, iterator) -> dict[str, Any]:
         if self.steps == 1:
@@ -109,16 +122,63 @@ class _FusedTrainFunction:
                 program = self._one_step_program(iterator.element_spec)
                 self.iterator_program = (weakref.ref(iterator), program)
             return program(next(iterator))  # StopIteration at the end, as Keras's function
-        if not _dense_batches(iterator):
+        programs = self._iterator_programs(iterator)
+        if programs is None:
             return self.keras_function(iterator)
+        first, last, stackable, stacked, batches = self._next_chunk(iterator, programs.pull)
+        if not bool(first):
+            raise StopIteration  # as Keras's own function, when the iterator has no batch left
+        if bool(last):  # more may follow: pull them while this chunk trains
+            self.worker = self.worker or _Worker()
+            self.pulling = (weakref.ref(iterator), self.worker.submit(programs.pull, iterator))
+        quiet = False
         if self.optimizer is not None and self.optimizer.weights_:
             start = int(self.optimizer.iterations.numpy())
             # updates_between sets the optimizer up if the first step has not yet, so the first
             # chunk can take the no-update programs too: a static mask never compiles the other set.
-            if not self.optimizer.updates_between(start, start + self.steps):
-                with self.optimizer.without_mask_updates():
-                    return self._logs(*self.quiet_chunk(iterator))
-        return self._logs(*self.chunk(iterator))
+            quiet = not self.optimizer.updates_between(start, start + self.steps)
+        if bool(stackable):
+            return self._program(programs, quiet, fused=True)(stacked)
+        one_step, logs = self._program(programs, quiet, fused=False), None
+        for batch in batches:  # the batches there come first, in order
+            if not batch.has_value():
+                break
+            logs = one_step(batch.get_value())
+        return logs
+
+    def _program(self, programs: _IteratorPrograms, quiet: bool, fused: bool):
+        """The K-step (``fused``) or one-step program for an iterator's chunks, of the set for
+        ``quiet`` chunks or of the other: its concrete function, traced at its first use."""
+        if (quiet, fused) not in programs.found:
+            function = ((self.quiet_fused if quiet else self.fused) if fused
+                        else (self.quiet_one_step if quiet else self.one_step))
+            with self._tracing(quiet):
+                programs.found[quiet, fused] = function.get_concrete_function(
+                    programs.stacked_spec if fused else programs.element_spec)
+        return programs.found[quiet, fused]
+
+    def _tracing(self, quiet: bool):
+        """The context in which the programs for ``quiet`` chunks trace (see ``__init__``)."""
+        return self.optimizer.without_mask_updates() if quiet else contextlib.nullcontext()
+
+    def _iterator_programs(self, iterator) -> _IteratorPrograms | None:
+        """The programs for ``iterator``'s chunks, found once an iterator; None where its batches
+        are not dense tensors (Keras's own function takes those)."""
+        known, programs = self.iterator_programs
+        if known() is not iterator:
+            programs = None
+            if _dense_batches(iterator):
+                programs = _IteratorPrograms(self.pull.get_concrete_function(iterator), iterator.element_spec,
+                                             self.steps)
+            self.iterator_programs = (weakref.ref(iterator), programs)
+        return programs
+
+    def _next_chunk(self, iterator, pull):
+        """The outputs of ``pull`` on ``iterator``: pulled in the background during the last call
+        where that call had this iterator, else now."""
+        known, pulled = self.pulling
+        self.pulling = (lambda: None, None)
+        return pulled.result() if known() is iterator else pull(iterator)
 
     def _one_step_program(self, spec):
         """The one-step program for batches of ``spec``; without the in-graph update decision where
@@ -133,12 +193,6 @@ class _FusedTrainFunction:
         self.one_step_programs.append((spec, program))
         return program
 
-    @staticmethod
-    def _logs(ran, logs):
-        if not bool(ran):
-            raise StopIteration
-        return logs
-
     def _fused_steps(self, stacked):
         first = tf.nest.map_structure(lambda t: t[0], stacked)
         logs = self.model.train_step(first)
@@ -148,29 +202,76 @@ class _FusedTrainFunction:
 
         return tf.while_loop(lambda i, _: i < self.steps, body, (tf.constant(1), logs))[1]
 
-    def _chunk(self, one_step, fused, iterator):
+    def _pull(self, iterator):
+        """The next K batches of ``iterator`` (as optionals: the data may end), whether the first
+        and the last are there, whether all K stack (all there, with the same shapes) and, where
+        they do, the stack; zeros of the element spec's shape where they do not."""
         batches = [iterator.get_next_as_optional() for _ in range(self.steps)]
-        # The logs' structure, for the branches in which a step does not run: the one-step
-        # program's outputs, traced (not run) on the iterator's element spec.
-        spec = one_step.get_concrete_function(iterator.element_spec).structured_outputs
-        no_logs = tf.nest.map_structure(lambda t: tf.zeros(t.shape, t.dtype), spec)
 
-        def step_by_step():
-            logs = no_logs
-            for batch in batches:
-                logs = tf.cond(batch.has_value(), lambda batch=batch: one_step(batch.get_value()),
-                               lambda logs=logs: logs)
-            return logs
-
-        def all_present():
+        def same_shapes():
             values = [batch.get_value() for batch in batches]
             shapes = [tf.shape(t) for t in tf.nest.flatten(values[0])]
             same = [tf.reduce_all(tf.equal(tf.shape(t), shape))
                     for value in values[1:] for t, shape in zip(tf.nest.flatten(value), shapes)]
-            return tf.cond(tf.reduce_all(same) if same else tf.constant(True),
-                           lambda: fused(tf.nest.map_structure(lambda *ts: tf.stack(ts), *values)),
-                           step_by_step)
+            return tf.reduce_all(same) if same else tf.constant(True)
 
-        # Batches come in order, so the last one is present only if all are.
-        logs = tf.cond(batches[-1].has_value(), all_present, step_by_step)
-        return batches[0].has_value(), logs
+        def stack():
+            values = [batch.get_value() for batch in batches]
+            return tf.nest.map_structure(lambda *ts: tf.stack(ts), *values)
+
+        def zeros():
+            return tf.nest.map_structure(
+                lambda spec: tf.zeros([self.steps] + [d or 0 for d in spec.shape] if spec.shape.rank is not None
+                                      else [self.steps], spec.dtype), iterator.element_spec)
+
+        # Batches come in order, so the last one is there only if all are.
+        last = batches[-1].has_value()
+        stackable = tf.cond(last, same_shapes, lambda: tf.constant(False))
+        return batches[0].has_value(), last, stackable, tf.cond(stackable, stack, zeros), batches
+
+
+class _IteratorPrograms:
+    """The concrete functions that one iterator's chunks run: found once an iterator, as calling a
+    ``tf.function`` matches its arguments against its signatures at every call (on LeNet-300-100
+    that costs about as much as the pull that the worker thread takes off the call)."""
+
+    def __init__(self, pull, element_spec, steps: int):
+        self.pull, self.element_spec = pull, element_spec
+        self.stacked_spec = tf.nest.map_structure(
+            lambda spec: tf.TensorSpec([steps, *spec.shape] if spec.shape.rank is not None else None, spec.dtype),
+            element_spec)
+        self.found: dict[tuple[bool, bool], Any] = {}  # (quiet, fused) -> the program
+
+
+class _Worker:
+    """One daemon thread that runs the calls given to ``submit`` one after another: the pulls of
+    the next chunk. A daemon, so that a pull which never returns (a generator that blocks after
+    ``fit`` has ended) cannot keep Python from exiting."""
+
+    def __init__(self):
+        self.tasks: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=_work, args=(self.tasks,), name="keras-sparse-pull", daemon=True).start()
+        weakref.finalize(self, self.tasks.put, None)  # ends the thread with its owner
+
+    def submit(self, call: Callable, *args) -> Future:
+        future: Future = Future()
+        self.tasks.put((future, call, args))
+        return future
+
+
+def _work(tasks: queue.SimpleQueue) -> None:
+    """The worker thread's loop. Between tasks it holds only the queue: not the last task's
+    iterator, nor its chunk (the future keeps its result)."""
+    while True:
+        task = tasks.get()
+        if task is None:
+            return
+        _run(*task)
+        del task
+
+
+def _run(future: Future, call: Callable, args: tuple) -> None:
+    try:
+        future.set_result(call(*args))
+    except BaseException as error:  # raised again where the chunk is taken, as Keras's loop would
+        future.set_exception(error)

@@ -1,6 +1,9 @@
 """``ks.fuse_steps``: model.fit with its steps_per_execution steps in one XLA program trains exactly
 as Keras's own loop does, batch for batch, and applies only where it can."""
 
+import gc
+import threading
+
 import keras
 import numpy as np
 import pytest
@@ -66,11 +69,15 @@ def test_fused_fit_trains_exactly_like_keras_fit_including_a_short_last_chunk():
     epoch at 5 a call: chunks of 5, 5 and 3 (the last with a short batch, run step by step)."""
     runs = {fused: _fit(fused) for fused in (False, True)}
     _assert_same_training(runs)
-    # Full chunks ran fused: with the in-graph update decision while the schedule updates masks
-    # (every 3 steps up to its end at step 19), without it after.
+    # The four full chunks (steps 0-4, 5-9, 13-17, 18-22) each hold a mask update (every 3 steps
+    # up to step 19): one K-step program with the in-graph decision for both epochs' iterators
+    # (traced twice at the first step, which makes variables). The short chunks ran step by step,
+    # the second (steps 23-25, past the updates) without the decision.
     function = runs[True][0].train_function
-    assert function.fused.experimental_get_tracing_count() == 1
-    assert function.quiet_fused.experimental_get_tracing_count() == 1
+    assert function.fused.experimental_get_tracing_count() == 2
+    assert function.quiet_fused.experimental_get_tracing_count() == 0
+    assert function.one_step.experimental_get_tracing_count() == 1
+    assert function.quiet_one_step.experimental_get_tracing_count() == 1
 
 
 def test_one_step_a_call_trains_exactly_like_keras_fit_with_one_program_a_batch_shape():
@@ -117,6 +124,42 @@ def test_the_one_step_program_decides_mask_updates_in_graph_only_where_the_sched
     conditionals = [op for op in program.graph.get_operations() if op.type in ("If", "StatelessIf")]
     assert bool(conditionals) == decides
     assert int(optimizer.iterations.numpy()) == 10 and ks.sparsity(model) == pytest.approx(0.5, abs=0.01)
+
+
+def _compiled(algorithm="static", steps_per_execution=5):
+    model, optimizer = _model_and_optimizer(algorithm)
+    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=True,
+                  steps_per_execution=steps_per_execution)
+    assert ks.fuse_steps(model)
+    return model, optimizer
+
+
+def test_an_error_in_the_data_reaches_fit_through_the_background_pull():
+    """The seventh batch fails a check in the input pipeline: its chunk (batches 5-9) was pulled in
+    the background during the first call, and fit raises the pipeline's error at the second."""
+    model, optimizer = _compiled()
+    x, y, _ = _data()
+
+    def check(index, batch):
+        tf.debugging.assert_none_equal(index, tf.constant(6, tf.int64), message="bad batch 6")
+        return batch
+
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8).enumerate().map(check)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="bad batch 6"):
+        model.fit(data, epochs=1, verbose=0)
+    assert int(optimizer.iterations.numpy()) == 5
+
+
+def test_the_pull_thread_ends_with_its_model():
+    before = {t for t in threading.enumerate() if t.name == "keras-sparse-pull"}
+    model, _ = _compiled()
+    x, y, _ = _data()
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    (worker,) = {t for t in threading.enumerate() if t.name == "keras-sparse-pull"} - before
+    del model
+    gc.collect()
+    worker.join(timeout=10)
+    assert not worker.is_alive()
 
 
 @pytest.mark.parametrize("steps_per_execution", [1, 4])
@@ -182,7 +225,7 @@ def test_fusing_again_keeps_the_compiled_function_compile_undoes_it_and_the_call
     x, y, _ = _data()
     model.fit(x, y, batch_size=10, epochs=1, verbose=0, callbacks=[ks.SparsityCallback()])
     function = model.train_function
-    assert function.quiet_fused.experimental_get_tracing_count() == 1  # static: no updates, ever,
+    assert function.quiet_fused.experimental_get_tracing_count() == 2  # static: no updates, ever,
     assert function.fused.experimental_get_tracing_count() == 0  # so the other set never compiles
     model.compile(optimizer, loss, jit_compile=True, steps_per_execution=5)
     model.fit(x, y, batch_size=10, epochs=1, verbose=0, callbacks=[ks.SparsityCallback(fuse_steps=False)])
