@@ -89,17 +89,9 @@ class _FusedTrainFunction:
         self.model, self.keras_function = model, keras_function
         self.steps = int(model.steps_per_execution)
         self.optimizer = find_sparse_optimizer(model.optimizer)
-        if self.steps == 1:
-            self.one_step = tf.function(model.train_step, jit_compile=True)
-            # Its concrete function for each element spec (specs with dicts do not hash: a list),
-            # found once an iterator: calling the tf.function would match the batch against its
-            # signatures at every step, a cost per step on small models.
-            self.one_step_programs: list[tuple[Any, Any]] = []
-            self.iterator_program = (lambda: None, None)  # (weak reference to an iterator, its program)
-            return
         # Two sets of programs (each traces ``train_step`` on its own): the K-step XLA program and
-        # the one-step one, for chunks that cannot be stacked; the second set is traced only
-        # inside without_mask_updates.
+        # the one-step one (at K = 1, and at K > 1 for chunks that cannot be stacked); the second
+        # set is traced only inside without_mask_updates.
         self.fused, self.one_step = self._xla_programs()
         self.quiet_fused, self.quiet_one_step = self._xla_programs()
         self.pull = tf.function(self._pull, reduce_retracing=True)
@@ -114,17 +106,11 @@ class _FusedTrainFunction:
                      for step in (self._fused_steps, self.model.train_step))
 
     def __call__(self, iterator) -> dict[str, Any]:
-        if self.steps == 1:
-            known, program = self.iterator_program
-            if known() is not iterator:  # checked once an iterator, not at every step
-                if not _dense_batches(iterator):
-                    return self.keras_function(iterator)
-                program = self._one_step_program(iterator.element_spec)
-                self.iterator_program = (weakref.ref(iterator), program)
-            return program(next(iterator))  # StopIteration at the end, as Keras's function
         programs = self._iterator_programs(iterator)
         if programs is None:
             return self.keras_function(iterator)
+        if self.steps == 1:
+            return programs.one_step(next(iterator))  # StopIteration at the end, as Keras's function
         first, last, stackable, stacked, batches = self._next_chunk(iterator, programs.pull)
         if not bool(first):
             raise StopIteration  # as Keras's own function, when the iterator has no batch left
@@ -168,8 +154,14 @@ class _FusedTrainFunction:
         if known() is not iterator:
             programs = None
             if _dense_batches(iterator):
-                programs = _IteratorPrograms(self.pull.get_concrete_function(iterator), iterator.element_spec,
-                                             self.steps)
+                programs = _IteratorPrograms(iterator.element_spec, self.steps)
+                if self.steps == 1:  # a schedule that never updates masks (static, dense): no conditional
+                    optimizer = self.optimizer
+                    quiet = bool(optimizer is not None and optimizer.weights_
+                                 and not optimizer.updates_between(0, sys.maxsize))
+                    programs.one_step = self._program(programs, quiet, fused=False)
+                else:
+                    programs.pull = self.pull.get_concrete_function(iterator)
             self.iterator_programs = (weakref.ref(iterator), programs)
         return programs
 
@@ -179,19 +171,6 @@ class _FusedTrainFunction:
         known, pulled = self.pulling
         self.pulling = (lambda: None, None)
         return pulled.result() if known() is iterator else pull(iterator)
-
-    def _one_step_program(self, spec):
-        """The one-step program for batches of ``spec``; without the in-graph update decision where
-        the schedule never updates masks (static sparsity, dense), as the K-step programs."""
-        for known, program in self.one_step_programs:
-            if known == spec:
-                return program
-        optimizer = self.optimizer
-        quiet = optimizer is not None and optimizer.weights_ and not optimizer.updates_between(0, sys.maxsize)
-        with optimizer.without_mask_updates() if quiet else contextlib.nullcontext():
-            program = self.one_step.get_concrete_function(spec)
-        self.one_step_programs.append((spec, program))
-        return program
 
     def _fused_steps(self, stacked):
         first = tf.nest.map_structure(lambda t: t[0], stacked)
@@ -235,8 +214,10 @@ class _IteratorPrograms:
     ``tf.function`` matches its arguments against its signatures at every call (on LeNet-300-100
     that costs about as much as the pull that the worker thread takes off the call)."""
 
-    def __init__(self, pull, element_spec, steps: int):
-        self.pull, self.element_spec = pull, element_spec
+    def __init__(self, element_spec, steps: int):
+        self.element_spec = element_spec
+        self.pull = None  # K > 1: pulls the next chunk
+        self.one_step = None  # K = 1: the program of each step
         self.stacked_spec = tf.nest.map_structure(
             lambda spec: tf.TensorSpec([steps, *spec.shape] if spec.shape.rank is not None else None, spec.dtype),
             element_spec)
