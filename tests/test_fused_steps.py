@@ -129,6 +129,27 @@ def test_the_one_step_program_decides_mask_updates_in_graph_only_where_the_sched
     assert int(optimizer.iterations.numpy()) == 10 and ks.sparsity(model) == pytest.approx(0.5, abs=0.01)
 
 
+def test_a_python_generator_trains_exactly_as_in_keras_fit():
+    """A generator of 26 batches, steps_per_epoch=13 at 5 a call: the background pull draws from
+    Keras's pipeline over the generator, and the steps, batches and weights are Keras's loop's."""
+    x, y, _ = _data()
+    runs = {}
+    for fused in (False, True):
+        model, optimizer = _model_and_optimizer()
+        model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=True,
+                      steps_per_execution=5)
+        if fused:
+            assert ks.fuse_steps(model)
+        batches = _Batches()
+        generator = ((x[i:i + 8], y[i:i + 8]) for _ in range(2) for i in range(0, 104, 8))
+        model.fit(generator, epochs=2, steps_per_epoch=13, verbose=0, callbacks=[batches])
+        runs[fused] = (int(optimizer.iterations.numpy()), batches.ends, [w.numpy() for w in model.weights])
+    assert runs[True][:2] == runs[False][:2]
+    assert runs[True][0] == 26
+    for a, b in zip(runs[False][2], runs[True][2]):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
 def _compiled(algorithm="static", steps_per_execution=5):
     model, optimizer = _model_and_optimizer(algorithm)
     model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=True,
