@@ -6,8 +6,12 @@ One process: a model compiled with a ``SparseOptimizer`` (XLA, ``steps_per_execu
 ``ks.SparsityCallback``, one epoch trained. Then each round times ``--calls`` calls of every part
 below, one after another (ms a call, medians over rounds):
 
-- ``train_function``: the whole fused call on an iterator of the data (pull K batches, stack, run);
-- ``XLA program only``: the K-step XLA program on K batches stacked beforehand;
+- ``train_function``: the whole fused call on an iterator of the data (the K batches that its
+  background thread pulled and stacked during the last call, run);
+- ``XLA program only``: the K-step XLA program on K batches stacked beforehand, called as the train
+  function calls it (its concrete function), and called as a ``tf.function``;
+- ``pull + stack, then the XLA program``: both on the call's path, one after the other (what the
+  call would cost without its background thread);
 - ``pull + stack``: K ``get_next_as_optional`` and the stack, in a graph function, no training;
 - ``pull only``: the K pulls without the stack;
 - ``from a background pipeline``: the XLA program on stacks that a ``tf.data`` pipeline pulls from
@@ -61,8 +65,10 @@ def main() -> None:
     pull_only = tf.function(lambda source: [source.get_next_as_optional().get_value()[1][0] for _ in range(k)])
     stacked = pull(iterator)
     # A static mask: no chunk updates masks, so the fused call runs its quiet programs; the
-    # XLA-only case runs the same program.
+    # XLA-only cases run the same program.
     xla_program = program.quiet_fused
+    with optimizer.without_mask_updates():
+        xla_concrete = xla_program.get_concrete_function(stacked)
 
     def background(source):
         return iter(tf.data.Dataset.from_tensors(0).repeat().map(lambda _: pull(source)).prefetch(1))
@@ -73,7 +79,9 @@ def main() -> None:
 
     cases = {
         "train_function (whole fused call)": lambda: program(iterator),
-        "XLA program only (stacked beforehand)": lambda: wait(xla_program(stacked)),
+        "XLA program only (stacked beforehand)": lambda: wait(xla_concrete(stacked)),
+        "XLA program only, called as a tf.function": lambda: wait(xla_program(stacked)),
+        "pull + stack, then the XLA program": lambda: wait(xla_concrete(pull_and_stack(iterator))),
         "pull + stack": lambda: wait(pull_and_stack(iterator)),
         "pull only": lambda: wait(pull_only(iterator)),
         "from a background pipeline": lambda: wait(from_background(staged)),
