@@ -13,9 +13,10 @@ calls the one-step XLA program directly, with no graph function around it. Every
 
 Batches are trained on once each, in order. A chunk that cannot be stacked (the epoch's last,
 shorter one, or batches of different shapes) runs step by step through the one-step XLA
-program. Pulling ahead means that a ``fit`` which stops before its data ends (``steps_per_epoch``,
-``EarlyStopping``) has drawn up to K batches more than it trained on; that matters only for a
-Python generator given to ``fit`` again, from which Keras's own prefetching draws ahead too.
+program. Pulling ahead holds two chunks of K batches in memory at once, and means that a ``fit``
+which stops before its data ends (``steps_per_epoch``, ``EarlyStopping``) has drawn up to K
+batches more than it trained on; that matters only for a Python generator given to ``fit``
+again, from which Keras's own prefetching draws ahead too.
 Data that is not a ``tf.data`` iterator of dense tensors (ragged or sparse inputs) goes to
 Keras's own train function, unchanged.
 """
@@ -124,6 +125,7 @@ class _FusedTrainFunction:
             # chunk can take the no-update programs too: a static mask never compiles the other set.
             quiet = not self.optimizer.updates_between(start, start + self.steps)
         if bool(stackable):
+            del batches  # copied into the stack: let them go while the K steps run
             return self._program(programs, quiet, fused=True)(stacked)
         one_step, logs = self._program(programs, quiet, fused=False), None
         for batch in batches:  # the batches there come first, in order
@@ -211,8 +213,8 @@ class _FusedTrainFunction:
 
 class _IteratorPrograms:
     """The concrete functions that one iterator's chunks run: found once an iterator, as calling a
-    ``tf.function`` matches its arguments against its signatures at every call (on LeNet-300-100
-    that costs about as much as the pull that the worker thread takes off the call)."""
+    ``tf.function`` matches its arguments against its signatures at every call, a cost per call
+    that weighs on small models (BENCHMARKS.md, "Any-model core" (b2))."""
 
     def __init__(self, element_spec, steps: int):
         self.element_spec = element_spec
