@@ -92,10 +92,24 @@ def test_one_step_a_call_trains_exactly_like_keras_fit_with_one_program_a_batch_
     assert function.quiet_one_step.experimental_get_tracing_count() == 0
 
 
-def test_steps_per_epoch_on_repeated_data_runs_the_steps_keras_fit_runs():
-    """steps_per_epoch=7 at 5 a call on repeated data: Keras's loop runs whole chunks while the data
-    lasts (10 steps an epoch, the same iterator across epochs); the fused function runs the same
-    steps on the same batches."""
+def _repeated_dataset(x, y):
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(8).repeat()
+
+
+def _generator(x, y):
+    """26 batches of 8: a Python generator, which Keras's fit reads through its own pipeline."""
+    return ((x[i:i + 8], y[i:i + 8]) for _ in range(2) for i in range(0, 104, 8))
+
+
+@pytest.mark.parametrize("make_data, steps_per_epoch, steps, ends", [
+    # Keras's loop runs whole chunks while the data lasts, the same iterator across epochs: 10
+    # steps an epoch; 15, then the 11 batches left (Keras numbers the calls' ends by K).
+    (_repeated_dataset, 7, 20, [4, 9, 4, 9]),
+    (_generator, 13, 26, [4, 9, 14, 4, 9, 14]),
+])
+def test_steps_per_epoch_runs_the_steps_and_batches_keras_fit_runs(make_data, steps_per_epoch, steps, ends):
+    """At 5 a call, with the next chunk pulled in the background: the fused function runs Keras's
+    loop's steps on the same batches, with the same callback calls."""
     x, y, _ = _data()
     runs = {}
     for fused in (False, True):
@@ -105,10 +119,9 @@ def test_steps_per_epoch_on_repeated_data_runs_the_steps_keras_fit_runs():
         if fused:
             assert ks.fuse_steps(model)
         batches = _Batches()
-        data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8).repeat()
-        model.fit(data, epochs=2, steps_per_epoch=7, verbose=0, callbacks=[batches])
+        model.fit(make_data(x, y), epochs=2, steps_per_epoch=steps_per_epoch, verbose=0, callbacks=[batches])
         runs[fused] = (int(optimizer.iterations.numpy()), batches.ends, [w.numpy() for w in model.weights])
-    assert runs[True][:2] == runs[False][:2] == (20, [4, 9, 4, 9])
+    assert runs[True][:2] == runs[False][:2] == (steps, ends)
     for a, b in zip(runs[False][2], runs[True][2]):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
 
@@ -127,27 +140,6 @@ def test_the_one_step_program_decides_mask_updates_in_graph_only_where_the_sched
     conditionals = [op for op in program.graph.get_operations() if op.type in ("If", "StatelessIf")]
     assert bool(conditionals) == decides
     assert int(optimizer.iterations.numpy()) == 10 and ks.sparsity(model) == pytest.approx(0.5, abs=0.01)
-
-
-def test_a_python_generator_trains_exactly_as_in_keras_fit():
-    """A generator of 26 batches, steps_per_epoch=13 at 5 a call: the background pull draws from
-    Keras's pipeline over the generator, and the steps, batches and weights are Keras's loop's."""
-    x, y, _ = _data()
-    runs = {}
-    for fused in (False, True):
-        model, optimizer = _model_and_optimizer()
-        model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=True,
-                      steps_per_execution=5)
-        if fused:
-            assert ks.fuse_steps(model)
-        batches = _Batches()
-        generator = ((x[i:i + 8], y[i:i + 8]) for _ in range(2) for i in range(0, 104, 8))
-        model.fit(generator, epochs=2, steps_per_epoch=13, verbose=0, callbacks=[batches])
-        runs[fused] = (int(optimizer.iterations.numpy()), batches.ends, [w.numpy() for w in model.weights])
-    assert runs[True][:2] == runs[False][:2]
-    assert runs[True][0] == 26
-    for a, b in zip(runs[False][2], runs[True][2]):
-        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
 
 
 def _compiled(algorithm="static", steps_per_execution=5):
