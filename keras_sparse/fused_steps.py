@@ -118,12 +118,7 @@ class _FusedTrainFunction:
         if bool(last):  # more may follow: pull them while this chunk trains
             self.worker = self.worker or _Worker()
             self.pulling = (weakref.ref(iterator), self.worker.submit(programs.pull, iterator))
-        quiet = False
-        if self.optimizer is not None and self.optimizer.weights_:
-            start = int(self.optimizer.iterations.numpy())
-            # updates_between sets the optimizer up if the first step has not yet, so the first
-            # chunk can take the no-update programs too: a static mask never compiles the other set.
-            quiet = not self.optimizer.updates_between(start, start + self.steps)
+        quiet = self._updates_no_masks(self.steps)
         if bool(stackable):
             del batches  # copied into the stack: let them go while the K steps run
             return self._program(programs, quiet, fused=True)(stacked)
@@ -133,6 +128,17 @@ class _FusedTrainFunction:
                 break
             logs = one_step(batch.get_value())
         return logs
+
+    def _updates_no_masks(self, steps: int | None) -> bool:
+        """Whether the next ``steps`` steps (None: every step of the schedule) update no masks, so
+        that they can run the programs traced ``without_mask_updates``. ``updates_between`` sets
+        the optimizer up if the first step has not yet, so the first chunk can take those programs
+        too: a static mask never compiles the other set."""
+        optimizer = self.optimizer
+        if optimizer is None or not optimizer.weights_:
+            return False
+        start = 0 if steps is None else int(optimizer.iterations.numpy())
+        return not optimizer.updates_between(start, sys.maxsize if steps is None else start + steps)
 
     def _program(self, programs: _IteratorPrograms, quiet: bool, fused: bool):
         """The K-step (``fused``) or one-step program for an iterator's chunks, of the set for
@@ -158,10 +164,7 @@ class _FusedTrainFunction:
             if _dense_batches(iterator):
                 programs = _IteratorPrograms(iterator.element_spec, self.steps)
                 if self.steps == 1:  # a schedule that never updates masks (static, dense): no conditional
-                    optimizer = self.optimizer
-                    quiet = bool(optimizer is not None and optimizer.weights_
-                                 and not optimizer.updates_between(0, sys.maxsize))
-                    programs.one_step = self._program(programs, quiet, fused=False)
+                    programs.one_step = self._program(programs, self._updates_no_masks(None), fused=False)
                 else:
                     programs.pull = self.pull.get_concrete_function(iterator)
             self.iterator_programs = (weakref.ref(iterator), programs)
