@@ -123,7 +123,8 @@ class _FusedTrainFunction:
             del batches  # copied into the stack: let them go while the K steps run
             return self._program(programs, quiet, fused=True)(stacked)
         one_step, logs = self._program(programs, quiet, fused=False), None
-        for batch in batches:  # the batches there come first, in order
+        # The batches there come first, in order.
+        for batch in tf.nest.pack_sequence_as(programs.chunk_spec, batches, expand_composites=True):
             if not batch.has_value():
                 break
             logs = one_step(batch.get_value())
@@ -187,9 +188,10 @@ class _FusedTrainFunction:
         return tf.while_loop(lambda i, _: i < self.steps, body, (tf.constant(1), logs))[1]
 
     def _pull(self, iterator):
-        """The next K batches of ``iterator`` (as optionals: the data may end), whether the first
-        and the last are there, whether all K stack (all there, with the same shapes) and, where
-        they do, the stack; zeros of the element spec's shape where they do not."""
+        """Whether the first and the last of the next K batches of ``iterator`` are there (the data
+        may end), whether all K stack (all there, with the same shapes), the stack where they do
+        (zeros of the element spec's shape where they do not) and the K batches as optionals'
+        variant tensors (``_IteratorPrograms.chunk_spec``)."""
         batches = [iterator.get_next_as_optional() for _ in range(self.steps)]
 
         def same_shapes():
@@ -208,10 +210,16 @@ class _FusedTrainFunction:
                 lambda spec: tf.zeros([self.steps] + [d or 0 for d in spec.shape] if spec.shape.rank is not None
                                       else [self.steps], spec.dtype), iterator.element_spec)
 
-        # Batches come in order, so the last one is there only if all are.
+        # Batches come in order, so the last one is there only if all are; batches of a fully
+        # known shape all have it.
         last = batches[-1].has_value()
-        stackable = tf.cond(last, same_shapes, lambda: tf.constant(False))
-        return batches[0].has_value(), last, stackable, tf.cond(stackable, stack, zeros), batches
+        known = all(spec.shape.is_fully_defined() for spec in tf.nest.flatten(iterator.element_spec))
+        stackable = last if known else tf.cond(last, same_shapes, lambda: tf.constant(False))
+        # The optionals go out as their variant tensors: giving back K Optional objects costs more
+        # than the rest of the pull (BENCHMARKS.md, "Any-model core" (b2)); the rare chunk that
+        # runs step by step makes them again.
+        return (batches[0].has_value(), last, stackable, tf.cond(stackable, stack, zeros),
+                tf.nest.flatten(batches, expand_composites=True))
 
 
 class _IteratorPrograms:
@@ -226,6 +234,7 @@ class _IteratorPrograms:
         self.stacked_spec = tf.nest.map_structure(
             lambda spec: tf.TensorSpec([steps, *spec.shape] if spec.shape.rank is not None else None, spec.dtype),
             element_spec)
+        self.chunk_spec = [tf.OptionalSpec(element_spec)] * steps  # the pull's K optionals
         self.found: dict[tuple[bool, bool], Any] = {}  # (quiet, fused) -> the program
 
 
