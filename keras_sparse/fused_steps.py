@@ -75,6 +75,9 @@ def _dense_batches(iterator) -> bool:
         isinstance(spec, tf.TensorSpec) for spec in tf.nest.flatten(iterator.element_spec))
 
 
+_INDEX = tf.TensorSpec([], tf.int32)  # a step's place in a chunk, as the K-step program takes it
+
+
 class _FusedTrainFunction:
     """``model.train_function`` for ``fit``: takes the epoch's iterator, returns the last step's logs
     and raises ``StopIteration`` when the iterator has no batch left (as Keras's own does).
@@ -82,9 +85,11 @@ class _FusedTrainFunction:
     K = 1: the one-step XLA program, called with the batch pulled in Python; a ``SparseOptimizer``
     whose schedule updates masks decides them in-graph, as in Keras's own step. K > 1: the chunk
     of K batches that a background thread pulled during the last call (pulled now on an
-    iterator's first call) runs through the K-step XLA program; with a ``SparseOptimizer``, a
-    chunk whose steps the schedule says update no masks runs a second set of programs traced
-    ``without_mask_updates``: no in-graph conditional in the XLA loop."""
+    iterator's first call) runs through the K-step XLA program. With a ``SparseOptimizer`` the
+    host knows which steps of the chunk update masks (``update_steps``): the steps between them
+    run in the K-step program traced ``without_mask_updates`` (no in-graph conditional in the
+    XLA loop), each update step in the one-step program, as ``ks.Trainer`` ends a call at each
+    mask update."""
 
     def __init__(self, model: keras.Model, keras_function):
         self.model, self.keras_function = model, keras_function
@@ -101,6 +106,7 @@ class _FusedTrainFunction:
         # (a weak reference to an iterator, its programs)
         self.iterator_programs: tuple[Callable[[], Any], _IteratorPrograms | None] = (lambda: None, None)
         self.worker: _Worker | None = None
+        self.spans: dict[tuple[int, int], tuple[tf.Tensor, tf.Tensor]] = {}  # see _span
 
     def _xla_programs(self):
         return tuple(tf.function(step, jit_compile=True, reduce_retracing=True)
@@ -118,11 +124,11 @@ class _FusedTrainFunction:
         if bool(last):  # more may follow: pull them while this chunk trains
             self.worker = self.worker or _Worker()
             self.pulling = (weakref.ref(iterator), self.worker.submit(programs.pull, iterator))
-        quiet = self._updates_no_masks(self.steps)
+        updates = self._updates_in_next(self.steps)
         if bool(stackable):
             del batches  # copied into the stack: let them go while the K steps run
-            return self._program(programs, quiet, fused=True)(stacked)
-        one_step, logs = self._program(programs, quiet, fused=False), None
+            return self._run_stacked(programs, stacked, updates)
+        one_step, logs = self._program(programs, updates == [], fused=False), None
         # The batches there come first, in order.
         for batch in tf.nest.pack_sequence_as(programs.chunk_spec, batches, expand_composites=True):
             if not batch.has_value():
@@ -130,16 +136,44 @@ class _FusedTrainFunction:
             logs = one_step(batch.get_value())
         return logs
 
-    def _updates_no_masks(self, steps: int | None) -> bool:
-        """Whether the next ``steps`` steps (None: every step of the schedule) update no masks, so
-        that they can run the programs traced ``without_mask_updates``. ``updates_between`` sets
-        the optimizer up if the first step has not yet, so the first chunk can take those programs
-        too: a static mask never compiles the other set."""
+    def _run_stacked(self, programs: _IteratorPrograms, stacked, updates: list[int] | None):
+        """The K steps of a stacked chunk; ``updates``: the chunk's steps that update masks (None:
+        not known on the host, decided in-graph at every step). Returns the last step's logs."""
+        if updates is None:
+            return self._program(programs, False, fused=True)(stacked, *self._span(0, self.steps))
+        logs, start = None, 0
+        for update in [*updates, self.steps]:
+            if update > start:
+                logs = self._program(programs, True, fused=True)(stacked, *self._span(start, update - start))
+            if update < self.steps:
+                batch = tf.nest.map_structure(lambda t: t[update], stacked)
+                logs = self._program(programs, False, fused=False)(batch)
+            start = update + 1
+        return logs
+
+    def _span(self, start: int, count: int) -> tuple[tf.Tensor, tf.Tensor]:
+        """``start`` and ``count`` as the K-step program takes them, made once per pair."""
+        if (start, count) not in self.spans:
+            self.spans[start, count] = (tf.constant(start), tf.constant(count))
+        return self.spans[start, count]
+
+    def _updates_in_next(self, steps: int) -> list[int] | None:
+        """Which of the next ``steps`` steps update masks, counted from the first; None without a
+        ``SparseOptimizer`` that is bound to its weights (Keras's step then decides in-graph).
+        ``update_steps`` sets the optimizer up if the first step has not yet, so the first chunk can
+        take the programs traced ``without_mask_updates`` too: a static mask never compiles the
+        others."""
         optimizer = self.optimizer
         if optimizer is None or not optimizer.weights_:
-            return False
-        start = 0 if steps is None else int(optimizer.iterations.numpy())
-        return not optimizer.updates_between(start, sys.maxsize if steps is None else start + steps)
+            return None
+        start = int(optimizer.iterations.numpy())
+        return [step - start for step in optimizer.update_steps(start, start + steps)]
+
+    def _never_updates_masks(self) -> bool:
+        """Whether the schedule updates no masks at any step (static, dense), so that K = 1 can
+        take the one-step program traced ``without_mask_updates``."""
+        optimizer = self.optimizer
+        return optimizer is not None and bool(optimizer.weights_) and not optimizer.updates_between(0, sys.maxsize)
 
     def _program(self, programs: _IteratorPrograms, quiet: bool, fused: bool):
         """The K-step (``fused``) or one-step program for an iterator's chunks, of the set for
@@ -148,8 +182,9 @@ class _FusedTrainFunction:
             function = ((self.quiet_fused if quiet else self.fused) if fused
                         else (self.quiet_one_step if quiet else self.one_step))
             with self._tracing(quiet):
-                programs.found[quiet, fused] = function.get_concrete_function(
-                    programs.stacked_spec if fused else programs.element_spec)
+                programs.found[quiet, fused] = (
+                    function.get_concrete_function(programs.stacked_spec, _INDEX, _INDEX) if fused
+                    else function.get_concrete_function(programs.element_spec))
         return programs.found[quiet, fused]
 
     def _tracing(self, quiet: bool):
@@ -165,7 +200,7 @@ class _FusedTrainFunction:
             if _dense_batches(iterator):
                 programs = _IteratorPrograms(iterator.element_spec, self.steps)
                 if self.steps == 1:  # a schedule that never updates masks (static, dense): no conditional
-                    programs.one_step = self._program(programs, self._updates_no_masks(None), fused=False)
+                    programs.one_step = self._program(programs, self._never_updates_masks(), fused=False)
                 else:
                     programs.pull = self.pull.get_concrete_function(iterator)
             self.iterator_programs = (weakref.ref(iterator), programs)
@@ -178,14 +213,14 @@ class _FusedTrainFunction:
         self.pulling = (lambda: None, None)
         return pulled.result() if known() is iterator else pull(iterator)
 
-    def _fused_steps(self, stacked):
-        first = tf.nest.map_structure(lambda t: t[0], stacked)
-        logs = self.model.train_step(first)
+    def _fused_steps(self, stacked, start, count):
+        """Steps ``start .. start + count - 1`` (``count`` ≥ 1) of a stacked chunk in one
+        ``while_loop``; the last step's logs."""
+        def step(i):
+            # tf.gather, not t[i]: XLA would compile the slice at ``start``, an argument, once per value.
+            return self.model.train_step(tf.nest.map_structure(lambda t: tf.gather(t, i), stacked))
 
-        def body(i, logs):
-            return i + 1, self.model.train_step(tf.nest.map_structure(lambda t: t[i], stacked))
-
-        return tf.while_loop(lambda i, _: i < self.steps, body, (tf.constant(1), logs))[1]
+        return tf.while_loop(lambda i, _: i < start + count, lambda i, _: (i + 1, step(i)), (start + 1, step(start)))[1]
 
     def _pull(self, iterator):
         """Whether the first and the last of the next K batches of ``iterator`` are there (the data
@@ -215,9 +250,9 @@ class _FusedTrainFunction:
         last = batches[-1].has_value()
         known = all(spec.shape.is_fully_defined() for spec in tf.nest.flatten(iterator.element_spec))
         stackable = last if known else tf.cond(last, same_shapes, lambda: tf.constant(False))
-        # The optionals go out as their variant tensors: giving back K Optional objects costs more
-        # than the rest of the pull (BENCHMARKS.md, "Any-model core" (b2)); the rare chunk that
-        # runs step by step makes them again.
+        # The optionals go out as their variant tensors: K Optional objects would each be made in
+        # Python at every pull (BENCHMARKS.md, "Any-model core" (b2)); the rare chunk that runs
+        # step by step makes them again.
         return (batches[0].has_value(), last, stackable, tf.cond(stackable, stack, zeros),
                 tf.nest.flatten(batches, expand_composites=True))
 

@@ -242,6 +242,11 @@ class SparseOptimizer(keras.optimizers.Optimizer):
         self.prepare(initialize=False)
         return any(self.algorithm.is_update_step(s) for s in range(start, min(stop, self.algorithm.update_horizon())))
 
+    def update_steps(self, start: int, stop: int) -> list[int]:
+        """The steps from ``start`` to ``stop - 1`` that update the masks (the set-up schedule)."""
+        self.prepare(initialize=False)
+        return [s for s in range(start, min(stop, self.algorithm.update_horizon())) if self.algorithm.is_update_step(s)]
+
     @contextlib.contextmanager
     def without_mask_updates(self):
         """While a step program is traced inside it, ``apply`` compiles a step that never updates

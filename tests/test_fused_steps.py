@@ -65,19 +65,44 @@ def _assert_same_training(runs):
 
 
 def test_fused_fit_trains_exactly_like_keras_fit_including_a_short_last_chunk():
-    """RigL (mask updates every 3 steps, inside the fused program), sample weights, 13 batches an
-    epoch at 5 a call: chunks of 5, 5 and 3 (the last with a short batch, run step by step)."""
+    """RigL (mask updates every 3 steps, so at several places in a chunk), sample weights, 13
+    batches an epoch at 5 a call: chunks of 5, 5 and 3 (the last with a short batch, run step by
+    step)."""
     runs = {fused: _fit(fused) for fused in (False, True)}
     _assert_same_training(runs)
-    # The four full chunks (steps 0-4, 5-9, 13-17, 18-22) each hold a mask update (every 3 steps
-    # up to step 19): one K-step program with the in-graph decision for both epochs' iterators
-    # (traced twice at the first step, which makes variables). The short chunks ran step by step,
-    # the second (steps 23-25, past the updates) without the decision.
+    # The four full chunks (steps 0-4, 5-9, 13-17, 18-22) hold the mask updates at steps 0, 3, 6,
+    # 9, 15 and 18: each runs in the one-step program with the in-graph decision (traced twice at
+    # step 0, which makes variables), the steps between them in the K-step program without it, for
+    # both epochs' iterators. The short chunks ran step by step: the first (steps 10-12, with the
+    # update at 12) with the decision, the second (steps 23-25, past the updates) without it.
     function = runs[True][0].train_function
+    assert function.fused.experimental_get_tracing_count() == 0
+    assert function.quiet_fused.experimental_get_tracing_count() == 1
+    assert function.one_step.experimental_get_tracing_count() == 2
+    assert function.quiet_one_step.experimental_get_tracing_count() == 1
+
+
+def test_a_plain_keras_optimizer_trains_fused_exactly_like_keras_fit():
+    """No SparseOptimizer, so no mask-update steps for the host to find: every chunk runs the
+    K-step program, whose steps are Keras's own train_step."""
+    x, y, _ = _data()
+    models = {}
+    for fused in (False, True):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(4)])
+        model.compile(keras.optimizers.SGD(0.1, momentum=0.9), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      jit_compile=True, steps_per_execution=5)
+        if fused:
+            assert ks.fuse_steps(model)
+        model.fit(x, y, batch_size=10, epochs=2, verbose=0, shuffle=False)
+        models[fused] = model
+    for a, b in zip(models[False].weights, models[True].weights):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-6)
+    function = models[True].train_function
+    assert int(models[True].optimizer.iterations.numpy()) == 20
+    # Traced twice at the first step, which makes variables; the quiet set needs a SparseOptimizer.
     assert function.fused.experimental_get_tracing_count() == 2
     assert function.quiet_fused.experimental_get_tracing_count() == 0
-    assert function.one_step.experimental_get_tracing_count() == 1
-    assert function.quiet_one_step.experimental_get_tracing_count() == 1
 
 
 def test_one_step_a_call_trains_exactly_like_keras_fit_with_one_program_a_batch_shape():

@@ -362,6 +362,18 @@ def test_optimizer_round_trips_through_its_config():
     assert (again.total_steps, again.steps_per_epoch) == (STEPS, 6)
 
 
+@pytest.mark.parametrize("start, stop, steps", [(0, 26, [0, 3, 6, 9, 12, 15, 18]), (4, 13, [6, 9, 12]),
+                                                 (19, 26, []), (7, 8, [])])
+def test_update_steps_lists_the_schedule_s_mask_updates_between_two_steps(start, stop, steps):
+    """RigL every 3 steps up to 75% of 26 steps (its default end): the steps that fused model.fit
+    runs as one-step programs."""
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+    optimizer = ks.SparseOptimizer(keras.optimizers.SGD(0.1), algorithms.RigL(sparsity=0.5, update_frequency=3),
+                                   total_steps=26, model=model)
+    assert optimizer.update_steps(start, stop) == steps
+    assert optimizer.updates_between(start, stop) == bool(steps)
+
+
 def test_as_sparse_optimizer_wraps_a_plain_optimizer_and_passes_a_sparse_one_through():
     algorithm = algorithms.StaticSparse(0.5)
     wrapped = as_sparse_optimizer(keras.optimizers.SGD(0.1), algorithm)
