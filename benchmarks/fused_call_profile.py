@@ -14,6 +14,8 @@ below, one after another (ms a call, medians over rounds):
   call would cost without its background thread);
 - ``pull + stack``: K ``get_next_as_optional`` and the stack, in a graph function, no training;
 - ``pull only``: the K pulls without the stack;
+- ``the train function's own pull``: what the background thread runs (the above, plus whether
+  the chunk is whole and stacks, and the K optionals for a chunk that does not);
 - ``from a background pipeline``: the XLA program on stacks that a ``tf.data`` pipeline pulls from
   the iterator and stacks in its own thread (``map`` + ``prefetch``), the Trainer's way of
   getting its stacks. Building that pipeline for a new iterator is timed apart, as ``fit`` makes a
@@ -63,27 +65,30 @@ def main() -> None:
 
     pull_and_stack = tf.function(pull)
     pull_only = tf.function(lambda source: [source.get_next_as_optional().get_value()[1][0] for _ in range(k)])
+    own_pull = program.pull.get_concrete_function(iterator)
     stacked = pull(iterator)
     # A static mask: no chunk updates masks, so the fused call runs its quiet programs; the
     # XLA-only cases run the same program.
     xla_program = program.quiet_fused
+    span = (tf.constant(0), tf.constant(k))  # the whole chunk: steps 0 .. K - 1
     with optimizer.without_mask_updates():
-        xla_concrete = xla_program.get_concrete_function(stacked)
+        xla_concrete = xla_program.get_concrete_function(stacked, *span)
 
     def background(source):
         return iter(tf.data.Dataset.from_tensors(0).repeat().map(lambda _: pull(source)).prefetch(1))
 
     staged = background(iterator)
-    from_background = tf.function(lambda source: xla_program(source.get_next()))
+    from_background = tf.function(lambda source: xla_program(source.get_next(), *span))
     wait = lambda outputs: [t.numpy() for t in tf.nest.flatten(outputs)]  # noqa: E731
 
     cases = {
         "train_function (whole fused call)": lambda: program(iterator),
-        "XLA program only (stacked beforehand)": lambda: wait(xla_concrete(stacked)),
-        "XLA program only, called as a tf.function": lambda: wait(xla_program(stacked)),
-        "pull + stack, then the XLA program": lambda: wait(xla_concrete(pull_and_stack(iterator))),
+        "XLA program only (stacked beforehand)": lambda: wait(xla_concrete(stacked, *span)),
+        "XLA program only, called as a tf.function": lambda: wait(xla_program(stacked, *span)),
+        "pull + stack, then the XLA program": lambda: wait(xla_concrete(pull_and_stack(iterator), *span)),
         "pull + stack": lambda: wait(pull_and_stack(iterator)),
         "pull only": lambda: wait(pull_only(iterator)),
+        "the train function's own pull": lambda: wait(own_pull(iterator)[3]),  # its stack
         "from a background pipeline": lambda: wait(from_background(staged)),
     }
     times = {name: [] for name in cases}

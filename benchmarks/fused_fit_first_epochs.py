@@ -11,8 +11,8 @@ trained with ``ks.SparseOptimizer(Adam(1e-3), RigL(0.9))``, keras.io's accuracy 
 short one of 7), and ``ks.SparsityCallback(fuse_steps=...)``. Each setting runs in a fresh
 process (compilation caches start empty); printed: seconds per epoch and for the whole ``fit``.
 The first epochs hold the compilations: Keras's own loop compiles one step program; the fused
-loop a K-step program with the mask-update decision, one without it (from the first chunk with
-no update), and one-step programs for the short chunk.
+loop a K-step program without the mask-update decision, and one-step programs with it (for each
+update step, and a short chunk that holds one) and without it (a short chunk that holds none).
 """
 
 from __future__ import annotations
