@@ -6,8 +6,9 @@ program from inside it (with ``steps_per_execution=K``, K times in a graph ``whi
 together, which is faster on small models (BENCHMARKS.md, "Any-model core" (b), (c)).
 ``fuse_steps(model)`` gives a compiled model's ``fit`` the Trainer's shape: with K > 1 its train
 function runs K of the model's own ``train_step`` in one XLA ``while_loop`` on K batches stacked
-together, and a background thread pulls and stacks the next K batches meanwhile (the Trainer's
-``tf.data`` pipeline stacks in its own thread too); with K = 1 it pulls the batch in Python and
+together (a mask-update step in the one-step program, as the Trainer ends a call there), and a
+background thread pulls and stacks the next K batches meanwhile (the Trainer's
+``tf.data`` pipeline stacks its K batches when the loop reads them); with K = 1 it pulls the batch in Python and
 calls the one-step XLA program directly, with no graph function around it. Everything else of
 ``fit`` (callbacks, logs, metrics, validation, ``steps_per_epoch``) is Keras's.
 
