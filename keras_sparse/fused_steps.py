@@ -37,6 +37,9 @@ import tensorflow as tf
 
 from keras_sparse.optimizer import find_sparse_optimizer
 
+# can_fuse's reason where only jit_compile keeps the model's fit from fusing.
+NOT_XLA = "the model is not compiled with jit_compile=True (fused steps are one XLA program)"
+
 
 def can_fuse(model: keras.Model) -> str | None:
     """None if ``fuse_steps`` applies to the compiled ``model``, else the reason it does not."""
@@ -46,10 +49,10 @@ def can_fuse(model: keras.Model) -> str | None:
         return "the model is not compiled"
     if model.run_eagerly:
         return "the model runs eagerly"
-    if model.jit_compile is not True:
-        return "the model is not compiled with jit_compile=True (fused steps are one XLA program)"
     if tf.distribute.has_strategy() or model.distribute_strategy is not tf.distribute.get_strategy():
         return "the model trains under a tf.distribute strategy"
+    if model.jit_compile is not True:
+        return NOT_XLA
     return None
 
 

@@ -90,8 +90,9 @@ def test_a_plain_keras_optimizer_trains_fused_exactly_like_keras_fit():
     for fused in (False, True):
         keras.utils.set_random_seed(0)
         model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(4)])
-        model.compile(keras.optimizers.SGD(0.1, momentum=0.9), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      jit_compile=True, steps_per_execution=5)
+        model.compile(keras.optimizers.SGD(0.1, momentum=0.9),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=True,
+                      steps_per_execution=5)
         if fused:
             assert ks.fuse_steps(model)
         model.fit(x, y, batch_size=10, epochs=2, verbose=0, shuffle=False)
@@ -238,6 +239,23 @@ def test_sparse_inputs_go_to_keras_own_train_function_when_fused_right_after_com
     function = model.train_function
     traced = (function.one_step, function.quiet_one_step, function.fused, function.quiet_fused)
     assert [program.experimental_get_tracing_count() for program in traced] == [0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("compile_args, says", [
+    ({"jit_compile": False, "steps_per_execution": 5}, True),
+    ({"jit_compile": True, "steps_per_execution": 5}, False),  # fused
+    ({"run_eagerly": True}, False),  # debugging: its speed is not the point
+])
+def test_the_callback_says_once_when_fit_runs_keras_own_loop_for_want_of_jit_compile(capsys, compile_args, says):
+    model, optimizer = _model_and_optimizer("static")
+    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), **compile_args)
+    x, y, _ = _data()
+    callback = ks.SparsityCallback()
+    for _ in range(2):
+        model.fit(x, y, batch_size=10, epochs=1, verbose=0, callbacks=[callback])
+    lines = [line for line in capsys.readouterr().err.splitlines() if "Keras's own loop" in line]
+    assert len(lines) == (1 if says else 0)
+    assert all("jit_compile=True" in line for line in lines)
 
 
 @pytest.mark.parametrize("compile_args, reason", [

@@ -27,7 +27,9 @@ class SparsityCallback(keras.callbacks.Callback):
     * With ``fuse_steps`` (the default), runs ``fit``'s steps as ``ks.Trainer`` runs them
       (``keras_sparse.fuse_steps``) where the model is compiled with ``jit_compile=True``: each
       ``steps_per_execution`` steps in one XLA program, or at one step a call the XLA step called
-      directly; the training is the same, step for step.
+      directly; the training is the same, step for step. A model compiled without
+      ``jit_compile=True`` (Keras's ``"auto"`` is off on a CPU) trains in Keras's own loop, slower
+      than ``ks.Trainer``: the first ``fit`` call says so in one line.
     """
 
     def __init__(self, fuse_steps: bool = True):
@@ -36,6 +38,7 @@ class SparsityCallback(keras.callbacks.Callback):
         self._schedule_from_fit = False
         self._epoch_start: int | None = None
         self._said_long_epoch = False
+        self._said_not_fused = False
 
     def _optimizer(self) -> SparseOptimizer:
         optimizer = find_sparse_optimizer(getattr(self.model, "optimizer", None))
@@ -53,9 +56,21 @@ class SparsityCallback(keras.callbacks.Callback):
             optimizer.set_schedule(epochs * steps, steps)
             self._schedule_from_fit = True
         optimizer.say_past_schedule(int(optimizer.iterations.numpy()) + (epochs or 0) * (steps or 0))
-        if self.fuse_steps:
-            # fit has made its train function by now and looks it up again at every call.
-            fused_steps.fuse_steps(self.model)
+        # fit has made its train function by now and looks it up again at every call.
+        if self.fuse_steps and not fused_steps.fuse_steps(self.model):
+            self._say_not_fused()
+
+    def _say_not_fused(self) -> None:
+        """Says once, in one line, that ``fit`` runs Keras's own loop because the model is not
+        compiled with ``jit_compile=True``; nothing for a model that runs eagerly (debugging) or
+        under a strategy (the Trainer runs several replicas without XLA too)."""
+        if self._said_not_fused or fused_steps.can_fuse(self.model) != fused_steps.NOT_XLA:
+            return
+        self._said_not_fused = True
+        print("keras-sparse: fit runs Keras's own loop, not ks.Trainer's fused steps: the model is not compiled "
+              "with jit_compile=True (Keras's \"auto\" leaves XLA off on a CPU); compile with jit_compile=True for "
+              "the Trainer's speed, or pass SparsityCallback(fuse_steps=False) to keep Keras's loop without this "
+              "line.", file=sys.stderr, flush=True)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = int(self._optimizer().iterations.numpy())
