@@ -7,10 +7,10 @@ together, which is faster on small models (BENCHMARKS.md, "Any-model core" (b), 
 ``fuse_steps(model)`` gives a compiled model's ``fit`` the Trainer's shape: with K > 1 its train
 function runs K of the model's own ``train_step`` in one XLA ``while_loop`` on K batches stacked
 together (a mask-update step in the one-step program, as the Trainer ends a call there), and a
-background thread pulls and stacks the next K batches meanwhile (the Trainer's
-``tf.data`` pipeline stacks its K batches when the loop reads them); with K = 1 it pulls the batch in Python and
-calls the one-step XLA program directly, with no graph function around it. Everything else of
-``fit`` (callbacks, logs, metrics, validation, ``steps_per_epoch``) is Keras's.
+background thread pulls and stacks the next K batches meanwhile (the Trainer's ``tf.data``
+pipeline stacks its K batches when the loop reads them); with K = 1 it pulls the batch in Python
+and calls the one-step XLA program directly, with no graph function around it. Everything else
+of ``fit`` (callbacks, logs, metrics, validation, ``steps_per_epoch``) is Keras's.
 
 Batches are trained on once each, in order. A chunk that cannot be stacked (the epoch's last,
 shorter one, or batches of different shapes) runs step by step through the one-step XLA
