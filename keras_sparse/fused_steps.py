@@ -36,6 +36,7 @@ import keras
 import tensorflow as tf
 
 from keras_sparse.optimizer import find_sparse_optimizer
+from keras_sparse.steps import has_convolutions
 
 # can_fuse's reason where only jit_compile keeps the model's fit from fusing.
 NOT_XLA = "the model is not compiled with jit_compile=True (fused steps are one XLA program)"
@@ -111,6 +112,7 @@ class _FusedTrainFunction:
         self.iterator_programs: tuple[Callable[[], Any], _IteratorPrograms | None] = (lambda: None, None)
         self.worker: _Worker | None = None
         self.spans: dict[tuple[int, int], tuple[tf.Tensor, tf.Tensor]] = {}  # see _span
+        self.convolutions: bool | None = None  # see _runs_convolutions
 
     def _xla_programs(self):
         return tuple(tf.function(step, jit_compile=True, reduce_retracing=True)
@@ -196,8 +198,9 @@ class _FusedTrainFunction:
         return self.optimizer.without_mask_updates() if quiet else contextlib.nullcontext()
 
     def _iterator_programs(self, iterator) -> _IteratorPrograms | None:
-        """The programs for ``iterator``'s chunks, found once an iterator; None where its batches
-        are not dense tensors (Keras's own function takes those)."""
+        """The programs for ``iterator``'s chunks, found once an iterator; None where Keras's own
+        function takes them: batches that are not dense tensors, and K > 1 steps that run
+        convolutions."""
         known, programs = self.iterator_programs
         if known() is not iterator:
             programs = None
@@ -205,10 +208,23 @@ class _FusedTrainFunction:
                 programs = _IteratorPrograms(iterator.element_spec, self.steps)
                 if self.steps == 1:  # a schedule that never updates masks (static, dense): no conditional
                     programs.one_step = self._program(programs, self._never_updates_masks(), fused=False)
+                elif self._runs_convolutions(programs):
+                    programs = None
                 else:
                     programs.pull = self.pull.get_concrete_function(iterator)
             self.iterator_programs = (weakref.ref(iterator), programs)
         return programs
+
+    def _runs_convolutions(self, programs: _IteratorPrograms) -> bool:
+        """Whether the model's step runs convolutions, found once in the traced K-step program (so
+        custom layers count too). XLA's CPU compiler leaves the convolutions of a loop body in a
+        layout its fast convolution does not take, so for them ``ks.Trainer`` runs K steps as a
+        graph loop that calls the one-step XLA program (``keras_sparse.steps``): the shape of
+        Keras's own train function, which then takes the chunks."""
+        if self.convolutions is None:
+            quiet = self._updates_in_next(self.steps) is not None
+            self.convolutions = has_convolutions(self._program(programs, quiet, fused=True).graph)
+        return self.convolutions
 
     def _next_chunk(self, iterator, pull):
         """The outputs of ``pull`` on ``iterator``: pulled in the background during the last call

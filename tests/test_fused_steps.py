@@ -71,15 +71,17 @@ def test_fused_fit_trains_exactly_like_keras_fit_including_a_short_last_chunk():
     runs = {fused: _fit(fused) for fused in (False, True)}
     _assert_same_training(runs)
     # The four full chunks (steps 0-4, 5-9, 13-17, 18-22) hold the mask updates at steps 0, 3, 6,
-    # 9, 15 and 18: each runs in the one-step program with the in-graph decision (traced twice at
-    # step 0, which makes variables), the steps between them in the K-step program without it, for
-    # both epochs' iterators. The short chunks ran step by step: the first (steps 10-12, with the
-    # update at 12) with the decision, the second (steps 23-25, past the updates) without it.
+    # 9, 15 and 18: each runs in the one-step program with the in-graph decision, the steps
+    # between them in the K-step program without it (traced at the first iterator, to look for
+    # convolutions, twice: the first trace makes variables), for both epochs' iterators. The short
+    # chunks ran step by step: the first (steps 10-12, with the update at 12) with the decision,
+    # the second (steps 23-25, past the updates) without it.
     function = runs[True][0].train_function
     assert function.fused.experimental_get_tracing_count() == 0
-    assert function.quiet_fused.experimental_get_tracing_count() == 1
-    assert function.one_step.experimental_get_tracing_count() == 2
+    assert function.quiet_fused.experimental_get_tracing_count() == 2
+    assert function.one_step.experimental_get_tracing_count() == 1
     assert function.quiet_one_step.experimental_get_tracing_count() == 1
+    assert function.convolutions is False
 
 
 def test_a_plain_keras_optimizer_trains_fused_exactly_like_keras_fit():
@@ -104,6 +106,32 @@ def test_a_plain_keras_optimizer_trains_fused_exactly_like_keras_fit():
     # Traced twice at the first step, which makes variables; the quiet set needs a SparseOptimizer.
     assert function.fused.experimental_get_tracing_count() == 2
     assert function.quiet_fused.experimental_get_tracing_count() == 0
+
+
+def test_steps_with_convolutions_go_to_keras_own_function_at_k_above_one():
+    """XLA's CPU compiler runs the convolutions of a loop body slowly, so for a convnet the chunks
+    go to Keras's own function (a graph loop calling the one-step XLA program, as ks.Trainer runs
+    them): found in the traced K-step program, never run, and nothing pulled."""
+    rng = np.random.RandomState(0)
+    x, y = rng.rand(40, 6, 6, 1).astype("float32"), rng.randint(0, 4, 40)
+    models = {}
+    for fused in (False, True):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(4, 3), keras.layers.Flatten(),
+                                  keras.layers.Dense(4)])
+        optimizer = ks.SparseOptimizer(keras.optimizers.SGD(0.1), algorithms.RigL(sparsity=0.5, update_frequency=3),
+                                       total_steps=8, model=model)
+        model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=True,
+                      steps_per_execution=2)
+        if fused:
+            assert ks.fuse_steps(model)
+        model.fit(x, y, batch_size=10, epochs=2, verbose=0, shuffle=False)
+        models[fused] = model
+    for a, b in zip(models[False].weights, models[True].weights):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-6)
+    function = models[True].train_function
+    assert function.convolutions is True and function.iterator_programs[1] is None
+    assert function.pull.experimental_get_tracing_count() == 0
 
 
 def test_one_step_a_call_trains_exactly_like_keras_fit_with_one_program_a_batch_shape():
