@@ -84,25 +84,35 @@ def test_fused_fit_trains_exactly_like_keras_fit_including_a_short_last_chunk():
     assert function.convolutions is False
 
 
-def test_a_plain_keras_optimizer_trains_fused_exactly_like_keras_fit():
-    """No SparseOptimizer, so no mask-update steps for the host to find: every chunk runs the
-    K-step program, whose steps are Keras's own train_step."""
-    x, y, _ = _data()
+def _keras_fit_and_fused_fit(make, x, y, steps_per_execution):
+    """Trains ``make()``'s (model, optimizer) twice from seed 0, 2 epochs of batches of 10: in
+    Keras's own loop and fused. Asserts the same weights; returns the fused model."""
     models = {}
     for fused in (False, True):
         keras.utils.set_random_seed(0)
-        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(4)])
-        model.compile(keras.optimizers.SGD(0.1, momentum=0.9),
-                      keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=True,
-                      steps_per_execution=5)
+        model, optimizer = make()
+        model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=True,
+                      steps_per_execution=steps_per_execution)
         if fused:
             assert ks.fuse_steps(model)
         model.fit(x, y, batch_size=10, epochs=2, verbose=0, shuffle=False)
         models[fused] = model
     for a, b in zip(models[False].weights, models[True].weights):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-6)
-    function = models[True].train_function
-    assert int(models[True].optimizer.iterations.numpy()) == 20
+    return models[True]
+
+
+def test_a_plain_keras_optimizer_trains_fused_exactly_like_keras_fit():
+    """No SparseOptimizer, so no mask-update steps for the host to find: every chunk runs the
+    K-step program, whose steps are Keras's own train_step."""
+    def make():
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(4)])
+        return model, keras.optimizers.SGD(0.1, momentum=0.9)
+
+    x, y, _ = _data()
+    model = _keras_fit_and_fused_fit(make, x, y, steps_per_execution=5)
+    function = model.train_function
+    assert int(model.optimizer.iterations.numpy()) == 20
     # Traced twice at the first step, which makes variables; the quiet set needs a SparseOptimizer.
     assert function.fused.experimental_get_tracing_count() == 2
     assert function.quiet_fused.experimental_get_tracing_count() == 0
@@ -112,24 +122,16 @@ def test_steps_with_convolutions_go_to_keras_own_function_at_k_above_one():
     """XLA's CPU compiler runs the convolutions of a loop body slowly, so for a convnet the chunks
     go to Keras's own function (a graph loop calling the one-step XLA program, as ks.Trainer runs
     them): found in the traced K-step program, never run, and nothing pulled."""
-    rng = np.random.RandomState(0)
-    x, y = rng.rand(40, 6, 6, 1).astype("float32"), rng.randint(0, 4, 40)
-    models = {}
-    for fused in (False, True):
-        keras.utils.set_random_seed(0)
+    def make():
         model = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(4, 3), keras.layers.Flatten(),
                                   keras.layers.Dense(4)])
-        optimizer = ks.SparseOptimizer(keras.optimizers.SGD(0.1), algorithms.RigL(sparsity=0.5, update_frequency=3),
-                                       total_steps=8, model=model)
-        model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=True,
-                      steps_per_execution=2)
-        if fused:
-            assert ks.fuse_steps(model)
-        model.fit(x, y, batch_size=10, epochs=2, verbose=0, shuffle=False)
-        models[fused] = model
-    for a, b in zip(models[False].weights, models[True].weights):
-        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-6)
-    function = models[True].train_function
+        return model, ks.SparseOptimizer(keras.optimizers.SGD(0.1), algorithms.RigL(sparsity=0.5, update_frequency=3),
+                                         total_steps=8, model=model)
+
+    rng = np.random.RandomState(0)
+    model = _keras_fit_and_fused_fit(make, rng.rand(40, 6, 6, 1).astype("float32"), rng.randint(0, 4, 40),
+                                     steps_per_execution=2)
+    function = model.train_function
     assert function.convolutions is True and function.iterator_programs[1] is None
     assert function.pull.experimental_get_tracing_count() == 0
 
