@@ -11,6 +11,11 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The tests' models are tiny, so compiling their XLA programs takes most of the suite's time, and
+# LLVM's optimisation passes most of the compiling. Level 0 leaves them out: the programs compute
+# the same operations, only less fast (the benchmarks and binaries keep XLA's default level). The
+# child processes that tests start inherit it. A caller's own XLA_FLAGS are kept as they are.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
