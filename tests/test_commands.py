@@ -19,10 +19,16 @@ ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def help_of(command: str):
+    """``command --help``, run in a fresh directory (a child process started early, see BACKGROUND)."""
+    return lambda directory: subprocess.run([command, "--help"], capture_output=True, text=True, timeout=120,
+                                            env=ENV, cwd=directory)
+
+
 @pytest.mark.parametrize("command", ["keras-sparse-train", "keras-sparse-study"])
-def test_help_lists_the_shipped_gin_configs(command, tmp_path):
+def test_help_lists_the_shipped_gin_configs(command, background):
     assert shutil.which(command), f"{command} is not installed: run pip install -e '.[test]'"
-    result = subprocess.run([command, "--help"], capture_output=True, text=True, timeout=120, env=ENV, cwd=tmp_path)
+    _, result = background.result(__name__, f"help {command}")
     assert result.returncode in (0, 1)  # absl's --help exits with 1
     text = result.stdout.replace("\n    ", " ")
     for config in ("rigl.gin", "rigl_frozen.gin", "studies/reinit.gin", "mnist_lenet5.gin"):
@@ -49,9 +55,38 @@ def train_from_a_directory_then_plot(tmp_path):
                                   timeout=120, env=ENV)
 
 
-# conftest.BackgroundRuns starts the two commands when the session starts, beside the in-process tests.
-BACKGROUND = {"test_train_runs_from_any_directory_with_a_shipped_config_name_and_noprogress": {
-    "train_then_plot": train_from_a_directory_then_plot}}
+def unknown_study(directory):
+    return subprocess.run(["keras-sparse-study", "bogus", f"--logdir={directory}"], capture_output=True,
+                          text=True, timeout=120, env=ENV)
+
+
+def study_gin_help(directory):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "binaries", "structure_study.py"), "--gin_help",
+                           "--gin_config=studies/structure.gin"], capture_output=True, text=True, timeout=120,
+                          env=ENV, cwd=directory)
+
+
+def binary_beside_a_decoy(directory):
+    """A binary run with a decoy keras_sparse package first on PYTHONPATH."""
+    decoy = directory / "keras_sparse"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("raise SystemExit('the decoy keras_sparse was imported')\n")
+    return subprocess.run([sys.executable, os.path.join(ROOT, "binaries", "summarize.py"), "--help"],
+                          capture_output=True, text=True, timeout=120, env=dict(ENV, PYTHONPATH=str(directory)),
+                          cwd=directory)
+
+
+# conftest.BackgroundRuns starts these child processes when the session starts, beside the
+# in-process tests: they spend most of their time starting TensorFlow.
+BACKGROUND = {
+    "test_train_runs_from_any_directory_with_a_shipped_config_name_and_noprogress": {
+        "train_then_plot": train_from_a_directory_then_plot},
+    "test_help_lists_the_shipped_gin_configs": {
+        f"help {command}": help_of(command) for command in ("keras-sparse-train", "keras-sparse-study")},
+    "test_study_needs_a_known_study_name": {"unknown_study": unknown_study},
+    "test_study_gin_help_exits_0_without_a_logdir": {"study_gin_help": study_gin_help},
+    "test_binaries_run_the_library_beside_them": {"binary_beside_a_decoy": binary_beside_a_decoy},
+}
 
 
 def test_train_runs_from_any_directory_with_a_shipped_config_name_and_noprogress(background):
@@ -64,9 +99,8 @@ def test_train_runs_from_any_directory_with_a_shipped_config_name_and_noprogress
     assert (tmp_path / "run" / "layer_sparsity.png").exists()
 
 
-def test_study_needs_a_known_study_name(tmp_path):
-    result = subprocess.run(["keras-sparse-study", "bogus", f"--logdir={tmp_path}"], capture_output=True, text=True,
-                            timeout=120, env=ENV)
+def test_study_needs_a_known_study_name(background):
+    _, result = background.result(__name__, "unknown_study")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: name one study")
 
@@ -101,14 +135,12 @@ def test_gin_reference_lists_every_bindable_parameter_with_its_default(clean_gin
         cli.gin_reference(["keras_sparse.studies.reinit"]).splitlines()
 
 
-def test_study_gin_help_exits_0_without_a_logdir(tmp_path):
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "binaries", "structure_study.py"), "--gin_help",
-                             "--gin_config=studies/structure.gin"], capture_output=True, text=True, timeout=120,
-                            env=ENV, cwd=tmp_path)
+def test_study_gin_help_exits_0_without_a_logdir(background):
+    directory, result = background.result(__name__, "study_gin_help")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "structure_study.freeze_epochs = (0.25, 0.5, 1.0, 2.0)" in result.stdout
     assert "training.epochs = 60    # bound:" in result.stdout
-    assert not list(tmp_path.iterdir())  # nothing run, nothing written
+    assert not list(directory.iterdir())  # nothing run, nothing written
 
 
 @pytest.mark.parametrize("raised,code,line", [
@@ -183,15 +215,10 @@ def test_conflicting_study_flags_exit_with_one_line(argv, message):
         commands.grid_executor(grid_flags(*argv), program=["python", "x_study.py"])
 
 
-def test_binaries_run_the_library_beside_them(tmp_path):
+def test_binaries_run_the_library_beside_them(background):
     """A binary of a checkout imports that checkout's keras_sparse, not another one on the path
     (an editable install of another checkout, say): a decoy package first on PYTHONPATH is not
     imported."""
-    decoy = tmp_path / "keras_sparse"
-    decoy.mkdir()
-    (decoy / "__init__.py").write_text("raise SystemExit('the decoy keras_sparse was imported')\n")
-    env = dict(ENV, PYTHONPATH=str(tmp_path))
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "binaries", "summarize.py"), "--help"],
-                            capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    _, result = background.result(__name__, "binary_beside_a_decoy")
     assert "decoy" not in result.stdout + result.stderr
     assert result.returncode in (0, 1), result.stderr[-2000:]  # absl's --help exits with 1

@@ -308,7 +308,9 @@ else:
 """
 
 
-def test_backup_and_restore_after_a_kill_gives_the_uninterrupted_run(tmp_path):
+def backup_kill_then_resume(tmp_path):
+    """BACKUP's two phases, one after the other: a straight run, then a run killed at step 15; then
+    the killed run's rerun. Returns both processes."""
     def run(phase):
         return subprocess.run([sys.executable, "-c", BACKUP, str(tmp_path / "straight.npz"),
                                str(tmp_path / "backup-straight"), str(tmp_path / "resumed.npz"),
@@ -317,9 +319,20 @@ def test_backup_and_restore_after_a_kill_gives_the_uninterrupted_run(tmp_path):
                               env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
 
     killed = run("straight_then_kill")
+    finished_before_the_rerun = ((tmp_path / "straight.npz").exists(), (tmp_path / "resumed.npz").exists())
+    return killed, finished_before_the_rerun, run("resume")
+
+
+# conftest.BackgroundRuns starts these child processes when the session starts, beside the
+# in-process tests.
+BACKGROUND = {"test_backup_and_restore_after_a_kill_gives_the_uninterrupted_run": {
+    "backup_kill_then_resume": backup_kill_then_resume}}
+
+
+def test_backup_and_restore_after_a_kill_gives_the_uninterrupted_run(background):
+    tmp_path, (killed, finished_before_the_rerun, resumed) = background.result(__name__, "backup_kill_then_resume")
     assert killed.returncode == 3, killed.stderr[-3000:]
-    assert (tmp_path / "straight.npz").exists() and not (tmp_path / "resumed.npz").exists()
-    resumed = run("resume")
+    assert finished_before_the_rerun == (True, False)  # the straight run ended, the killed one did not
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     straight, again = np.load(tmp_path / "straight.npz"), np.load(tmp_path / "resumed.npz")
     assert len(straight.files) == len(again.files)
