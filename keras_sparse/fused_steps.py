@@ -36,7 +36,7 @@ import keras
 import tensorflow as tf
 
 from keras_sparse.optimizer import find_sparse_optimizer
-from keras_sparse.steps import has_convolutions
+from keras_sparse.steps import IntConstants, has_convolutions
 
 # can_fuse's reason where only jit_compile keeps the model's fit from fusing.
 NOT_XLA = "the model is not compiled with jit_compile=True (fused steps are one XLA program)"
@@ -111,7 +111,7 @@ class _FusedTrainFunction:
         # (a weak reference to an iterator, its programs)
         self.iterator_programs: tuple[Callable[[], Any], _IteratorPrograms | None] = (lambda: None, None)
         self.worker: _Worker | None = None
-        self.spans: dict[tuple[int, int], tuple[tf.Tensor, tf.Tensor]] = {}  # see _span
+        self.constants = IntConstants()  # the K-step program's first step and count
         self.convolutions: bool | None = None  # see _runs_convolutions
 
     def _xla_programs(self):
@@ -146,22 +146,16 @@ class _FusedTrainFunction:
         """The K steps of a stacked chunk; ``updates``: the chunk's steps that update masks (None:
         not known on the host, decided in-graph at every step). Returns the last step's logs."""
         if updates is None:
-            return self._program(programs, False, fused=True)(stacked, *self._span(0, self.steps))
+            return self._program(programs, False, fused=True)(stacked, *self.constants(0, self.steps))
         logs, start = None, 0
         for update in [*updates, self.steps]:
             if update > start:
-                logs = self._program(programs, True, fused=True)(stacked, *self._span(start, update - start))
+                logs = self._program(programs, True, fused=True)(stacked, *self.constants(start, update - start))
             if update < self.steps:
                 batch = tf.nest.map_structure(lambda t: t[update], stacked)
                 logs = self._program(programs, False, fused=False)(batch)
             start = update + 1
         return logs
-
-    def _span(self, start: int, count: int) -> tuple[tf.Tensor, tf.Tensor]:
-        """``start`` and ``count`` as the K-step program takes them, made once per pair."""
-        if (start, count) not in self.spans:
-            self.spans[start, count] = (tf.constant(start), tf.constant(count))
-        return self.spans[start, count]
 
     def _updates_in_next(self, steps: int) -> list[int] | None:
         """Which of the next ``steps`` steps update masks, counted from the first; None without a

@@ -74,7 +74,7 @@ class StepPrograms:
                                             self.train[jit].function if jit else None)
                        for jit in settings if self.replicas == 1}
         self._active_counts = tf.function(self._active_counts_fn, jit_compile=self.replicas == 1)
-        self._constants: dict[int, tf.Tensor] = {}
+        self._constants = IntConstants()
 
     def call(self, x, y, start: int | None, count: int, update: bool) -> tuple[tf.Tensor, Any]:
         """``count`` steps in compiled calls, the last one a mask update if ``update``: on the batch
@@ -97,14 +97,8 @@ class StepPrograms:
     def _run_plain(self, jit: bool, x, y, start: int | None, count: int) -> tf.Tensor:
         if start is None:
             return self.train[jit](x, y)
-        losses = self.staged[jit](x, y, self._constant(start), self._constant(count))
+        losses = self.staged[jit](x, y, *self._constants(start, count))
         return losses if count == losses.shape[0] else losses[start:start + count]
-
-    def _constant(self, value: int) -> tf.Tensor:
-        """``tf.constant(value)``, made once per value (the loop passes the same few each call)."""
-        if value not in self._constants:
-            self._constants[value] = tf.constant(value)
-        return self._constants[value]
 
     def _compile(self, step_fn, jit: bool):
         """One device: a ``tf.function``, XLA-compiled if ``jit``; several: ``strategy.run``, the
@@ -265,6 +259,22 @@ class _StagedDispatch(_SignatureDispatch):
             self._convolutions = has_convolutions(self.one_step.get_concrete_function(*batch).graph)
         program = self.graph_loop if self._convolutions else self.function
         return program.get_concrete_function(xs, ys, start, count)
+
+
+class IntConstants:
+    """``tf.constant``s of Python ints, each made once: the training loops pass their compiled
+    programs the same few step numbers and counts at every call, as tensors so that a new number
+    does not trace a new program."""
+
+    def __init__(self):
+        self._made: dict[int, tf.Tensor] = {}
+
+    def __call__(self, *values: int) -> tuple[tf.Tensor, ...]:
+        """The tensors of ``values``, in order."""
+        for value in values:
+            if value not in self._made:
+                self._made[value] = tf.constant(value)
+        return tuple(self._made[value] for value in values)
 
 
 def has_convolutions(graph: tf.Graph) -> bool:

@@ -23,6 +23,15 @@ def test_programs_are_called_through_one_concrete_function_per_signature():
     assert len(dispatch._concrete) == 2
 
 
+def test_int_constants_are_made_once_per_value():
+    constants = steps.IntConstants()
+    start, count = constants(3, 5)
+    assert (int(start), int(count)) == (3, 5) and start.dtype == tf.int32
+    again = constants(5, 3)  # the same values, either way round: the same tensors
+    assert again[0] is count and again[1] is start
+    assert constants(4)[0] is not start
+
+
 @pytest.mark.parametrize("loss", ["binary_crossentropy", keras.losses.binary_crossentropy])
 def test_a_loss_by_name_or_function_matches_the_labels_rank_to_the_predictions(loss):
     y = tf.constant([1.0, 0.0, 1.0])  # (batch,) labels
