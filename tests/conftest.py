@@ -279,6 +279,18 @@ class BackgroundRuns:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+def checks_a_background_run(item) -> bool:
+    """Whether ``item`` is a test that its module's BACKGROUND names (see BackgroundRuns)."""
+    return getattr(item, "originalname", None) in getattr(getattr(item, "module", None), "BACKGROUND", {})
+
+
+def pytest_collection_modifyitems(items):
+    """The tests that check background runs go last, in their order: the runs then have all the
+    in-process tests' time to finish, and no test waits for one (a wait leaves a core idle)."""
+    items[:] = ([item for item in items if not checks_a_background_run(item)]
+                + [item for item in items if checks_a_background_run(item)])
+
+
 @pytest.fixture(scope="session", autouse=True)
 def background(request, tmp_path_factory):
     """The session's ``BackgroundRuns`` (see there), started before the first test."""

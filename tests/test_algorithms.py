@@ -482,11 +482,10 @@ def _tfmot_kernels():
     return {"h": rng.normal(size=(10, 8)).astype(np.float32), "o": rng.normal(size=(8, 3)).astype(np.float32)}
 
 
-@pytest.fixture(scope="module")
-def tfmot_masks(tmp_path_factory):
+def tfmot_masks_run(directory):
     """tfmot's masks after each batch for every setting of TFMOT_SETTINGS: one child process
-    (tf_keras) runs them all, each with its own model, schedule and pruning step."""
-    directory = tmp_path_factory.mktemp("tfmot")
+    (tf_keras) runs them all, each with its own model, schedule and pruning step. Returns the
+    process and each setting's file of masks."""
     np.savez(directory / "weights.npz", **_tfmot_kernels())
     configs = [dict(initial=initial, final=final, begin=begin, end=end, frequency=frequency, steps=end + 2,
                     weights=str(directory / "weights.npz"), out=str(directory / f"masks_{i}.npz"))
@@ -495,8 +494,20 @@ def tfmot_masks(tmp_path_factory):
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
     done = subprocess.run([sys.executable, "-c", TFMOT_SCRIPT, json.dumps(configs)], env=env,
                           capture_output=True, text=True, timeout=300)
+    return done, {setting: config["out"] for setting, config in zip(TFMOT_SETTINGS, configs)}
+
+
+# conftest.BackgroundRuns starts the tfmot child process when the session starts, beside the
+# in-process tests.
+BACKGROUND = {"test_magnitude_pruning_matches_tfmot": {"tfmot_masks": tfmot_masks_run}}
+
+
+@pytest.fixture(scope="module")
+def tfmot_masks(background):
+    """tfmot's masks for each setting of TFMOT_SETTINGS (see tfmot_masks_run)."""
+    done, files = background.result(__name__, "tfmot_masks")[1]
     assert done.returncode == 0, done.stderr[-3000:]
-    return {setting: dict(np.load(config["out"])) for setting, config in zip(TFMOT_SETTINGS, configs)}
+    return {setting: dict(np.load(path)) for setting, path in files.items()}
 
 
 @pytest.mark.parametrize("initial, final, begin, end, frequency", TFMOT_SETTINGS)

@@ -147,20 +147,38 @@ TF_KERAS_PRELUDE = textwrap.dedent(f"""
 """)
 
 
-@pytest.mark.parametrize("doc, index, code, earlier_imports", python_blocks())
-def test_python_block_runs(doc, index, code, earlier_imports, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    tfmot = uses_tfmot(code)
-    code = earlier_imports + adapt(code, tmp_path)
-    if tfmot:
+def tfmot_block(code: str):
+    """A run (see BACKGROUND) of a tfmot block, with its earlier imports: in a child process, with
+    tf_keras, in the run's directory."""
+    def run(directory):
         env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
         env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-        done = subprocess.run([sys.executable, "-c", TF_KERAS_PRELUDE + code], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=300)
+        return subprocess.run([sys.executable, "-c", TF_KERAS_PRELUDE + adapt(code, directory)], cwd=directory,
+                              env=env, capture_output=True, text=True, timeout=300)
+    return run
+
+
+# conftest.BackgroundRuns starts the tfmot blocks' child processes when the session starts, beside
+# the in-process tests.
+def run_name(doc: str, index: int) -> str:
+    """A block's name as a background run (the name of its directory, so without a slash)."""
+    return f"{doc.replace('/', '_')}-{index}"
+
+
+BACKGROUND = {"test_python_block_runs": {run_name(doc, index): tfmot_block(earlier_imports + code)
+                                         for doc, index, code, earlier_imports in (p.values for p in python_blocks())
+                                         if uses_tfmot(code)}}
+
+
+@pytest.mark.parametrize("doc, index, code, earlier_imports", python_blocks())
+def test_python_block_runs(doc, index, code, earlier_imports, tmp_path, monkeypatch, background):
+    if uses_tfmot(code):
+        _, done = background.result(__name__, run_name(doc, index))
         assert done.returncode == 0, f"{doc}, python block {index} (tfmot, in a child process):\n{done.stderr[-3000:]}"
         return
+    monkeypatch.chdir(tmp_path)
     namespace = user_namespace()
-    exec(compile(code, f"<{doc}, python block {index}>", "exec"), namespace)
+    exec(compile(earlier_imports + adapt(code, tmp_path), f"<{doc}, python block {index}>", "exec"), namespace)
 
 
 def test_docs_have_python_blocks():
