@@ -25,6 +25,7 @@ Keras's own train function, unchanged.
 from __future__ import annotations
 
 import contextlib
+import functools
 import queue
 import sys
 import threading
@@ -94,7 +95,8 @@ class _FusedTrainFunction:
     host knows which steps of the chunk update masks (``update_steps``): the steps between them
     run in the K-step program traced ``without_mask_updates`` (no in-graph conditional in the
     XLA loop), each update step in the one-step program, as ``ks.Trainer`` ends a call at each
-    mask update."""
+    mask update. A step with convolutions makes the K-step program a graph loop that calls the
+    one-step XLA program, as the Trainer runs it (``_loop_in_a_graph``)."""
 
     def __init__(self, model: keras.Model, keras_function):
         self.model, self.keras_function = model, keras_function
@@ -113,6 +115,7 @@ class _FusedTrainFunction:
         self.worker: _Worker | None = None
         self.constants = IntConstants()  # the K-step program's first step and count
         self.convolutions: bool | None = None  # see _runs_convolutions
+        self.looped = False  # see _loop_in_a_graph
 
     def _xla_programs(self):
         return tuple(tf.function(step, jit_compile=True, reduce_retracing=True)
@@ -134,7 +137,10 @@ class _FusedTrainFunction:
         if bool(stackable):
             del batches  # copied into the stack: let them go while the K steps run
             return self._run_stacked(programs, stacked, updates)
-        one_step, logs = self._program(programs, updates == [], fused=False), None
+        # Step by step in the one-step program with the in-graph decision, unless the schedule has
+        # no mask updates: one program for every batch shape, where the chunks at the end of
+        # epochs (a short batch, say) would otherwise compile the quiet one too.
+        one_step, logs = self._program(programs, self._never_updates_masks(), fused=False), None
         # The batches there come first, in order.
         for batch in tf.nest.pack_sequence_as(programs.chunk_spec, batches, expand_composites=True):
             if not batch.has_value():
@@ -193,8 +199,7 @@ class _FusedTrainFunction:
 
     def _iterator_programs(self, iterator) -> _IteratorPrograms | None:
         """The programs for ``iterator``'s chunks, found once an iterator; None where Keras's own
-        function takes them: batches that are not dense tensors, and K > 1 steps that run
-        convolutions."""
+        function takes them: batches that are not dense tensors."""
         known, programs = self.iterator_programs
         if known() is not iterator:
             programs = None
@@ -202,23 +207,31 @@ class _FusedTrainFunction:
                 programs = _IteratorPrograms(iterator.element_spec, self.steps)
                 if self.steps == 1:  # a schedule that never updates masks (static, dense): no conditional
                     programs.one_step = self._program(programs, self._never_updates_masks(), fused=False)
-                elif self._runs_convolutions(programs):
-                    programs = None
                 else:
+                    if self._runs_convolutions(programs):
+                        self._loop_in_a_graph(programs)
                     programs.pull = self.pull.get_concrete_function(iterator)
             self.iterator_programs = (weakref.ref(iterator), programs)
         return programs
 
     def _runs_convolutions(self, programs: _IteratorPrograms) -> bool:
         """Whether the model's step runs convolutions, found once in the traced K-step program (so
-        custom layers count too). XLA's CPU compiler leaves the convolutions of a loop body in a
-        layout its fast convolution does not take, so for them ``ks.Trainer`` runs K steps as a
-        graph loop that calls the one-step XLA program (``keras_sparse.steps``): the shape of
-        Keras's own train function, which then takes the chunks."""
+        custom layers count too)."""
         if self.convolutions is None:
             quiet = self._updates_in_next(self.steps) is not None
             self.convolutions = has_convolutions(self._program(programs, quiet, fused=True).graph)
         return self.convolutions
+
+    def _loop_in_a_graph(self, programs: _IteratorPrograms) -> None:
+        """Makes the K-step programs graph loops that call the one-step XLA programs, as
+        ``ks.Trainer`` runs steps with convolutions (``keras_sparse.steps``): XLA's CPU compiler
+        leaves the convolutions of a loop body in a layout its fast convolution does not take."""
+        if not self.looped:
+            self.fused, self.quiet_fused = (
+                tf.function(functools.partial(self._looped_steps, one_step), reduce_retracing=True)
+                for one_step in (self.one_step, self.quiet_one_step))
+            self.looped = True
+        programs.found = {key: program for key, program in programs.found.items() if not key[1]}
 
     def _next_chunk(self, iterator, pull):
         """The outputs of ``pull`` on ``iterator``: pulled in the background during the last call
@@ -233,6 +246,13 @@ class _FusedTrainFunction:
         def step(i):
             # tf.gather, not t[i]: XLA would compile the slice at ``start``, an argument, once per value.
             return self.model.train_step(tf.nest.map_structure(lambda t: tf.gather(t, i), stacked))
+
+        return tf.while_loop(lambda i, _: i < start + count, lambda i, _: (i + 1, step(i)), (start + 1, step(start)))[1]
+
+    def _looped_steps(self, one_step, stacked, start, count):
+        """``_fused_steps`` as a graph loop whose steps call ``one_step``, an XLA program."""
+        def step(i):
+            return one_step(tf.nest.map_structure(lambda t: tf.gather(t, i), stacked))
 
         return tf.while_loop(lambda i, _: i < start + count, lambda i, _: (i + 1, step(i)), (start + 1, step(start)))[1]
 
