@@ -6,7 +6,9 @@ program from inside it (with ``steps_per_execution=K``, K times in a graph ``whi
 together, which is faster on small models (BENCHMARKS.md, "Any-model core" (b), (c)).
 ``fuse_steps(model)`` gives a compiled model's ``fit`` the Trainer's shape: with K > 1 its train
 function runs K of the model's own ``train_step`` in one XLA ``while_loop`` on K batches stacked
-together (a mask-update step in the one-step program, as the Trainer ends a call there), and a
+together (a mask-update step in the one-step program, as the Trainer ends a call there; a step
+with convolutions in a graph ``while_loop`` that calls the one-step XLA program, as the Trainer
+runs it, since XLA's CPU compiler runs the convolutions of a loop body slowly), and a
 background thread pulls and stacks the next K batches meanwhile (the Trainer's ``tf.data``
 pipeline stacks its K batches when the loop reads them); with K = 1 it pulls the batch in Python
 and calls the one-step XLA program directly, with no graph function around it. Everything else
@@ -14,10 +16,11 @@ of ``fit`` (callbacks, logs, metrics, validation, ``steps_per_epoch``) is Keras'
 
 Batches are trained on once each, in order. A chunk that cannot be stacked (the epoch's last,
 shorter one, or batches of different shapes) runs step by step through the one-step XLA
-program. Pulling ahead holds two chunks of K batches in memory at once, and means that a ``fit``
-which stops before its data ends (``steps_per_epoch``, ``EarlyStopping``) has drawn up to K
-batches more than it trained on; that matters only for a Python generator given to ``fit``
-again, from which Keras's own prefetching draws ahead too.
+program with the in-graph mask-update decision. Pulling ahead holds two chunks of K batches
+in memory at once, and means that a ``fit`` which stops before its data ends
+(``steps_per_epoch``, ``EarlyStopping``) has drawn up to K batches more than it trained on;
+that matters only for a Python generator given to ``fit`` again, from which Keras's own
+prefetching draws ahead too.
 Data that is not a ``tf.data`` iterator of dense tensors (ragged or sparse inputs) goes to
 Keras's own train function, unchanged.
 """
@@ -119,7 +122,8 @@ class _FusedTrainFunction:
 
     def _xla_programs(self):
         return tuple(tf.function(step, jit_compile=True, reduce_retracing=True)
-                     for step in (self._fused_steps, self.model.train_step))
+                     for step in (functools.partial(self._steps_in_a_loop, self.model.train_step),
+                                  self.model.train_step))
 
     def __call__(self, iterator) -> dict[str, Any]:
         programs = self._iterator_programs(iterator)
@@ -228,7 +232,7 @@ class _FusedTrainFunction:
         leaves the convolutions of a loop body in a layout its fast convolution does not take."""
         if not self.looped:
             self.fused, self.quiet_fused = (
-                tf.function(functools.partial(self._looped_steps, one_step), reduce_retracing=True)
+                tf.function(functools.partial(self._steps_in_a_loop, one_step), reduce_retracing=True)
                 for one_step in (self.one_step, self.quiet_one_step))
             self.looped = True
         programs.found = {key: program for key, program in programs.found.items() if not key[1]}
@@ -240,19 +244,14 @@ class _FusedTrainFunction:
         self.pulling = (lambda: None, None)
         return pulled.result() if known() is iterator else pull(iterator)
 
-    def _fused_steps(self, stacked, start, count):
+    @staticmethod
+    def _steps_in_a_loop(step_fn, stacked, start, count):
         """Steps ``start .. start + count - 1`` (``count`` ≥ 1) of a stacked chunk in one
-        ``while_loop``; the last step's logs."""
+        ``while_loop`` (in the K-step XLA program; or in a graph, ``step_fn`` then being the
+        one-step XLA program); the last step's logs."""
         def step(i):
             # tf.gather, not t[i]: XLA would compile the slice at ``start``, an argument, once per value.
-            return self.model.train_step(tf.nest.map_structure(lambda t: tf.gather(t, i), stacked))
-
-        return tf.while_loop(lambda i, _: i < start + count, lambda i, _: (i + 1, step(i)), (start + 1, step(start)))[1]
-
-    def _looped_steps(self, one_step, stacked, start, count):
-        """``_fused_steps`` as a graph loop whose steps call ``one_step``, an XLA program."""
-        def step(i):
-            return one_step(tf.nest.map_structure(lambda t: tf.gather(t, i), stacked))
+            return step_fn(tf.nest.map_structure(lambda t: tf.gather(t, i), stacked))
 
         return tf.while_loop(lambda i, _: i < start + count, lambda i, _: (i + 1, step(i)), (start + 1, step(start)))[1]
 
