@@ -99,7 +99,7 @@ class _FusedTrainFunction:
     run in the K-step program traced ``without_mask_updates`` (no in-graph conditional in the
     XLA loop), each update step in the one-step program, as ``ks.Trainer`` ends a call at each
     mask update. A step with convolutions makes the K-step program a graph loop that calls the
-    one-step XLA program, as the Trainer runs it (``_loop_in_a_graph``)."""
+    one-step XLA program, as the Trainer runs it (``_find_convolutions``)."""
 
     def __init__(self, model: keras.Model, keras_function):
         self.model, self.keras_function = model, keras_function
@@ -117,8 +117,7 @@ class _FusedTrainFunction:
         self.iterator_programs: tuple[Callable[[], Any], _IteratorPrograms | None] = (lambda: None, None)
         self.worker: _Worker | None = None
         self.constants = IntConstants()  # the K-step program's first step and count
-        self.convolutions: bool | None = None  # see _runs_convolutions
-        self.looped = False  # see _loop_in_a_graph
+        self.convolutions: bool | None = None  # see _find_convolutions
 
     def _xla_programs(self):
         return tuple(tf.function(step, jit_compile=True, reduce_retracing=True)
@@ -212,30 +211,26 @@ class _FusedTrainFunction:
                 if self.steps == 1:  # a schedule that never updates masks (static, dense): no conditional
                     programs.one_step = self._program(programs, self._never_updates_masks(), fused=False)
                 else:
-                    if self._runs_convolutions(programs):
-                        self._loop_in_a_graph(programs)
+                    self._find_convolutions(programs)
                     programs.pull = self.pull.get_concrete_function(iterator)
             self.iterator_programs = (weakref.ref(iterator), programs)
         return programs
 
-    def _runs_convolutions(self, programs: _IteratorPrograms) -> bool:
-        """Whether the model's step runs convolutions, found once in the traced K-step program (so
-        custom layers count too)."""
-        if self.convolutions is None:
-            quiet = self._updates_in_next(self.steps) is not None
-            self.convolutions = has_convolutions(self._program(programs, quiet, fused=True).graph)
-        return self.convolutions
-
-    def _loop_in_a_graph(self, programs: _IteratorPrograms) -> None:
-        """Makes the K-step programs graph loops that call the one-step XLA programs, as
-        ``ks.Trainer`` runs steps with convolutions (``keras_sparse.steps``): XLA's CPU compiler
-        leaves the convolutions of a loop body in a layout its fast convolution does not take."""
-        if not self.looped:
+    def _find_convolutions(self, programs: _IteratorPrograms) -> None:
+        """Looks once, in the traced K-step XLA program (so custom layers count too), for
+        convolutions in the model's step. Where there are some, the K-step programs become graph
+        loops that call the one-step XLA programs, as ``ks.Trainer`` runs such steps
+        (``keras_sparse.steps``): XLA's CPU compiler leaves the convolutions of a loop body in a
+        layout its fast convolution does not take."""
+        if self.convolutions is not None:
+            return
+        quiet = self._updates_in_next(self.steps) is not None
+        self.convolutions = has_convolutions(self._program(programs, quiet, fused=True).graph)
+        if self.convolutions:
             self.fused, self.quiet_fused = (
                 tf.function(functools.partial(self._steps_in_a_loop, one_step), reduce_retracing=True)
                 for one_step in (self.one_step, self.quiet_one_step))
-            self.looped = True
-        programs.found = {key: program for key, program in programs.found.items() if not key[1]}
+            del programs.found[quiet, True]  # the XLA program traced to look
 
     def _next_chunk(self, iterator, pull):
         """The outputs of ``pull`` on ``iterator``: pulled in the background during the last call
