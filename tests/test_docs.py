@@ -158,13 +158,13 @@ def tfmot_block(code: str):
     return run
 
 
-# conftest.BackgroundRuns starts the tfmot blocks' child processes when the session starts, beside
-# the in-process tests.
 def run_name(doc: str, index: int) -> str:
     """A block's name as a background run (the name of its directory, so without a slash)."""
     return f"{doc.replace('/', '_')}-{index}"
 
 
+# conftest.BackgroundRuns starts the tfmot blocks' child processes when the session starts, beside
+# the in-process tests.
 BACKGROUND = {"test_python_block_runs": {run_name(doc, index): tfmot_block(earlier_imports + code)
                                          for doc, index, code, earlier_imports in (p.values for p in python_blocks())
                                          if uses_tfmot(code)}}
